@@ -1,0 +1,88 @@
+"""Read a GGUF file's metadata into a typed record (rendering lives in ui.py)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from localaug.errors import GGUFError
+
+
+@dataclass
+class GGUFInfo:
+    path: str
+    size_bytes: int
+    architecture: str
+    name: str | None
+    file_type: str | None
+    tensor_count: int
+    parameter_count: int
+    tensor_types: dict[str, int]
+    hparams: dict[str, Any]
+    tokenizer: dict[str, Any]
+    chat_template: str | None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _value(field_: gguf.ReaderField) -> Any:
+    types = field_.types
+    if not types:
+        return None
+    if types[0] == gguf.GGUFValueType.ARRAY:
+        if len(types) > 1 and types[1] == gguf.GGUFValueType.STRING:
+            return [bytes(field_.parts[i]).decode("utf-8", "replace") for i in field_.data]
+        return [field_.parts[i].tolist()[0] for i in field_.data]
+    if types[0] == gguf.GGUFValueType.STRING:
+        return bytes(field_.parts[field_.data[0]]).decode("utf-8", "replace")
+    return field_.parts[field_.data[0]].tolist()[0]
+
+
+def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], gguf.GGUFReader]:
+    p = Path(path)
+    if not p.is_file():
+        raise GGUFError(f"{p} does not exist: pass the path of a .gguf file")
+    try:
+        reader = gguf.GGUFReader(p, "r")
+    except (ValueError, OSError, IndexError, KeyError) as e:
+        raise GGUFError(f"{p} is not a readable GGUF file ({e}): re-create or re-download it") from e
+    return {k: _value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}, reader
+
+
+def inspect_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
+    meta, reader = read_metadata(path)
+    arch = str(meta.get("general.architecture", "unknown"))
+    ftype = meta.get("general.file_type")
+    try:
+        ftype_name = gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else None
+    except ValueError:
+        ftype_name = str(ftype)
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    tok_keys = ("model", "pre", "bos_token_id", "eos_token_id", "padding_token_id", "add_bos_token", "add_eos_token")
+    tokenizer = {k: meta[f"tokenizer.ggml.{k}"] for k in tok_keys if f"tokenizer.ggml.{k}" in meta}
+    tokenizer["tokens"] = len(tokens)
+    tokenizer["merges"] = len(meta.get("tokenizer.ggml.merges") or [])
+    hparams = {k.removeprefix(f"{arch}."): v for k, v in meta.items() if k.startswith(f"{arch}.")}
+    provenance = {k: v for k, v in meta.items() if k.startswith(("localaug.", "general.source.", "general.quantized_by"))}
+    return GGUFInfo(
+        path=str(path),
+        size_bytes=Path(path).stat().st_size,
+        architecture=arch,
+        name=meta.get("general.name"),
+        file_type=ftype_name,
+        tensor_count=len(reader.tensors),
+        parameter_count=int(sum(int(np.prod(t.shape)) for t in reader.tensors)),
+        tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors).most_common()),
+        hparams=hparams,
+        tokenizer=tokenizer,
+        chat_template=meta.get("tokenizer.chat_template"),
+        provenance=provenance,
+    )

@@ -1,0 +1,58 @@
+"""The CLI shell: version, help, the family registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from localaug import __version__, registry
+from localaug.cli import app
+from localaug.registry import tomllib
+
+runner = CliRunner()
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"localaug {__version__}"
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in app.registered_commands:
+        assert command.callback is not None
+        assert command.callback.__name__ in result.output
+
+
+def test_family_matches_manifests_on_disk() -> None:
+    on_disk = {tomllib.loads(p.read_text())["name"] for p in MODELS_DIR.glob("*.toml")}
+    assert on_disk == {s.name for s in registry.family()}
+    assert len(on_disk) == 5
+
+
+def test_manifests_carry_the_vendor_defaults() -> None:
+    for spec in registry.family():
+        assert spec.repo.startswith("alibaba-pai/Qwen2-")
+        assert (spec.sampling.temperature, spec.sampling.top_p, spec.sampling.top_k, spec.sampling.max_tokens) == (0.5, 0.95, 50, 2048)
+        assert set(spec.stop) == {"<|im_end|>", "<|endoftext|>"}
+        assert spec.architecture.tied_embeddings == (spec.parameters == "1.5B")
+        assert spec.task in registry.TASKS
+
+
+def test_models_json_lists_the_family() -> None:
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    names = {m["name"] for m in json.loads(result.output)}
+    assert {"qwen2-refine:1.5b", "qwen2-exp:7b", "qwen2-response-exp:7b"} <= names
+
+
+def test_lookup_by_repo_and_unknown_name() -> None:
+    assert registry.get("alibaba-pai/Qwen2-7B-Instruct-Refine").name == "qwen2-refine:7b"
+    result = runner.invoke(app, ["inspect", "/nonexistent/file.gguf"])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
