@@ -11,16 +11,7 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from localaug.gguf_info import GGUFInfo
@@ -50,20 +41,23 @@ class RichProgress:
         )
         self._task: TaskID | None = None
         self._unit = "bytes"
+        self._items: set[str] = set()
         self._progress.start()
 
     def stage(self, name: str, total: int, unit: str) -> None:
         self._finish_task()
         self._unit = unit
+        self._items = set()
         self._task = self._progress.add_task(name, total=total, counter="", item="")
 
     def advance(self, amount: int, item: str) -> None:
         if self._task is None:
             return
         self._progress.advance(self._task, amount)
+        self._items.add(item)
         t = self._progress.tasks[-1]
         if self._unit == "bytes":
-            counter = f"{human_bytes(t.completed)}/{human_bytes(t.total or 0)}"
+            counter = f"{human_bytes(t.completed)}/{human_bytes(t.total or 0)} · {len(self._items)} tensors"
         else:
             counter = f"{int(t.completed)}/{int(t.total or 0)} {self._unit}"
         self._progress.update(self._task, counter=counter, item=item)

@@ -1,0 +1,34 @@
+"""The convert command in a real pseudo-terminal: a live Rich progress bar, then the result line."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pexpect
+
+
+def _localaug() -> str:
+    exe = Path(sys.executable).with_name("localaug")
+    return str(exe) if exe.exists() else (shutil.which("localaug") or "localaug")
+
+
+def test_convert_shows_a_live_progress_bar_on_a_tty(qwen2_tied: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.gguf"
+    env = dict(os.environ, COLUMNS="120", TERM="xterm-256color")
+    child = pexpect.spawn(_localaug(), ["convert", str(qwen2_tied), "-q", "Q4_K_M", "-o", str(out)],
+                          env=env, encoding="utf-8", timeout=180, dimensions=(40, 120))
+    child.expect(pexpect.EOF)
+    child.close()
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before or "")
+    assert child.exitstatus == 0, screen
+    assert "writing BF16" in screen and "quantizing Q4_K_M" in screen
+    assert "━" in screen  # the bar itself: Rich draws it only on a terminal
+    assert re.search(r"100\.0%", screen)
+    assert re.search(r"\d+ tensors", screen)
+    flat = re.sub(r"\s+", "", screen)
+    assert "wrote" in screen and re.sub(r"\s+", "", str(out)) in flat
+    assert out.is_file()
