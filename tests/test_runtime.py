@@ -1,0 +1,97 @@
+"""The runtime on real llama.cpp: exact prompting proven against transformers, teacher mode on SmolLM2."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from localaug import prompts
+from localaug.api import Augmenter
+from localaug.engine import Engine, EngineOptions, Generation, PromptTooLongError, SamplingParams
+
+GREEDY = dict(temperature=0.0, max_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def tiny_family(converted) -> Augmenter:
+    aug = Augmenter.load(converted("untied", "F32"), prompt_format="qwen2-chatml", threads=2, kv_f32=True, n_ctx=512)
+    yield aug
+    aug.close()
+
+
+@pytest.fixture(scope="module")
+def teacher(smollm2: Path) -> Augmenter:
+    aug = Augmenter.load(smollm2, threads=2, n_ctx=2048)
+    yield aug
+    aug.close()
+
+
+def test_refine_greedy_equals_transformers_generate(tiny_family: Augmenter, qwen2_untied: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "Create a travel guide for Hangzhou. 写一份杭州旅游指南。"
+    tok = AutoTokenizer.from_pretrained(qwen2_untied)
+    model = AutoModelForCausalLM.from_pretrained(qwen2_untied, dtype=torch.float32)
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24,
+                             eos_token_id=[151645, 151643], pad_token_id=151643)
+    new = [t for t in out[0, ids.shape[1]:].tolist() if t not in (151643, 151645)]
+    refined, gen = tiny_family.refine_full(text, **GREEDY)
+    assert gen.tokens == new
+    assert refined == tok.decode(new).strip()
+
+
+def test_stream_pieces_add_up_to_the_final_text(tiny_family: Augmenter) -> None:
+    pieces = list(tiny_family.refine_stream("Explain rainbows to a child. 🌈", **GREEDY))
+    assert pieces and "".join(pieces).strip() == tiny_family.refine("Explain rainbows to a child. 🌈", **GREEDY)
+
+
+def test_one_engine_serves_threads_safely(tiny_family: Augmenter) -> None:
+    texts = ["a poem about rain", "the history of tea", "how do magnets work", "解释量子纠缠"]
+    expected = [tiny_family.refine(t, **GREEDY) for t in texts]
+    got: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda i=i, t=t: got.__setitem__(i, tiny_family.refine(t, **GREEDY))) for i, t in enumerate(texts)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert [got[i] for i in range(len(texts))] == expected
+
+
+def test_long_prompt_grows_the_context_or_fails_clearly(converted) -> None:
+    with Engine(converted("tied", "Q8_0"), EngineOptions(threads=2, n_ctx=256)) as engine:
+        prompt = prompts.qwen2_chatml([{"role": "user", "content": "word " * 400}])
+        gen = engine.generate(prompt, SamplingParams(temperature=0, max_tokens=8))
+        assert isinstance(gen, Generation) and engine.n_ctx >= gen.prompt_tokens + 8
+        huge = "x " * (engine.n_ctx_train + 10)
+        with pytest.raises(PromptTooLongError, match="exceeds the model's context"):
+            engine.generate(huge, SamplingParams(temperature=0, max_tokens=8))
+
+
+def test_teacher_refine_is_new_text_and_seeded(teacher: Augmenter) -> None:
+    assert teacher.style.prompt_format == "teacher"
+    text = "Create a travel guide for Hangzhou."
+    a = teacher.refine(text, seed=11, max_tokens=96)
+    b = teacher.refine(text, seed=11, max_tokens=96)
+    assert a and a != text
+    assert a == b
+
+
+def test_teacher_expand_returns_distinct_instructions(teacher: Augmenter) -> None:
+    seed_text = "Plan an in depth tour itinerary of France that includes Paris, Lyon, and Provence."
+    result = teacher.expand_full(seed_text, n=3, seed=7, max_tokens=64)
+    assert len(result.items) == 3
+    assert len({prompts_norm(x) for x in result.items}) == 3
+    assert all(prompts_norm(x) != prompts_norm(seed_text) for x in result.items)
+    assert result.samples >= 3
+
+
+def prompts_norm(text: str) -> str:
+    from localaug.filters import normalize
+
+    return normalize(text)
