@@ -12,7 +12,7 @@ Each method has a ``*_stream`` twin that yields text as it is generated.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -97,8 +97,9 @@ class Augmenter:
             if isinstance(item, str):
                 yield item
 
-    def refine_full(self, text: str, **sampling: Any) -> tuple[str, Generation]:
-        return tasks.refine(self.engine, self.style, text, self.sampling(**sampling))
+    def refine_full(self, text: str, on_piece: Callable[[str], None] | None = None, **sampling: Any) -> tuple[str, Generation]:
+        """The refined instruction and its Generation; ``on_piece`` sees the raw text as it streams."""
+        return tasks.refine(self.engine, self.style, text, self.sampling(**sampling), on_piece)
 
     def refine(self, text: str, **sampling: Any) -> str:
         return self.refine_full(text, **sampling)[0]
@@ -126,3 +127,27 @@ class Augmenter:
         for event in tasks.pairs_iter(self.engine, self.style, seeds, n, self.sampling(**sampling)):
             if isinstance(event, Pair):
                 yield event
+
+
+def doctor() -> dict[str, Any]:
+    """Facts about this installation: the llama.cpp build, its backends, threads, memory, the store."""
+    import llama_cpp
+
+    from localaug import __version__, store
+    from localaug.engine import gpu_offload_supported, system_info
+
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    info = system_info()
+    entries = store.list_entries()
+    return {
+        "localaug": __version__,
+        "llama-cpp-python": llama_cpp.__version__,
+        "gpu offload": "yes" if gpu_offload_supported() else "no (CPU build; see README for CUDA/Metal)",
+        "default device": "gpu (all layers)" if gpu_offload_supported() else "cpu",
+        "llama.cpp features": info,
+        "cpu cores": os.cpu_count(),
+        "memory": f"{pages * page_size / 2**30:.1f} GiB",
+        "store": str(store.root()),
+        "models in store": len(entries),
+        "store size": f"{sum(e.size for e in entries) / 2**30:.2f} GiB",
+    }

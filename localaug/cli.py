@@ -116,30 +116,233 @@ def inspect(
 
 @app.command()
 @handled
-def models(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+def pull(
+    model: Annotated[str, typer.Argument(help="A family name (qwen2-refine:1.5b), a Hugging Face repo id (org/name) or a local checkpoint folder.")],
+    revision: Annotated[Optional[str], typer.Option("--revision", "-r", help="Branch, tag or commit of the Hugging Face repo (default: the family's pinned revision, else main).")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="F16, Q8_0, Q4_K_M, ... (default: the family's recommended quant, else Q4_K_M).")] = None,
 ) -> None:
-    """List the model family (and what is in the local store).
+    """Download a model (or take a local checkpoint), convert it to GGUF and keep it in the local store.
 
-    Example: [bold]localaug models[/bold]
+    Honours HF_HOME, HF_ENDPOINT, HF_HUB_OFFLINE and HF_TOKEN; the store is LOCALAUG_HOME.
+
+    Example: [bold]localaug pull qwen2-refine:1.5b --quant Q4_K_M[/bold]
     """
-    from localaug import registry, ui
+    from localaug import store, ui
 
-    specs = registry.family()
+    progress = ui.progress_for(err_console())
+    try:
+        entry = store.pull(model, revision=revision, quant=quant, progress=progress)
+    finally:
+        progress.close()
+    ui.render_pull_done(out_console(), entry)
+
+
+@app.command()
+@handled
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """List the model family and what is in the local store (name, quant, size, source, sha256).
+
+    Example: [bold]localaug models --json[/bold]
+    """
+    from localaug import registry, store, ui
+
+    specs, entries = registry.family(), store.list_entries()
     if as_json:
-        ui.print_json(out_console(), [
-            {"name": s.name, "repo": s.repo, "task": s.task, "parameters": s.parameters, "default_quant": s.default_quant}
-            for s in specs
-        ])
-        return
-    from rich.table import Table
+        ui.print_json(out_console(), ui.models_json(specs, entries))
+    else:
+        ui.render_models(out_console(), specs, entries, store.root())
 
-    table = Table(title="model family")
-    for col in ("name", "task", "size", "Hugging Face repo", "default quant"):
-        table.add_column(col)
-    for s in specs:
-        table.add_row(s.name, s.task, s.parameters, s.repo, s.default_quant)
-    out_console().print(table)
+
+# --- generation --------------------------------------------------------------------------------
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Family name, Hugging Face repo id, GGUF file or checkpoint folder.")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Force the prompt format: qwen2-chatml, qwen2-response-pairs or teacher.")]
+TempOpt = Annotated[Optional[float], typer.Option("--temperature", help="0 = greedy (default: the model manifest's, 0.5).")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling (default 0.95).")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Top-k sampling (default 50).")]
+MaxTokOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="New tokens at most (default 2048).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Fixed seed: same output on the same build and device.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or metal.")]
+LayersOpt = Annotated[Optional[str], typer.Option("--gpu-layers", help="Layers to offload: a number or 'all' (default: all on a GPU).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
+CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context size (default 4096, grown up to the trained length when needed).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object, no decoration.")]
+
+
+def _load(task: str, model: str | None, fmt: str | None, device: str, gpu_layers: str | None, threads: int | None, ctx: int | None):
+    from localaug.api import DEFAULT_MODELS, Augmenter
+    from localaug.errors import UsageError
+
+    if device not in ("auto", "cpu", "cuda", "metal"):
+        raise UsageError(f"--device {device!r}: use auto, cpu, cuda or metal")
+    layers: int | str | None = gpu_layers
+    if gpu_layers is not None and gpu_layers != "all":
+        if not gpu_layers.isdigit():
+            raise UsageError(f"--gpu-layers {gpu_layers!r}: give a number or 'all'")
+        layers = int(gpu_layers)
+    return Augmenter.load(model or DEFAULT_MODELS[task], device=device, gpu_layers=layers, threads=threads, n_ctx=ctx, prompt_format=fmt)
+
+
+def _read_input(text: str | None) -> str | None:
+    """TEXT, or stdin for '-' or a pipe; None means: interactive."""
+    if text == "-" or (text is None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    return text
+
+
+@app.command()
+@handled
+def refine(
+    text: Annotated[Optional[str], typer.Argument(help="The instruction to refine; '-' reads stdin; none on a terminal starts an interactive loop.")] = None,
+    model: ModelOpt = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Show the original and the refined prompt side by side.")] = False,
+    as_json: JsonOpt = False,
+    fmt: FormatOpt = None,
+    temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None, seed: SeedOpt = None,
+    device: DeviceOpt = "auto", gpu_layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
+) -> None:
+    """Rewrite an instruction so a model answers it in more detail and more truthfully.
+
+    Example: [bold]localaug refine "Create a travel guide for Hangzhou." --compare[/bold]
+    """
+    from localaug import ui
+
+    given = _read_input(text)
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
+    console = out_console()
+    with _load("refine", model, fmt, device, gpu_layers, threads, ctx) as aug:
+        def run(instruction: str) -> None:
+            view = ui.StreamView(console, "refining…") if not as_json else None
+            try:
+                refined, gen = aug.refine_full(instruction, on_piece=view.piece if view else None, **sampling)
+            finally:
+                if view:
+                    view.close()
+            if as_json:
+                ui.print_json(console, {
+                    "input": instruction, "output": refined, "model": str(aug.engine.path), "seed": seed,
+                    "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
+                    "completion_tokens": gen.completion_tokens, "seconds": round(gen.seconds, 3),
+                })
+            else:
+                footer = f"{gen.completion_tokens} tokens, {gen.stats['decode_tokens_per_s']:.1f} tok/s, {gen.finish_reason}"
+                ui.render_refined(console, instruction, refined, compare, footer)
+
+        if given is not None:
+            run(given.strip())
+            return
+        err_console().print("interactive: type an instruction and press Enter; Ctrl-D quits", highlight=False)
+        while True:
+            try:
+                line = console.input("[bold cyan]instruction>[/bold cyan] ")
+            except EOFError:
+                break
+            if line.strip():
+                run(line.strip())
+
+
+@app.command()
+@handled
+def expand(
+    text: Annotated[str, typer.Argument(help="The seed instruction; '-' reads stdin.")],
+    n: Annotated[int, typer.Option("-n", help="How many new instructions.")] = 3,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+    fmt: FormatOpt = None,
+    temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None, seed: SeedOpt = None,
+    device: DeviceOpt = "auto", gpu_layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
+) -> None:
+    """Write n new instructions of the same task type but different content (duplicates removed).
+
+    Example: [bold]localaug expand "Plan a tour of France that includes Paris and Lyon." -n 5[/bold]
+    """
+    from localaug import tasks, ui
+
+    seed_text = (_read_input(text) or "").strip()
+    console = out_console()
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
+    with _load("expand", model, fmt, device, gpu_layers, threads, ctx) as aug:
+        result, shown = None, 0
+        for event in tasks.expand_iter(aug.engine, aug.style, seed_text, n, aug.sampling(**sampling)):
+            if isinstance(event, tasks.ExpandResult):
+                result = event
+            elif not as_json:
+                shown += 1
+                ui.render_item(console, shown, event)
+    assert result is not None
+    if as_json:
+        ui.print_json(console, {"input": seed_text, "instructions": result.items, "samples": result.samples,
+                                "rejected": result.rejected, "shortfall": result.shortfall})
+    else:
+        ui.render_shortfall(err_console(), len(result.items), n, result.samples, result.rejected)
+    if result.shortfall:
+        raise typer.Exit(1)
+
+
+
+@app.command()
+@handled
+def pairs(
+    file: Annotated[str, typer.Argument(help="Seed pairs: JSON/JSONL of {instruction, response} (or Alpaca), or ### blocks; '-' reads stdin.")],
+    n: Annotated[int, typer.Option("-n", help="How many new pairs.")] = 1,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+    fmt: FormatOpt = None,
+    temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None, seed: SeedOpt = None,
+    device: DeviceOpt = "auto", gpu_layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
+) -> None:
+    """Write new instruction-response pairs from seed pairs (Response-Exp).
+
+    Example: [bold]localaug pairs seeds.jsonl -n 3 --json[/bold]
+    """
+    from localaug import prompts, tasks, ui
+    from localaug.errors import UsageError
+
+    if file == "-":
+        raw = sys.stdin.read()
+    else:
+        try:
+            raw = Path(file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot read {file}: {e.strerror}") from e
+    seeds = prompts.read_seed_pairs(raw)
+    console = out_console()
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
+    with _load("pairs", model, fmt, device, gpu_layers, threads, ctx) as aug:
+        result, shown = None, 0
+        for event in tasks.pairs_iter(aug.engine, aug.style, seeds, n, aug.sampling(**sampling)):
+            if isinstance(event, tasks.ExpandResult):
+                result = event
+            elif not as_json:
+                shown += 1
+                ui.render_pair(console, shown, event.instruction, event.response)
+    assert result is not None
+    if as_json:
+        ui.print_json(console, {"pairs": [{"instruction": p.instruction, "response": p.response} for p in result.items],
+                                "samples": result.samples, "rejected": result.rejected, "shortfall": result.shortfall})
+    else:
+        ui.render_shortfall(err_console(), len(result.items), n, result.samples, result.rejected)
+    if result.shortfall:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def doctor(as_json: JsonOpt = False) -> None:
+    """Report the llama.cpp build (backends, GPU offload, CPU features), threads, memory and the store.
+
+    Example: [bold]localaug doctor[/bold]
+    """
+    from localaug import ui
+    from localaug.api import doctor as report
+
+    data = report()
+    if as_json:
+        ui.print_json(out_console(), data)
+    else:
+        ui.render_doctor(out_console(), data)
 
 
 def main() -> None:

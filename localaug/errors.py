@@ -41,3 +41,7 @@ class StoreError(LocalaugError):
 
 class GGUFError(LocalaugError):
     """A file is not a readable GGUF."""
+
+
+class DownloadError(LocalaugError):
+    """The Hugging Face hub (or the mirror in HF_ENDPOINT) could not be reached or refused a download."""

@@ -52,7 +52,7 @@ def qwen2_chatml(messages: list[Message], add_generation_prompt: bool = True) ->
 
 
 PAIR_RE = re.compile(
-    r"###\s*Instruction\s*:?\s*\n(?P<instruction>.*?)\n\s*###\s*Response\s*:?\s*\n(?P<response>.*?)(?=\n\s*###\s*Instruction|\Z)",
+    r"###\s*Instruction\s*:?\s*\n(?P<instruction>.*?)\n\s*###\s*Response\s*:?\s*\n(?P<response>.*?)(?=\n\s*###|\Z)",
     re.DOTALL,
 )
 
@@ -72,6 +72,32 @@ def parse_pairs(reply: str) -> list[Pair]:
     if not pairs:
         head = reply.strip().replace("\n", " ")[:80]
         raise ReplyParseError(f"reply has no '### Instruction' / '### Response' pair: {head!r}")
+    return pairs
+
+
+def read_seed_pairs(text: str) -> list[Pair]:
+    """Seed pairs from a JSON array, JSON Lines, or ``### Instruction`` / ``### Response`` text.
+
+    JSON records take ``instruction`` + ``response``, or Alpaca's ``instruction`` (+ ``input``) + ``output``.
+    """
+    import json
+
+    body = text.strip()
+    if not body:
+        raise ReplyParseError("no seed pairs given: pass a JSON/JSONL file of {instruction, response} or ### blocks")
+    records: list[object]
+    if body.startswith("###"):
+        return parse_pairs(body)
+    try:
+        records = json.loads(body) if body.startswith("[") else [json.loads(line) for line in body.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise ReplyParseError(f"seed pairs are not valid JSON/JSONL (line {e.lineno}): fix the file or use ### blocks") from e
+    pairs = []
+    for i, r in enumerate(records, 1):
+        if not isinstance(r, dict) or not r.get("instruction") or not (r.get("response") or r.get("output")):
+            raise ReplyParseError(f"seed record {i} needs 'instruction' and 'response' (or Alpaca 'output')")
+        instruction = str(r["instruction"]) + (f"\n\n{r['input']}" if r.get("input") else "")
+        pairs.append(Pair(instruction.strip(), str(r.get("response") or r.get("output")).strip()))
     return pairs
 
 

@@ -7,6 +7,7 @@ GGUF's own metadata, never guessed per call.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -73,13 +74,14 @@ def style_for(meta: dict[str, Any], spec: ModelSpec | None = None, prompt_format
 
 
 def user_turn(task: str, payload: str | list[Pair]) -> str:
+    """The user turn, NFC-normalised as the Qwen2 tokenizer normalises (llama.cpp's does not)."""
     if task == "pairs":
         if isinstance(payload, str) or not payload:
             raise UsageError("pairs needs at least one seed (instruction, response) pair")
-        return prompts.render_pairs(payload)
+        return unicodedata.normalize("NFC", prompts.render_pairs(payload))
     if not isinstance(payload, str) or not payload.strip():
         raise UsageError(f"{task} needs a non-empty instruction")
-    return payload
+    return unicodedata.normalize("NFC", payload)
 
 
 def build_prompt(style: PromptStyle, task: str, payload: str | list[Pair]) -> str:

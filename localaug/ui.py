@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from localaug.gguf_info import GGUFInfo
+
+if TYPE_CHECKING:
+    from localaug.registry import ModelSpec
+    from localaug.store import StoreEntry
 
 
 def human_bytes(n: float) -> str:
@@ -89,7 +94,7 @@ class PlainProgress:
             self.finish()
         self._name, self._total, self._done, self._unit = name, total, 0, unit
         self._start = self._last = time.monotonic()
-        self._console.print(f"{name}: {self._fmt(total)}", highlight=False)
+        self._console.print(f"{name}: {self._fmt(total)}", highlight=False, soft_wrap=True)
 
     def _fmt(self, n: int) -> str:
         return human_bytes(n) if self._unit == "bytes" else f"{n} {self._unit}"
@@ -100,11 +105,11 @@ class PlainProgress:
         if now - self._last >= self._every:
             self._last = now
             pct = 100.0 * self._done / self._total if self._total else 100.0
-            self._console.print(f"{self._name}: {pct:5.1f}% ({self._fmt(self._done)}) {item}", highlight=False)
+            self._console.print(f"{self._name}: {pct:5.1f}% ({self._fmt(self._done)}) {item}", highlight=False, soft_wrap=True)
 
     def finish(self) -> None:
         if self._name:
-            self._console.print(f"{self._name}: done in {time.monotonic() - self._start:.1f}s", highlight=False)
+            self._console.print(f"{self._name}: done in {time.monotonic() - self._start:.1f}s", highlight=False, soft_wrap=True)
         self._name = ""
 
     def close(self) -> None:
@@ -151,4 +156,123 @@ def render_convert_done(console: Console, path: str, quant: str, size: int, para
     console.print(
         f"[green]wrote[/green] {path} ({quant}, {human_bytes(size)}, {params / 1e6:,.1f} M parameters) in {seconds:.1f}s",
         highlight=False,
+        soft_wrap=True,  # one line in logs and pipes, however long the path
     )
+
+
+def render_pull_done(console: Console, entry: StoreEntry) -> None:
+    what = f"{entry.name} {entry.quant}"
+    detail = f"{human_bytes(entry.size)}, sha256 {entry.sha256[:12]}, from {entry.source.describe()}"
+    if entry.reused:
+        console.print(f"[green]{what} is already in the store[/green] and intact: {entry.path} ({detail})", highlight=False)
+    else:
+        console.print(f"[green]pulled[/green] {what} -> {entry.path} ({detail})", highlight=False)
+
+
+def _pulled(spec: ModelSpec, entries: list[StoreEntry]) -> list[str]:
+    return [e.quant for e in entries if e.family == spec.name]
+
+
+def models_json(specs: tuple[ModelSpec, ...], entries: list[StoreEntry]) -> dict[str, Any]:
+    return {
+        "family": [
+            {"name": s.name, "repo": s.repo, "task": s.task, "parameters": s.parameters,
+             "default_quant": s.default_quant, "pulled": _pulled(s, entries)}
+            for s in specs
+        ],
+        "store": [e.to_dict() for e in entries],
+    }
+
+
+def render_models(console: Console, specs: tuple[ModelSpec, ...], entries: list[StoreEntry], store_root: Path) -> None:
+    family = Table(title="model family", title_justify="left")
+    family.add_column("name", no_wrap=True)
+    for col in ("task", "size", "Hugging Face repo", "default quant", "pulled"):
+        family.add_column(col, overflow="fold")
+    for s in specs:
+        family.add_row(s.name, s.task, s.parameters, s.repo, s.default_quant, ", ".join(_pulled(s, entries)) or "-")
+    console.print(family)
+    if not entries:
+        console.print(f"the store ({store_root}) is empty: [bold]localaug pull NAME[/bold] brings a model in", highlight=False)
+        return
+    stored = Table(title=f"local store ({store_root})", title_justify="left")
+    for col in ("name", "quant", "size", "source", "sha256"):
+        stored.add_column(col, overflow="fold")
+    for e in entries:
+        stored.add_row(e.name, e.quant, human_bytes(e.size), e.source.describe(), e.sha256[:12])
+    console.print(stored)
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+
+class StreamView:
+    """Shows a reply as it streams: a live panel on a TTY; nothing until the end otherwise."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        from rich.live import Live
+        from rich.panel import Panel
+
+        self._console, self._title, self._text = console, title, ""
+        self._panel = Panel
+        self._live = Live(Panel("", title=title), console=console, refresh_per_second=12, transient=True) if console.is_terminal else None
+        if self._live:
+            self._live.start()
+
+    def piece(self, text: str) -> None:
+        self._text += text
+        if self._live:
+            self._live.update(self._panel(self._text, title=self._title, border_style="cyan"))
+
+    def close(self) -> None:
+        if self._live:
+            self._live.stop()
+            self._live = None
+
+
+def render_refined(console: Console, original: str, refined: str, compare: bool, footer: str) -> None:
+    from rich.panel import Panel
+
+    if compare:
+        table = Table(show_lines=True, expand=True)
+        table.add_column("original", ratio=1)
+        table.add_column("refined", ratio=2)
+        table.add_row(original, refined)
+        console.print(table)
+    elif console.is_terminal:
+        console.print(Panel(refined, title="refined", border_style="green"))
+    else:
+        console.out(refined, highlight=False)
+    if console.is_terminal:
+        console.print(f"[dim]{footer}[/dim]", highlight=False)
+
+
+def render_item(console: Console, index: int, text: str) -> None:
+    console.print(f"[bold]{index}.[/bold] {text}" if console.is_terminal else f"{index}. {text}", highlight=False, soft_wrap=True)
+
+
+def render_pair(console: Console, index: int, instruction: str, response: str) -> None:
+    from rich.panel import Panel
+
+    if console.is_terminal:
+        console.print(Panel(f"[bold]Instruction[/bold]\n{instruction}\n\n[bold]Response[/bold]\n{response}", title=f"pair {index}"))
+    else:
+        console.out(f"### Instruction\n{instruction}\n\n### Response\n{response}\n", highlight=False)
+
+
+def render_shortfall(console: Console, found: int, requested: int, samples: int, rejected: dict[str, int]) -> None:
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
+    msg = f"{found}/{requested} from {samples} samples (rejected: {reasons})"
+    if found < requested:
+        console.print(f"[yellow]warning:[/yellow] only {msg}; raise --max-tokens or try another --seed", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[dim]{msg}[/dim]", highlight=False, soft_wrap=True)
+
+
+def render_doctor(console: Console, report: dict[str, Any]) -> None:
+    table = Table(title="localaug doctor", show_header=False, title_justify="left")
+    table.add_column("check", style="bold cyan")
+    table.add_column("value", overflow="fold")
+    for k, v in report.items():
+        table.add_row(k, str(v))
+    console.print(table)

@@ -44,10 +44,11 @@ def test_manifests_carry_the_vendor_defaults() -> None:
         assert spec.task in registry.TASKS
 
 
-def test_models_json_lists_the_family() -> None:
+def test_models_json_lists_the_family(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LOCALAUG_HOME", str(tmp_path))  # the user's own store is not this test's business
     result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0
-    names = {m["name"] for m in json.loads(result.output)}
+    names = {m["name"] for m in json.loads(result.output)["family"]}
     assert {"qwen2-refine:1.5b", "qwen2-exp:7b", "qwen2-response-exp:7b"} <= names
 
 

@@ -95,3 +95,70 @@ def prompts_norm(text: str) -> str:
     from localaug.filters import normalize
 
     return normalize(text)
+
+
+# --- the commands, through Typer's runner -------------------------------------------------------
+
+import json  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+from localaug.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+
+def test_cli_refine_json_is_exactly_transformers_greedy(converted, qwen2_tied: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "Write a haiku about the sea."
+    tok = AutoTokenizer.from_pretrained(qwen2_tied)
+    model = AutoModelForCausalLM.from_pretrained(qwen2_tied, dtype=torch.float32)
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
+                             eos_token_id=[151645, 151643], pad_token_id=151643)
+    expected = tok.decode([t for t in out[0, ids.shape[1]:].tolist() if t not in (151643, 151645)]).strip()
+    result = runner.invoke(app, ["refine", text, "-m", str(converted("tied", "F32")), "--format", "qwen2-chatml",
+                                 "--temperature", "0", "--max-tokens", "20", "--threads", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["output"] == expected
+    assert data["input"] == text and data["completion_tokens"] <= 20
+
+
+def test_cli_expand_and_pairs_on_smollm2(smollm2: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["expand", "Explain how vaccines work.", "-n", "2", "-m", str(smollm2),
+                                 "--seed", "3", "--max-tokens", "48", "--threads", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["instructions"]) == 2 and len(set(data["instructions"])) == 2
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"instruction": "Name three primary colors.", "response": "Red, yellow and blue."}) + "\n")
+    result = runner.invoke(app, ["pairs", str(seeds), "-m", str(smollm2), "--seed", "2", "--max-tokens", "100",
+                                 "--threads", "2", "--json"])
+    data = json.loads(result.stdout)
+    # A reply that does not parse is counted, never silently dropped: pairs found + rejections add up.
+    unparseable = data["rejected"].get("unparseable", 0)
+    assert unparseable <= data["samples"] and data["samples"] - unparseable >= (1 if data["pairs"] else 0)
+    assert result.exit_code == (0 if data["pairs"] else 1)
+    for pair in data["pairs"]:
+        assert pair["instruction"] and pair["response"] and "###" not in pair["response"]
+
+
+def test_cli_usage_errors_exit_2(smollm2: Path) -> None:
+    result = runner.invoke(app, ["refine", "hi", "-m", str(smollm2), "--device", "tpu"])
+    assert result.exit_code == 2 and "use auto, cpu, cuda or metal" in result.output
+    result = runner.invoke(app, ["refine", "hi", "-m", str(smollm2), "--format", "nope"])
+    assert result.exit_code == 2 and "unknown prompt format" in result.output
+    result = runner.invoke(app, ["pairs", "/nonexistent/seeds.jsonl", "-m", str(smollm2)])
+    assert result.exit_code == 2 and "cannot read" in result.output
+
+
+def test_cli_doctor_reports_the_build() -> None:
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["gpu offload"].startswith(("yes", "no")) and "CPU" in data["llama.cpp features"]
