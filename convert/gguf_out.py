@@ -76,6 +76,8 @@ def temp_beside(dest: Path) -> Iterator[Path]:
     dest = Path(dest)
     parent = dest.parent
     if not parent.is_dir():
+        if parent.exists():
+            raise ConversionError(f"output folder {parent} is a file, not a folder: pass another -o")
         raise ConversionError(f"output folder {parent} does not exist: create it or pass another -o")
     try:
         fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dest.name}.", suffix=".part")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -75,8 +76,21 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None, progr
         raise
     if rc != 0:
         detail = next((t for t in reversed(tail) if "error" in t.lower() or "failed" in t.lower()), tail[-1] if tail else "")
-        hint = "free disk space and retry" if "space" in detail.lower() else "see the message above"
-        raise ConversionError(f"llama.cpp quantizer failed ({qtype}): {detail.strip() or f'exit code {rc}'}; {hint}")
+        if "space" in detail.lower() or _out_of_space(dst.parent):
+            raise ConversionError(f"disk full while quantizing to {qtype} in {dst.parent}: free space there and retry")
+        raise ConversionError(f"llama.cpp quantizer failed ({qtype}): {detail.strip() or f'exit code {rc}'}; retry, and report it if it persists")
+
+
+# llama.cpp's quantizer reports a failed write only as "iostream error" (errno is lost): when it
+# fails and the output's filesystem is (nearly) full, with its partial output still there, that is why.
+_FULL_MARGIN = 16 * 1024 * 1024
+
+
+def _out_of_space(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < _FULL_MARGIN
+    except OSError:
+        return False
 
 
 def _main(argv: list[str]) -> int:
