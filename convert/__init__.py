@@ -68,6 +68,39 @@ def _intermediate_type(ckpt: Checkpoint) -> str:
     return "F32"
 
 
+# generation_config.json -> general.sampling.* (llama.cpp's tools read these as sampling defaults),
+# as gguf-py's Metadata.load writes them for llama.cpp's converter: (GGUF key, kind, config keys).
+SAMPLING_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("general.sampling.sequence", "str", ("sequence",)),
+    ("general.sampling.top_k", "i32", ("top_k",)),
+    ("general.sampling.top_p", "f32", ("top_p",)),
+    ("general.sampling.min_p", "f32", ("min_p",)),
+    ("general.sampling.xtc_probability", "f32", ("xtc_probability",)),
+    ("general.sampling.xtc_threshold", "f32", ("xtc_threshold",)),
+    ("general.sampling.temp", "f32", ("temperature",)),
+    ("general.sampling.penalty_last_n", "i32", ("penalty_last_n",)),
+    ("general.sampling.penalty_repeat", "f32", ("penalty_repeat", "repetition_penalty")),
+    ("general.sampling.mirostat", "i32", ("mirostat",)),
+    ("general.sampling.mirostat_tau", "f32", ("mirostat_tau",)),
+    ("general.sampling.mirostat_eta", "f32", ("mirostat_eta",)),
+)
+
+
+def sampling_defaults(generation_config: dict) -> list[tuple[str, str, object]]:
+    """(key, kind, value) for the sampling defaults generation_config.json sets."""
+    out: list[tuple[str, str, object]] = []
+    for key, kind, names in SAMPLING_KEYS:
+        value = next((generation_config[n] for n in names if generation_config.get(n) is not None), None)
+        if value is None:
+            continue
+        try:
+            value = str(value) if kind == "str" else int(value) if kind == "i32" else float(value)
+        except (TypeError, ValueError):
+            continue  # a malformed optional default is skipped, not fatal
+        out.append((key, kind, value))
+    return out
+
+
 def _metadata(
     ckpt: Checkpoint, plans: list[qwen2.TensorPlan], outtype: str, name: str | None, repo: str | None, revision: str | None
 ):
@@ -84,6 +117,8 @@ def _metadata(
         if revision:
             w.add_string("localaug.source.revision", revision)
         w.add_string("localaug.version", __version__)
+        for key, kind, value in sampling_defaults(ckpt.generation_config):
+            {"i32": w.add_int32, "f32": w.add_float32, "str": w.add_string}[kind](key, value)
         for key, kind, value in qwen2.hparams(ckpt.config) + qwen2.rope_scaling(ckpt.config):
             {"u32": w.add_uint32, "f32": w.add_float32, "str": w.add_string}[kind](key, value)
         w.add_file_type(DIRECT_TYPES[outtype][1])

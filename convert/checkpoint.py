@@ -175,7 +175,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     )
 
 
-def iter_rows_f32(ref: TensorRef, chunk_bytes: int = 32 * 1024 * 1024) -> Iterator[np.ndarray]:
+def iter_rows_f32(ref: TensorRef, chunk_bytes: int = 1024 * 1024) -> Iterator[np.ndarray]:
     """Yield the tensor as float32 blocks of whole rows, shape (rows, row_elements).
 
     The bytes are read with plain file reads into a reused buffer (no mmap), so resident memory

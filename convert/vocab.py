@@ -101,7 +101,23 @@ def load_vocab(ckpt: Checkpoint) -> Vocab:
         else:
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
-    return Vocab(tokens, types, pre, gguf.SpecialVocab(ckpt.path, load_merges=True))
+    special = gguf.SpecialVocab(ckpt.path, load_merges=True)
+    _byte_level_adds_nothing(tok, special)
+    return Vocab(tokens, types, pre, special)
+
+
+def _byte_level_adds_nothing(tok: dict, special: gguf.SpecialVocab) -> None:
+    """A post-processor made only of ByteLevel steps adds no BOS/EOS: say so explicitly.
+
+    Newer gguf-py (the one vendored with llama.cpp's converter) writes ``add_bos_token`` and
+    ``add_eos_token`` = false for such tokenizers, preferring the post-processor over
+    tokenizer_config.json; older gguf-py releases on PyPI only write what tokenizer_config says.
+    """
+    post = tok.get("post_processor") or {}
+    steps = post.get("processors", [post]) if isinstance(post, dict) else []
+    if steps and all(isinstance(s, dict) and s.get("type") == "ByteLevel" for s in steps):
+        special.add_special_token["bos"] = False
+        special.add_special_token["eos"] = False
 
 
 def _added_token_roundtrip(path: Path, entries: list[dict]) -> dict[str, str]:
