@@ -43,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _safetensors import write_bf16  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SHAPES = {
@@ -142,23 +145,11 @@ def write_checkpoint(dst: Path, shape: str, seed: int = 0) -> Path:
     dst.mkdir(parents=True)
     s = SHAPES[shape]
     tensors = hf_tensors(s)
-    # safetensors layout: names sorted (all one dtype), data packed in that order.
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name in sorted(tensors):
-        nbytes = int(np.prod(tensors[name])) * 2
-        header[name] = {"dtype": "BF16", "shape": list(tensors[name]), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
     rng = np.random.default_rng(seed)
     t0 = time.monotonic()
-    print(f"writing {shape} checkpoint ({offset / 1e9:.2f} GB) to {dst} ...", flush=True)
-    with open(dst / "model.safetensors", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for name in sorted(tensors):
-            _random_bf16(name, tensors[name], rng, f)
+    total = sum(int(np.prod(v)) * 2 for v in tensors.values())
+    print(f"writing {shape} checkpoint ({total / 1e9:.2f} GB) to {dst} ...", flush=True)
+    write_bf16(dst / "model.safetensors", tensors, lambda name, shp, f: _random_bf16(name, shp, rng, f))
     (dst / "config.json").write_text(json.dumps(hf_config(s), indent=2) + "\n")
     (dst / "generation_config.json").write_text(json.dumps({
         "bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643], "pad_token_id": 151643,

@@ -44,6 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _safetensors import write_bf16  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GGUF = Path(os.environ.get("LOCALAUG_TEST_MODELS", Path.home() / ".cache" / "localaug-test-models")) / (
     "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -126,23 +129,14 @@ def gguf_to_hf(src: Path, dst: Path) -> Path:
         raise SystemExit(f"{src} is a {arch} GGUF, need qwen2")
     tensors = {hf_name(t.name): t for t in r.tensors}
     shapes = {n: tuple(int(d) for d in reversed(t.shape.tolist())) for n, t in tensors.items()}
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name in sorted(tensors):
-        nbytes = int(np.prod(shapes[name])) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    print(f"dequantizing {len(tensors)} tensors of {src.name} into {dst} ({offset / 1e9:.2f} GB bf16) ...", flush=True)
-    with open(dst / "model.safetensors", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for name in sorted(tensors):
-            t = tensors[name]
-            x = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shapes[name])
-            f.write(_bf16(x).tobytes())
-            del x
+    total = sum(int(np.prod(v)) * 2 for v in shapes.values())
+    print(f"dequantizing {len(tensors)} tensors of {src.name} into {dst} ({total / 1e9:.2f} GB bf16) ...", flush=True)
+
+    def fill(name: str, shape: tuple[int, ...], f) -> None:
+        t = tensors[name]
+        f.write(_bf16(gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)).tobytes())
+
+    write_bf16(dst / "model.safetensors", shapes, fill)
     n_vocab = len(r.fields["tokenizer.ggml.tokens"].data)
     config = {
         "architectures": ["Qwen2ForCausalLM"],

@@ -185,6 +185,20 @@ def _load(task: str, model: str | None, fmt: str | None, device: str, gpu_layers
     return Augmenter.load(model or DEFAULT_MODELS[task], device=device, gpu_layers=layers, threads=threads, n_ctx=ctx, prompt_format=fmt)
 
 
+def _drain(events: Any, show: Callable[[int, Any], None] | None) -> Any:
+    """Run an expand/pairs event stream: show each accepted item (numbered) and return the ExpandResult."""
+    from localaug.tasks import ExpandResult
+
+    shown = 0
+    for event in events:
+        if isinstance(event, ExpandResult):
+            return event
+        shown += 1
+        if show:
+            show(shown, event)
+    raise AssertionError("event stream ended without a result")
+
+
 def _read_input(text: str | None) -> str | None:
     """TEXT, or stdin for '-' or a pipe; None means: interactive."""
     if text == "-" or (text is None and not sys.stdin.isatty()):
@@ -264,14 +278,8 @@ def expand(
     console = out_console()
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     with _load("expand", model, fmt, device, gpu_layers, threads, ctx) as aug:
-        result, shown = None, 0
-        for event in tasks.expand_iter(aug.engine, aug.style, seed_text, n, aug.sampling(**sampling)):
-            if isinstance(event, tasks.ExpandResult):
-                result = event
-            elif not as_json:
-                shown += 1
-                ui.render_item(console, shown, event)
-    assert result is not None
+        events = tasks.expand_iter(aug.engine, aug.style, seed_text, n, aug.sampling(**sampling))
+        result = _drain(events, None if as_json else lambda i, item: ui.render_item(console, i, item))
     if as_json:
         ui.print_json(console, {"input": seed_text, "instructions": result.items, "samples": result.samples,
                                 "rejected": result.rejected, "shortfall": result.shortfall})
@@ -311,14 +319,8 @@ def pairs(
     console = out_console()
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     with _load("pairs", model, fmt, device, gpu_layers, threads, ctx) as aug:
-        result, shown = None, 0
-        for event in tasks.pairs_iter(aug.engine, aug.style, seeds, n, aug.sampling(**sampling)):
-            if isinstance(event, tasks.ExpandResult):
-                result = event
-            elif not as_json:
-                shown += 1
-                ui.render_pair(console, shown, event.instruction, event.response)
-    assert result is not None
+        events = tasks.pairs_iter(aug.engine, aug.style, seeds, n, aug.sampling(**sampling))
+        result = _drain(events, None if as_json else lambda i, p: ui.render_pair(console, i, p.instruction, p.response))
     if as_json:
         ui.print_json(console, {"pairs": [{"instruction": p.instruction, "response": p.response} for p in result.items],
                                 "samples": result.samples, "rejected": result.rejected, "shortfall": result.shortfall})

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from localaug import hub, registry, settings
 from localaug._version import __version__
 from localaug.errors import GGUFError, ModelNotFoundError, StoreError, UsageError
+from localaug.convert.gguf_out import temp_beside
 from localaug.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ def _install(target: _Target, quant: str, checkpoint: Path, source: Source, prog
     dest = folder / f"{quant}.gguf"
     try:
         _check_owner(folder, target.name)
-        with _temp_beside(dest) as tmp:
+        with temp_beside(dest) as tmp:
             convert_checkpoint(
                 checkpoint, tmp, quant, source_repo=source.repo,
                 source_revision=source.commit or source.revision, progress=progress,
@@ -447,22 +447,8 @@ def _sha256(path: Path) -> str:
 # -- atomic writing -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _temp_beside(dest: Path) -> Iterator[Path]:
-    """A temporary path in ``dest``'s folder, always removed afterwards (the caller renames it)."""
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".incoming")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    except OSError as e:
-        raise StoreError(f"writing {dest} failed ({e.strerror or e}): free space in {dest.parent} and retry") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with _temp_beside(path) as tmp:
+    with temp_beside(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, ensure_ascii=False)
             f.write("\n")

@@ -14,6 +14,22 @@ from localaug.engine import Engine, EngineOptions, Generation, PromptTooLongErro
 GREEDY = dict(temperature=0.0, max_tokens=24)
 
 
+def hf_greedy(checkpoint: Path, text: str, max_new_tokens: int) -> tuple[list[int], str]:
+    """transformers' greedy reply to ``text`` as a Qwen2 chat user turn: (token ids, text), EOS dropped."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=[151645, 151643], pad_token_id=151643)
+    new = [t for t in out[0, ids.shape[1]:].tolist() if t not in (151643, 151645)]
+    return new, tok.decode(new).strip()
+
+
 @pytest.fixture(scope="module")
 def tiny_family(converted) -> Augmenter:
     aug = Augmenter.load(converted("untied", "F32"), prompt_format="qwen2-chatml", threads=2, kv_f32=True, n_ctx=512)
@@ -29,21 +45,11 @@ def teacher(smollm2: Path) -> Augmenter:
 
 
 def test_refine_greedy_equals_transformers_generate(tiny_family: Augmenter, qwen2_untied: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     text = "Create a travel guide for Hangzhou. 写一份杭州旅游指南。"
-    tok = AutoTokenizer.from_pretrained(qwen2_untied)
-    model = AutoModelForCausalLM.from_pretrained(qwen2_untied, dtype=torch.float32)
-    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24,
-                             eos_token_id=[151645, 151643], pad_token_id=151643)
-    new = [t for t in out[0, ids.shape[1]:].tolist() if t not in (151643, 151645)]
+    new, expected = hf_greedy(qwen2_untied, text, 24)
     refined, gen = tiny_family.refine_full(text, **GREEDY)
     assert gen.tokens == new
-    assert refined == tok.decode(new).strip()
+    assert refined == expected
 
 
 def test_stream_pieces_add_up_to_the_final_text(tiny_family: Augmenter) -> None:
@@ -109,18 +115,8 @@ runner = CliRunner()
 
 
 def test_cli_refine_json_is_exactly_transformers_greedy(converted, qwen2_tied: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     text = "Write a haiku about the sea."
-    tok = AutoTokenizer.from_pretrained(qwen2_tied)
-    model = AutoModelForCausalLM.from_pretrained(qwen2_tied, dtype=torch.float32)
-    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
-                             eos_token_id=[151645, 151643], pad_token_id=151643)
-    expected = tok.decode([t for t in out[0, ids.shape[1]:].tolist() if t not in (151643, 151645)]).strip()
+    _, expected = hf_greedy(qwen2_tied, text, 20)
     result = runner.invoke(app, ["refine", text, "-m", str(converted("tied", "F32")), "--format", "qwen2-chatml",
                                  "--temperature", "0", "--max-tokens", "20", "--threads", "2", "--json"])
     assert result.exit_code == 0, result.output
