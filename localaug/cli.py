@@ -347,6 +347,31 @@ def doctor(as_json: JsonOpt = False) -> None:
         ui.render_doctor(out_console(), data)
 
 
+
+@app.command()
+@handled
+def bench(
+    model: ModelOpt = None,
+    tokens: Annotated[int, typer.Option("--tokens", help="Tokens to generate per run.")] = 64,
+    repeats: Annotated[int, typer.Option("--repeats", help="Runs; the median is reported.")] = 3,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "auto", gpu_layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
+) -> None:
+    """Measure load time, time to first token, prefill and decode tokens/s, next to raw llama.cpp decode.
+
+    Example: [bold]localaug bench --model qwen2-refine:1.5b --tokens 128[/bold]
+    """
+    from localaug import tasks, ui
+    from localaug.bench import BENCH_PROMPT, run_bench
+
+    with _load("refine", model, None, device, gpu_layers, threads, ctx) as aug:
+        result = run_bench(aug.engine, tasks.build_prompt(aug.style, "refine", BENCH_PROMPT), tokens, repeats)
+    if as_json:
+        ui.print_json(out_console(), result.to_dict())
+    else:
+        ui.render_bench(out_console(), result)
+
+
 def main() -> None:
     app()
 

@@ -251,13 +251,17 @@ class Engine:
                 raise EngineError(f"llama_decode failed (code {rc}): the context may be full; lower --max-tokens")
 
     def stream(
-        self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = ()
+        self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = (), ignore_eog: bool = False
     ) -> Iterator[str | Generation]:
-        """Yield text pieces as they are decoded, then the finished Generation as the last item."""
-        with self.lock:
-            yield from self._stream_locked(prompt, sampling, stop)
+        """Yield text pieces as they are decoded, then the finished Generation as the last item.
 
-    def _stream_locked(self, prompt: str | Sequence[int], p: SamplingParams, stop: Sequence[str]) -> Iterator[str | Generation]:
+        ``ignore_eog`` decodes exactly max_tokens (benchmarks)."""
+        with self.lock:
+            yield from self._stream_locked(prompt, sampling, stop, ignore_eog)
+
+    def _stream_locked(
+        self, prompt: str | Sequence[int], p: SamplingParams, stop: Sequence[str], ignore_eog: bool
+    ) -> Iterator[str | Generation]:
         started = time.monotonic()
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
@@ -281,7 +285,7 @@ class Engine:
                 tok = L.llama_sampler_sample(sampler, self._ctx, -1)
                 if not first:
                     first = time.monotonic() - started
-                if self.is_eog(tok) or tok in stop_ids:
+                if not ignore_eog and (self.is_eog(tok) or tok in stop_ids):
                     finish = "stop"
                     break
                 out_tokens.append(tok)
@@ -316,10 +320,28 @@ class Engine:
             },
         )
 
-    def generate(self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = ()) -> Generation:
+    def generate(
+        self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = (), ignore_eog: bool = False
+    ) -> Generation:
         result = None
-        for item in self.stream(prompt, sampling, stop):
+        for item in self.stream(prompt, sampling, stop, ignore_eog):
             if isinstance(item, Generation):
                 result = item
         assert result is not None
         return result
+
+    def raw_decode_rate(self, prompt: Sequence[int], n_tokens: int) -> float:
+        """Tokens/s of a bare llama_decode loop, one token at a time, no sampling (llama-bench's tg).
+
+        The ceiling our generation loop is measured against, in the same process and context.
+        """
+        with self.lock:
+            self.fit(len(prompt), n_tokens)
+            L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+            self._decode(prompt)
+            one = (L.llama_token * 1)(prompt[-1])
+            started = time.monotonic()
+            for _ in range(n_tokens):
+                if L.llama_decode(self._ctx, L.llama_batch_get_one(one, 1)) != 0:
+                    raise EngineError("llama_decode failed during the benchmark: lower the token count")
+            return n_tokens / (time.monotonic() - started)

@@ -276,3 +276,23 @@ def render_doctor(console: Console, report: dict[str, Any]) -> None:
     for k, v in report.items():
         table.add_row(k, str(v))
     console.print(table)
+
+
+def render_bench(console: Console, r: Any) -> None:
+    table = Table(title=f"localaug bench: {r.model}", title_justify="left")
+    table.add_column("measure", style="bold cyan")
+    table.add_column("value", justify="right")
+    rows = [
+        ("threads / GPU layers", f"{r.threads} / {r.gpu_layers}"),
+        ("model load", f"{r.load_seconds:.2f} s"),
+        ("prompt", f"{r.prompt_tokens} tokens"),
+        ("time to first token", f"{r.time_to_first_token_s * 1000:.0f} ms"),
+        ("prefill", f"{r.prefill_tokens_per_s:.1f} tok/s"),
+        ("decode (localaug, sampling included)", f"{r.decode_tokens_per_s:.1f} tok/s"),
+        ("decode (raw llama_decode loop)", f"{r.raw_decode_tokens_per_s:.1f} tok/s"),
+        ("localaug / raw", f"{r.decode_vs_raw:.2f}×"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    console.print(f"[dim]median of {r.repeats} runs of {r.generated_tokens} tokens[/dim]", highlight=False)
