@@ -32,3 +32,19 @@ def test_convert_shows_a_live_progress_bar_on_a_tty(qwen2_tied: Path, tmp_path: 
     flat = re.sub(r"\s+", "", screen)
     assert "wrote" in screen and re.sub(r"\s+", "", str(out)) in flat
     assert out.is_file()
+
+
+def test_refine_interactive_loop_in_a_terminal(smollm2: Path) -> None:
+    env = dict(os.environ, COLUMNS="100", TERM="xterm-256color")
+    child = pexpect.spawn(_localaug(), ["refine", "-m", str(smollm2), "--seed", "1", "--max-tokens", "24", "--threads", "2"],
+                          env=env, encoding="utf-8", timeout=240, dimensions=(40, 100))
+    child.expect("Ctrl-D quits")
+    child.expect("instruction>")
+    child.sendline("Create a travel guide for Hangzhou.")
+    child.expect("refined")  # the final panel's title, after the live streaming panel
+    child.expect(r"tokens, [\d.]+ tok/s")
+    child.expect("instruction>")  # back at the prompt for the next one
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
