@@ -101,10 +101,97 @@ def _resolve_layers(opts: EngineOptions) -> int:
     return int(opts.gpu_layers or 0)
 
 
+def make_sampler(p: SamplingParams):
+    """llama.cpp's native sampler chain for ``p`` (the caller frees it with ``llama_sampler_free``)."""
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731
+    if p.repeat_penalty and p.repeat_penalty != 1.0:
+        add(L.llama_sampler_init_penalties(64, p.repeat_penalty, 0.0, 0.0))
+    if p.temperature <= 0:
+        add(L.llama_sampler_init_greedy())
+        return chain
+    if p.top_k > 0:
+        add(L.llama_sampler_init_top_k(p.top_k))
+    if 0 < p.top_p < 1:
+        add(L.llama_sampler_init_top_p(p.top_p, 1))
+    if p.min_p > 0:
+        add(L.llama_sampler_init_min_p(p.min_p, 1))
+    add(L.llama_sampler_init_temp(p.temperature))
+    seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(4), "little")
+    add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
+class TextStream:
+    """One generation's tokens -> text: end-of-generation and stop handling, UTF-8-safe incremental
+    detokenisation, and holding back text that could still turn into a text stop string.
+
+    Shared by Engine and BatchEngine so both finish and cut text identically."""
+
+    def __init__(self, engine: Engine, stop: Sequence[str], ignore_eog: bool = False) -> None:
+        self._engine = engine
+        self._ignore_eog = ignore_eog
+        self._stop_ids = engine.stop_token_ids(stop)
+        self._text_stops = [s for s in stop if len(engine.tokenize(s, special=True)) != 1]
+        self._hold = max((len(s) for s in self._text_stops), default=0)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish: Literal["stop", "length"] = "length"
+        self._emitted = 0
+
+    def push(self, tok: int) -> bool:
+        """Take one sampled token; True when it ends the generation (the token is then not kept)."""
+        if not self._ignore_eog and (self._engine.is_eog(tok) or tok in self._stop_ids):
+            self.finish = "stop"
+            return True
+        self.tokens.append(tok)
+        self.text += self._decoder.decode(self._engine.piece(tok))
+        cut = min((i for i in (self.text.find(s) for s in self._text_stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text, self.finish = self.text[:cut], "stop"
+            return True
+        return False
+
+    def safe_piece(self) -> str:
+        """New text that no stop string can still cut ("" if none)."""
+        safe = len(self.text) - self._hold
+        if safe <= self._emitted:
+            return ""
+        piece, self._emitted = self.text[self._emitted : safe], safe
+        return piece
+
+    def end_of_length(self) -> None:
+        """max_tokens reached: flush a trailing incomplete UTF-8 sequence."""
+        self.text += self._decoder.decode(b"", final=True)
+
+    def rest(self) -> str:
+        piece, self._emitted = self.text[self._emitted :], len(self.text)
+        return piece
+
+    def generation(self, prompt_tokens: int, started: float, first: float, prefill_seconds: float) -> Generation:
+        done = time.monotonic()
+        n_gen = len(self.tokens)
+        return Generation(
+            text=self.text,
+            tokens=self.tokens,
+            finish_reason=self.finish,
+            prompt_tokens=prompt_tokens,
+            seconds=done - started,
+            first_token_seconds=first,
+            stats={
+                "prefill_tokens_per_s": prompt_tokens / max(prefill_seconds, 1e-9),
+                "decode_tokens_per_s": max(n_gen - 1, 0) / max(done - started - first, 1e-9) if n_gen > 1 else 0.0,
+            },
+        )
+
+
 class Engine:
     """One loaded GGUF model and one llama.cpp context."""
 
-    def __init__(self, path: str | os.PathLike[str], opts: EngineOptions | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], opts: EngineOptions | None = None, *, context: bool = True) -> None:
+        """``context=False`` loads only the model (a BatchEngine brings its own context); a
+        context is then made on the first generation."""
         self.path = Path(path)
         self.opts = opts or EngineOptions()
         self.lock = threading.Lock()
@@ -124,7 +211,8 @@ class Engine:
         self.threads = self.opts.threads or max(1, os.cpu_count() or 1)
         self._ctx = None
         self.n_ctx = 0
-        self._make_context(self.opts.n_ctx or min(DEFAULT_CTX, self.n_ctx_train))
+        if context:
+            self._make_context(self.opts.n_ctx or min(DEFAULT_CTX, self.n_ctx_train))
         self.load_seconds = time.monotonic() - started
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -133,21 +221,30 @@ class Engine:
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
+        self._ctx = self.new_context(n_ctx)
+        self.n_ctx = L.llama_n_ctx(self._ctx)
+
+    def new_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False):
+        """A new llama.cpp context on this model (the caller frees it with ``llama_free``)."""
         cparams = L.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(n_ctx, 512)
         cparams.n_ubatch = min(n_ctx, 512)
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = kv_unified
         if self.opts.kv_f32:
             cparams.type_k = L.GGML_TYPE_F32
             cparams.type_v = L.GGML_TYPE_F32
+            # Reference mode: no flash attention. llama.cpp's CPU flash-attention kernel rounds
+            # differently for a lone decode token than inside a multi-token batch (~1e-3 on logits),
+            # so results would depend on how tokens happen to be batched.
+            cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx = L.llama_init_from_model(self._model, cparams)
         if not ctx:
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens: lower --ctx or free memory")
-        self._ctx = ctx
-        self.n_ctx = L.llama_n_ctx(ctx)
+        return ctx
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
@@ -208,23 +305,7 @@ class Engine:
     # -- sampling -------------------------------------------------------------------------------
 
     def _sampler(self, p: SamplingParams):
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731
-        if p.repeat_penalty and p.repeat_penalty != 1.0:
-            add(L.llama_sampler_init_penalties(64, p.repeat_penalty, 0.0, 0.0))
-        if p.temperature <= 0:
-            add(L.llama_sampler_init_greedy())
-            return chain
-        if p.top_k > 0:
-            add(L.llama_sampler_init_top_k(p.top_k))
-        if 0 < p.top_p < 1:
-            add(L.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0:
-            add(L.llama_sampler_init_min_p(p.min_p, 1))
-        add(L.llama_sampler_init_temp(p.temperature))
-        seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(4), "little")
-        add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
+        return make_sampler(p)
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -268,16 +349,9 @@ class Engine:
             raise UsageError("empty prompt: give some text")
         self.fit(len(tokens), p.max_tokens)
         L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
-        stop_ids = self.stop_token_ids(stop)
-        text_stops = [s for s in stop if len(self.tokenize(s, special=True)) != 1]
         sampler = self._sampler(p)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        out_tokens: list[int] = []
-        text = ""
-        emitted = 0
-        finish: Literal["stop", "length"] = "length"
+        out = TextStream(self, stop, ignore_eog)
         first = 0.0
-        hold = max((len(s) for s in text_stops), default=0)
         try:
             self._decode(tokens)
             prefill = time.monotonic()
@@ -285,40 +359,20 @@ class Engine:
                 tok = L.llama_sampler_sample(sampler, self._ctx, -1)
                 if not first:
                     first = time.monotonic() - started
-                if not ignore_eog and (self.is_eog(tok) or tok in stop_ids):
-                    finish = "stop"
+                if out.push(tok):
                     break
-                out_tokens.append(tok)
-                text += decoder.decode(self.piece(tok))
-                cut = min((i for i in (text.find(s) for s in text_stops) if i >= 0), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-                    break
-                safe = len(text) - hold
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
+                piece = out.safe_piece()
+                if piece:
+                    yield piece
                 self._decode([tok])
             else:
-                text += decoder.decode(b"", final=True)
-            if len(text) > emitted:
-                yield text[emitted:]
+                out.end_of_length()
+            piece = out.rest()
+            if piece:
+                yield piece
         finally:
             L.llama_sampler_free(sampler)
-        done = time.monotonic()
-        n_gen = len(out_tokens)
-        yield Generation(
-            text=text,
-            tokens=out_tokens,
-            finish_reason=finish,
-            prompt_tokens=len(tokens),
-            seconds=done - started,
-            first_token_seconds=first,
-            stats={
-                "prefill_tokens_per_s": len(tokens) / max(prefill - started, 1e-9),
-                "decode_tokens_per_s": max(n_gen - 1, 0) / max(done - started - first, 1e-9) if n_gen > 1 else 0.0,
-            },
-        )
+        yield out.generation(len(tokens), started, first, prefill - started)
 
     def generate(
         self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = (), ignore_eog: bool = False

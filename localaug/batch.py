@@ -1,0 +1,323 @@
+"""Continuous batching: many sequences decoded together in ONE llama.cpp context.
+
+Every ``llama_decode`` call carries one token for each sequence that is generating plus, in the
+room left (``n_batch``), chunks of the prompts of newly admitted sequences. Each sequence has its
+own slot (llama.cpp sequence id), its own native sampler chain and its own stop/detokenisation
+state (``engine.TextStream``, the very code ``Engine`` runs). A slot is refilled from the request
+iterator as soon as its sequence finishes, so requests are pulled lazily and a job of a million
+rows streams through a fixed amount of memory.
+
+A request with ``n > 1`` samples is prefilled once; its samples are forked from that sequence with
+``llama_memory_seq_cp`` (a KV copy, no second prefill). Sample k uses seed + k, like
+``tasks._sample``. When fewer slots are free than samples, the rest start later by copying the
+prompt's KV from a sibling still running (or by rewinding the slot of a sibling that finished),
+re-decoding only the prompt's last token for its logits.
+
+The KV cache is unified (one pool of ``parallel x n_ctx`` cells shared by all slots), so prompt
+chunks and decode tokens of any mix of slots go into one micro-batch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+import llama_cpp as L
+
+from localaug.engine import DEFAULT_CTX, Engine, EngineError, EngineOptions, Generation, SamplingParams, TextStream, make_sampler
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    prompt: str | list[int]
+    sampling: SamplingParams
+    stop: tuple[str, ...] = ()
+    n: int = 1
+
+
+@dataclass
+class Result:
+    """One finished sample: ``generation`` or, when the request could not run, ``error``."""
+
+    id: str
+    index: int  # 0..n-1
+    generation: Generation | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Group:
+    """One admitted request: its prompt tokens and which sample indexes are still to start."""
+
+    request: Request
+    tokens: list[int]
+    started: float
+    next_index: int = 0
+    live: set[int] = field(default_factory=set)  # slots running a sample of this request
+    prefilled: bool = False  # a sibling's KV holds the whole prompt (forks may copy it)
+
+    @property
+    def pending(self) -> int:
+        return self.request.n - self.next_index
+
+
+@dataclass
+class _Seq:
+    group: _Group
+    index: int
+    sampler: object
+    out: TextStream
+    feed: list[int]  # tokens still to decode (prompt chunk(s), or the last sampled token)
+    pos: int  # position of feed[0]
+    started: float
+    prefill_done: float = 0.0
+    first: float = 0.0
+
+
+class BatchEngine:
+    """``parallel`` sequences at a time on one model.
+
+    ``model`` is a GGUF path (the model is loaded here and freed by ``close``) or a loaded Engine
+    (its model is shared, not copied; keep that Engine open while this one is in use).
+    ``n_ctx`` is the context of ONE sequence (prompt + max_tokens must fit it); None means the
+    options' n_ctx or min(4096, trained context). The context holds ``parallel x n_ctx`` cells.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | Engine, opts: EngineOptions | None = None, parallel: int = 8,
+                 n_ctx: int | None = None) -> None:
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
+        if isinstance(model, Engine):
+            self.engine, self._owns_engine = model, False
+        else:
+            self.engine, self._owns_engine = Engine(model, opts or EngineOptions(), context=False), True
+        self.opts = self.engine.opts
+        self.parallel = parallel
+        self.n_ctx_seq = min(n_ctx or self.opts.n_ctx or DEFAULT_CTX, self.engine.n_ctx_train)
+        self.lock = threading.Lock()
+        self._ctx = self.engine.new_context(self.n_ctx_seq * parallel, n_seq_max=parallel, kv_unified=True)
+        self._mem = L.llama_get_memory(self._ctx)
+        self.n_batch = L.llama_n_batch(self._ctx)
+        self._batch = L.llama_batch_init(self.n_batch, 0, 1)
+
+    def close(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            L.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_owns_engine", False) and self.engine is not None:
+            self.engine.close()
+            self.engine = None  # type: ignore[assignment]
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self, requests: Iterable[Request]) -> Iterator[Result]:
+        """Yield one Result per sample of each request as it finishes (any order).
+
+        Requests are pulled from ``requests`` only when a slot is free."""
+        with self.lock:
+            L.llama_memory_clear(self._mem, True)
+            try:
+                yield from self._run(iter(requests))
+            finally:
+                L.llama_memory_clear(self._mem, True)
+
+    def _run(self, requests: Iterator[Request]) -> Iterator[Result]:
+        slots: list[_Seq | None] = [None] * self.parallel
+        groups: list[_Group] = []  # admitted requests with samples not yet started
+        exhausted = False
+        try:
+            while True:
+                # 1. fill free slots: pending samples of admitted requests first, then new requests
+                for slot in range(self.parallel):
+                    while slots[slot] is None:
+                        group = next((g for g in groups if g.prefilled and g.live), None)
+                        if group is not None:
+                            source = next(iter(group.live))
+                            self._fork(slots, group, source, slot, whole=False)
+                            if not group.pending:
+                                groups.remove(group)
+                            continue
+                        if exhausted:
+                            break
+                        try:
+                            request = next(requests)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        group, errors = self._admit(request)
+                        yield from errors
+                        if group is not None:
+                            slots[slot] = self._start(group, slot, group.tokens, 0)
+                            if group.pending:
+                                groups.append(group)
+                active = [(i, s) for i, s in enumerate(slots) if s is not None]
+                if not active:
+                    if exhausted:
+                        return
+                    continue
+                # 2. one llama_decode: every generating slot's token, then prompt chunks as room allows
+                outputs = self._step(active)
+                # 3. sample where logits came out
+                for slot, seq, idx in outputs:
+                    targets = [slot]
+                    group = seq.group
+                    if not group.prefilled:
+                        # the prompt is in: fork the request's other samples into free slots (KV copy)
+                        group.prefilled = True
+                        for free in range(self.parallel):
+                            if group.pending and slots[free] is None:
+                                self._fork(slots, group, slot, free, whole=True)
+                                targets.append(free)
+                        if not group.pending and group in groups:
+                            groups.remove(group)
+                    for s in targets:
+                        result = self._sample(slots[s], idx)  # type: ignore[arg-type]
+                        if result is not None:
+                            yield result
+                            self._finish(slots, groups, s)
+        finally:
+            for seq in slots:
+                if seq is not None:
+                    L.llama_sampler_free(seq.sampler)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _admit(self, request: Request) -> tuple[_Group | None, list[Result]]:
+        started = time.monotonic()
+        p = request.sampling
+        try:
+            tokens = self.engine.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+        except Exception as exc:  # noqa: BLE001 - a bad row must not stop the batch
+            return None, self._errors(request, f"could not tokenize the prompt: {exc}")
+        if request.n < 1:
+            return None, self._errors(request, "n must be at least 1")
+        if not tokens:
+            return None, self._errors(request, "empty prompt: give some text")
+        if len(tokens) + p.max_tokens > self.n_ctx_seq:
+            return None, self._errors(request, (
+                f"prompt of {len(tokens)} tokens + max_tokens {p.max_tokens} exceeds the per-sequence context of "
+                f"{self.n_ctx_seq} tokens: shorten the input, lower --max-tokens or raise --ctx"))
+        return _Group(request, tokens, started), []
+
+    @staticmethod
+    def _errors(request: Request, message: str) -> list[Result]:
+        return [Result(request.id, k, None, message) for k in range(max(request.n, 1))]
+
+    def _start(self, group: _Group, slot: int, feed: list[int], pos: int) -> _Seq:
+        k = group.next_index
+        group.next_index += 1
+        group.live.add(slot)
+        p = group.request.sampling
+        sampling = p if p.seed is None else replace(p, seed=p.seed + k)
+        return _Seq(group, k, make_sampler(sampling), TextStream(self.engine, group.request.stop), list(feed), pos,
+                    time.monotonic())
+
+    def _fork(self, slots: list[_Seq | None], group: _Group, source: int, slot: int, whole: bool) -> None:
+        """Start the group's next sample in ``slot`` from the prompt KV of ``source``.
+
+        ``whole``: the source has just decoded the prompt and its logits are fresh (the new sample
+        samples from them); otherwise copy all but the prompt's last token and decode that again."""
+        n = len(group.tokens)
+        L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        if whole:
+            L.llama_memory_seq_cp(self._mem, source, slot, -1, -1)
+            seq = self._start(group, slot, [], n)
+            seq.prefill_done = time.monotonic()
+        else:
+            L.llama_memory_seq_cp(self._mem, source, slot, 0, n - 1)
+            seq = self._start(group, slot, group.tokens[-1:], n - 1)
+        slots[slot] = seq
+
+    def _step(self, active: list[tuple[int, _Seq]]) -> list[tuple[int, _Seq, int]]:
+        b = self._batch
+        n = 0
+        outputs: list[tuple[int, _Seq, int]] = []
+        # generating slots (one token each) first, so they are never starved by a long prompt
+        order = sorted((a for a in active if a[1].feed), key=lambda a: len(a[1].feed) > 1)
+        for slot, seq in order:
+            room = self.n_batch - n
+            if room <= 0:
+                break
+            chunk = seq.feed[:room]
+            for j, tok in enumerate(chunk):
+                b.token[n] = tok
+                b.pos[n] = seq.pos + j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = slot
+                b.logits[n] = 0
+                n += 1
+            seq.feed = seq.feed[len(chunk):]
+            seq.pos += len(chunk)
+            if not seq.feed:
+                b.logits[n - 1] = 1
+                outputs.append((slot, seq, n - 1))
+        b.n_tokens = n
+        rc = L.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed (code {rc}) on a batch of {n} tokens: lower --parallel or --ctx")
+        return outputs
+
+    def _sample(self, seq: _Seq, idx: int) -> Result | None:
+        """Sample the next token of ``seq`` from logits ``idx``; a Result when it is finished."""
+        p = seq.group.request.sampling
+        now = time.monotonic()
+        if not seq.prefill_done:
+            seq.prefill_done = now
+        if len(seq.out.tokens) >= p.max_tokens:  # max_tokens 0
+            seq.out.end_of_length()
+            return self._result(seq)
+        tok = L.llama_sampler_sample(seq.sampler, self._ctx, idx)
+        if not seq.first:
+            seq.first = time.monotonic() - seq.started
+        if seq.out.push(tok):
+            return self._result(seq)
+        if len(seq.out.tokens) >= p.max_tokens:
+            seq.out.end_of_length()
+            return self._result(seq)
+        seq.feed = [tok]
+        return None
+
+    @staticmethod
+    def _result(seq: _Seq) -> Result:
+        gen = seq.out.generation(len(seq.group.tokens), seq.started, seq.first, seq.prefill_done - seq.started)
+        return Result(seq.group.request.id, seq.index, gen)
+
+    def _finish(self, slots: list[_Seq | None], groups: list[_Group], slot: int) -> None:
+        seq = slots[slot]
+        assert seq is not None
+        L.llama_sampler_free(seq.sampler)
+        group = seq.group
+        group.live.discard(slot)
+        slots[slot] = None
+        if group.pending and not group.live:
+            # last sibling of a request with samples to go: rewind its KV to the prompt and reuse the slot
+            n = len(group.tokens)
+            L.llama_memory_seq_rm(self._mem, slot, n - 1, -1)
+            slots[slot] = self._start(group, slot, group.tokens[-1:], n - 1)
+            if not group.pending and group in groups:
+                groups.remove(group)
+            return
+        L.llama_memory_seq_rm(self._mem, slot, -1, -1)

@@ -1,0 +1,148 @@
+"""BatchEngine (continuous batching in one llama.cpp context) against the single-sequence Engine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from localaug import prompts
+from localaug.batch import BatchEngine, Request, Result
+from localaug.engine import Engine, EngineOptions, SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=20)
+SEEDED = SamplingParams(temperature=0.8, top_p=0.95, top_k=50, max_tokens=16, seed=1234)
+
+TEXTS = [
+    "Create a travel guide for Hangzhou.",
+    "写一份杭州旅游指南。",
+    "Explain rainbows to a child. 🌈",
+    "a poem about rain",
+    "the history of tea",
+    "how do magnets work",
+    "解释量子纠缠",
+    "List three primary colors.",
+    "Write a Python function that reverses a linked list, with tests and a docstring explaining complexity.",
+    "Summarise the causes of the First World War in five bullet points for a high-school class.",
+    "给我推荐五本适合初学者的机器学习书籍，并说明理由。",
+    "x",
+    "Translate 'good morning' into French, German, Japanese and Korean. " * 3,
+    "Plan a two-week road trip across California covering national parks, coastal towns and food stops. " * 6,
+]
+
+
+def chat(text: str) -> str:
+    return prompts.qwen2_chatml([{"role": "user", "content": text}])
+
+
+@pytest.fixture(scope="module", params=[("tied", "F32"), ("tied", "Q8_0")], ids=["F32", "Q8_0"])
+def engine(request, converted) -> Engine:
+    kind, quant = request.param
+    eng = Engine(converted(kind, quant), EngineOptions(threads=1, n_ctx=1024, kv_f32=True))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def expected(engine: Engine) -> dict[str, list[int]]:
+    return {t: engine.generate(chat(t), GREEDY, prompts.QWEN2_STOP).tokens for t in TEXTS}
+
+
+def run_all(batch: BatchEngine, requests: list[Request]) -> dict[tuple[str, int], Result]:
+    out: dict[tuple[str, int], Result] = {}
+    for r in batch.run(requests):
+        assert (r.id, r.index) not in out
+        out[(r.id, r.index)] = r
+    return out
+
+
+@pytest.mark.parametrize("parallel", [4, 1])
+def test_greedy_batched_equals_single_sequence(engine: Engine, expected: dict[str, list[int]], parallel: int) -> None:
+    requests = [Request(str(i), chat(t), GREEDY, prompts.QWEN2_STOP) for i, t in enumerate(TEXTS)]
+    with BatchEngine(engine, parallel=parallel, n_ctx=1024) as batch:
+        got = run_all(batch, requests)
+    assert len(got) == len(TEXTS)  # more requests than slots: slots were refilled
+    for i, t in enumerate(TEXTS):
+        r = got[(str(i), 0)]
+        assert r.ok and r.generation is not None
+        gen = r.generation
+        assert gen.tokens == expected[t], f"prompt {i} ({t[:30]!r}) differs"
+        assert gen.text == engine.detokenize(gen.tokens) or gen.finish_reason == "stop"
+        assert gen.prompt_tokens == len(engine.tokenize(chat(t)))
+
+
+def test_text_and_stop_handling_match_engine(engine: Engine) -> None:
+    # a text stop string (several tokens) cuts the text exactly as Engine does
+    texts = TEXTS[:6]
+    stop = (*prompts.QWEN2_STOP, "e")
+    want = [engine.generate(chat(t), GREEDY, stop) for t in texts]
+    with BatchEngine(engine, parallel=3, n_ctx=512) as batch:
+        got = run_all(batch, [Request(str(i), chat(t), GREEDY, stop) for i, t in enumerate(texts)])
+    for i, w in enumerate(want):
+        g = got[(str(i), 0)].generation
+        assert g is not None
+        assert (g.text, g.tokens, g.finish_reason) == (w.text, w.tokens, w.finish_reason)
+
+
+@pytest.mark.parametrize("parallel", [6, 4])
+def test_seeded_samples_fork_the_prompt_and_are_reproducible(engine: Engine, parallel: int) -> None:
+    reqs = [Request("a", chat(TEXTS[0]), SEEDED, prompts.QWEN2_STOP, n=3),
+            Request("b", chat(TEXTS[1]), SEEDED, prompts.QWEN2_STOP, n=3)]
+    # parallel 6: every sample forks from the freshly prefilled prompt (llama_memory_seq_cp);
+    # parallel 4: b's last two samples start later from a sibling's KV (prompt's last token re-decoded)
+    with BatchEngine(engine, parallel=parallel, n_ctx=512) as batch:
+        first = run_all(batch, reqs)
+        second = run_all(batch, reqs)
+    assert sorted(first) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+    assert all(r.ok for r in first.values())
+    tokens = {k: r.generation.tokens for k, r in first.items()}
+    assert tokens == {k: r.generation.tokens for k, r in second.items()}
+    assert len({tuple(tokens[("a", k)]) for k in range(3)}) == 3
+    if parallel == 6:
+        # sample k is seeded seed + k, like tasks._sample: the same as the single-sequence engine's.
+        # (Late-started samples re-decode the prompt's last token alone: reproducible, but the logits
+        # may differ from a prefill's by float rounding, ~1e-5, so they are not compared here.)
+        for rid, text in (("a", TEXTS[0]), ("b", TEXTS[1])):
+            for k in range(3):
+                single = engine.generate(chat(text), replace(SEEDED, seed=SEEDED.seed + k), prompts.QWEN2_STOP)
+                assert tokens[(rid, k)] == single.tokens, (rid, k)
+
+
+def test_too_long_prompt_is_an_error_result_and_the_rest_complete(engine: Engine) -> None:
+    reqs = [Request("ok1", chat(TEXTS[2]), GREEDY, prompts.QWEN2_STOP),
+            Request("long", chat("word " * 400), GREEDY, prompts.QWEN2_STOP, n=2),
+            Request("empty", "", GREEDY),
+            Request("ok2", chat(TEXTS[3]), GREEDY, prompts.QWEN2_STOP)]
+    with BatchEngine(engine, parallel=2, n_ctx=256) as batch:
+        got = run_all(batch, reqs)
+    assert got[("long", 0)].generation is None and "exceeds the per-sequence context of 256" in got[("long", 0)].error
+    assert not got[("long", 1)].ok
+    assert not got[("empty", 0)].ok
+    for rid, t in (("ok1", TEXTS[2]), ("ok2", TEXTS[3])):
+        assert got[(rid, 0)].ok and got[(rid, 0)].generation.tokens == engine.generate(chat(t), GREEDY, prompts.QWEN2_STOP).tokens
+
+
+def test_requests_are_pulled_lazily(engine: Engine) -> None:
+    pulled = []
+
+    def gen():
+        for i in range(10):
+            pulled.append(i)
+            yield Request(str(i), chat(TEXTS[i]), SamplingParams(temperature=0.0, max_tokens=4))
+
+    with BatchEngine(engine, parallel=2, n_ctx=256) as batch:
+        it = batch.run(gen())
+        next(it)
+        assert len(pulled) <= 3  # two slots filled, at most one refill before the first result
+        rest = list(it)
+    assert len(rest) == 9 and len(pulled) == 10
+
+
+def test_batch_engine_loads_its_own_model(converted) -> None:
+    path = converted("tied", "Q8_0")
+    opts = EngineOptions(threads=1, kv_f32=True)
+    with Engine(path, opts) as single:
+        want = single.generate(chat(TEXTS[0]), GREEDY, prompts.QWEN2_STOP).tokens
+    with BatchEngine(path, opts, parallel=2, n_ctx=256) as batch:
+        got = list(batch.run([Request("x", chat(TEXTS[0]), GREEDY, prompts.QWEN2_STOP)]))
+    assert [r.generation.tokens for r in got] == [want]
