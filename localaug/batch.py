@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import llama_cpp as L
 
-from localaug.engine import DEFAULT_CTX, Engine, EngineError, EngineOptions, Generation, SamplingParams, TextStream, make_sampler
+from localaug.engine import DEFAULT_CTX, Closing, Engine, EngineError, EngineOptions, Generation, SamplingParams, TextStream, make_sampler
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class _Seq:
     first: float = 0.0
 
 
-class BatchEngine:
+class BatchEngine(Closing):
     """``parallel`` sequences at a time on one model.
 
     ``model`` is a GGUF path (the model is loaded here and freed by ``close``) or a loaded Engine
@@ -118,18 +118,6 @@ class BatchEngine:
         if getattr(self, "_owns_engine", False) and self.engine is not None:
             self.engine.close()
             self.engine = None  # type: ignore[assignment]
-
-    def __enter__(self) -> BatchEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- running --------------------------------------------------------------------------------
 

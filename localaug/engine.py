@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import llama_cpp as L
 
@@ -186,7 +186,29 @@ class TextStream:
         )
 
 
-class Engine:
+class Closing:
+    """Context-manager support for objects that own llama.cpp resources released by ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: "_C") -> "_C":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_C = TypeVar("_C", bound=Closing)
+
+
+class Engine(Closing):
     """One loaded GGUF model and one llama.cpp context."""
 
     def __init__(self, path: str | os.PathLike[str], opts: EngineOptions | None = None, *, context: bool = True) -> None:
@@ -253,18 +275,6 @@ class Engine:
         if getattr(self, "_model", None):
             L.llama_model_free(self._model)
             self._model = None
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- tokens ---------------------------------------------------------------------------------
 
