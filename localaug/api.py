@@ -23,6 +23,7 @@ from localaug.gguf_info import read_metadata
 from localaug.prompts import Pair
 from localaug.registry import ModelSpec
 from localaug.tasks import ExpandResult, PromptStyle
+from localaug.jobs import JobSummary, run_job  # noqa: F401 - batch jobs are part of the public API  # noqa: F401 - re-exported
 
 DEFAULT_MODELS = {"refine": "qwen2-refine:1.5b", "expand": "qwen2-exp:1.5b", "pairs": "qwen2-response-exp:7b"}
 _SAMPLING_KEYS = {f.name for f in fields(SamplingParams)}

@@ -332,6 +332,53 @@ def pairs(
 
 @app.command()
 @handled
+def run(
+    task: Annotated[str, typer.Argument(help="refine, expand or pairs.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL, JSON array, CSV, Parquet, or a datasets save_to_disk folder.")],  # noqa: A002
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where results go (JSONL records; or the --format training file).")],
+    field: Annotated[str, typer.Option("--field", help="The column with the text (dotted path for nested JSON).")] = "instruction",
+    response_field: Annotated[Optional[str], typer.Option("--response-field", help="pairs: the response column (default: response, else output).")] = None,
+    n: Annotated[int, typer.Option("-n", help="expand/pairs: new items per row.")] = 3,
+    model: ModelOpt = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="Sequences decoded together (continuous batching).")] = 1,
+    out_format: Annotated[str, typer.Option("--format", help="jsonl (records), or a training file: alpaca, sharegpt, messages.")] = "jsonl",
+    prompt_format: Annotated[Optional[str], typer.Option("--prompt-format", help="Force the prompt format: qwen2-chatml, qwen2-response-pairs or teacher.")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="i/N: only rows whose position is i modulo N.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows (of this shard).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the rows recorded as failed.")] = False,
+    temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every row (sample k uses seed+k).")] = 0,
+    device: DeviceOpt = "auto", gpu_layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
+) -> None:
+    """Augment a whole dataset: one record per input row, resumable after any interruption.
+
+    Example: [bold]localaug run refine --input prompts.jsonl --output refined.jsonl --parallel 8[/bold]
+    """
+    from localaug import ui
+    from localaug.errors import JobInterrupted, UsageError
+    from localaug.jobs import run_job
+
+    if device not in ("auto", "cpu", "cuda", "metal"):
+        raise UsageError(f"--device {device!r}: use auto, cpu, cuda or metal")
+    if gpu_layers is not None and gpu_layers != "all" and not gpu_layers.isdigit():
+        raise UsageError(f"--gpu-layers {gpu_layers!r}: give a number or 'all'")
+    layers = int(gpu_layers) if gpu_layers is not None and gpu_layers.isdigit() else gpu_layers
+    console = err_console()
+    try:
+        summary = run_job(
+            task, input, output, model=model, field=field, response_field=response_field, n=n, fmt=out_format,
+            limit=limit, shard=shard, seed=seed, temperature=temperature, top_p=top_p, top_k=top_k,
+            max_tokens=max_tokens, prompt_format=prompt_format, device=device, gpu_layers=layers, threads=threads,
+            n_ctx=ctx, parallel=parallel, retry_failed=retry_failed, progress=ui.job_progress_for(console),
+        )
+    except JobInterrupted as e:
+        ui.render_interrupted(console, str(e))
+        raise typer.Exit(e.exit_code) from None
+    ui.render_job_summary(console, summary)
+
+
+@app.command()
+@handled
 def doctor(as_json: JsonOpt = False) -> None:
     """Report the llama.cpp build (backends, GPU offload, CPU features), threads, memory and the store.
 

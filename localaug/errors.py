@@ -45,3 +45,17 @@ class GGUFError(LocalaugError):
 
 class DownloadError(LocalaugError):
     """The Hugging Face hub (or the mirror in HF_ENDPOINT) could not be reached or refused a download."""
+
+
+class JobError(LocalaugError):
+    """A batch job cannot start or go on (output of a different run, unreadable ledger)."""
+
+
+class JobLockedError(JobError):
+    """Another process is writing the same job output."""
+
+
+class JobInterrupted(LocalaugError):
+    """A batch job was stopped (Ctrl-C); what finished is saved and the same command resumes it."""
+
+    exit_code = 130

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from localaug import hub, registry, settings
 from localaug._version import __version__
 from localaug.errors import GGUFError, ModelNotFoundError, StoreError, UsageError
+from localaug.atomic import write_json_atomic
 from localaug.convert.gguf_out import temp_beside
 from localaug.registry import ModelSpec
 
@@ -191,7 +192,7 @@ def remove(model: str, quant: str | None = None) -> list[StoreEntry]:
             data = _read_manifest(folder) or {"files": {}}
             data["files"].pop(entry.quant, None)
             if data["files"]:
-                _write_json(folder / MANIFEST, data)
+                write_json_atomic(folder / MANIFEST, data)
             else:
                 (folder / MANIFEST).unlink(missing_ok=True)
         _drop_if_empty(folder)
@@ -304,7 +305,7 @@ def _install(target: _Target, quant: str, checkpoint: Path, source: Source, prog
                 data = _read_manifest(folder) or {"format": MANIFEST_FORMAT, "name": target.name, "family": None, "files": {}}
                 data["family"] = entry.family
                 data["files"][quant] = entry.record()
-                _write_json(folder / MANIFEST, data)
+                write_json_atomic(folder / MANIFEST, data)
     except BaseException:
         _drop_if_empty(folder)  # a failed first pull leaves no empty model folder behind
         raise
@@ -445,16 +446,6 @@ def _sha256(path: Path) -> str:
 
 
 # -- atomic writing -------------------------------------------------------------------------------
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with temp_beside(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

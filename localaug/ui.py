@@ -296,3 +296,82 @@ def render_bench(console: Console, r: Any) -> None:
         table.add_row(k, v)
     console.print(table)
     console.print(f"[dim]median of {r.repeats} runs of {r.generated_tokens} tokens[/dim]", highlight=False)
+
+
+# --- batch jobs ---------------------------------------------------------------------------------
+
+
+def _job_counts(s: Any) -> str:
+    eta = f"{s.eta_s:.0f}s" if s.eta_s is not None else "?"
+    return (f"{s.skipped + s.done}/{s.total} rows · {s.rows_per_s:.2f} rows/s · {s.tokens_per_s:.1f} tok/s · ETA {eta} · "
+            f"ok {s.ok} · filtered {s.filtered} · failed {s.failed}")
+
+
+class JobLiveProgress:
+    """A JobProgress for terminals: one live bar with rows, rates, ETA and the status counters."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}"),
+                                  console=console, transient=False)
+        self._task: TaskID | None = None
+
+    def start(self, stats: Any, message: str) -> None:
+        self._console.print(message, highlight=False, soft_wrap=True)
+        self._progress.start()
+        self._task = self._progress.add_task("augmenting", total=stats.total, completed=stats.skipped, counts=_job_counts(stats))
+
+    def update(self, stats: Any) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=stats.skipped + stats.done, counts=_job_counts(stats))
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+class JobPlainProgress:
+    """A JobProgress for logs: the start line, then one line at most every ``every`` seconds."""
+
+    def __init__(self, console: Console, every: float = 10.0) -> None:
+        self._console, self._every, self._last = console, every, 0.0
+
+    def start(self, stats: Any, message: str) -> None:
+        self._console.print(message, highlight=False, soft_wrap=True)
+        self._last = time.monotonic()
+
+    def update(self, stats: Any) -> None:
+        if time.monotonic() - self._last >= self._every:
+            self._last = time.monotonic()
+            self._console.print(_job_counts(stats), highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        pass
+
+
+def job_progress_for(console: Console) -> JobLiveProgress | JobPlainProgress:
+    return JobLiveProgress(console) if console.is_terminal else JobPlainProgress(console)
+
+
+def render_job_summary(console: Console, summary: Any) -> None:
+    s = summary.stats
+    table = Table(title=f"localaug run {summary.run_id[:12]}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold cyan")
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("rows", str(s.total)), ("already done (skipped)", str(s.skipped)), ("done now", str(s.done)),
+        ("ok", str(s.ok)), ("filtered", str(s.filtered)), ("duplicates rejected", str(s.duplicates)),
+        ("failed", str(s.failed)), ("time", f"{s.seconds:.1f} s"), ("rows/s", f"{s.rows_per_s:.2f}"),
+        ("tokens/s", f"{s.tokens_per_s:.1f}"), ("records", str(summary.ledger)), ("manifest", str(summary.manifest)),
+    ]
+    if summary.exported is not None:
+        rows.append(("training file", f"{summary.output} ({summary.exported} examples)"))
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    if s.failed:
+        console.print("[yellow]some rows failed[/yellow] (see their 'error'): fix the cause and rerun with --retry-failed",
+                      highlight=False, soft_wrap=True)
+
+
+def render_interrupted(console: Console, message: str) -> None:
+    console.print(f"[yellow]{message}[/yellow]", highlight=False, soft_wrap=True)
