@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from localaug import registry, tasks
 from localaug.engine import Engine, EngineOptions, Generation, SamplingParams
-from localaug.gguf_info import read_metadata
+from localaug.gguf_info import read_kv
 from localaug.prompts import Pair
 from localaug.registry import ModelSpec
 from localaug.tasks import ExpandResult, PromptStyle
@@ -37,6 +37,36 @@ def resolve_model(model: str | os.PathLike[str], quant: str | None = None) -> tu
     from localaug import store
 
     return store.resolve(str(model), quant), registry.find(str(model))
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    spec: ModelSpec | None
+    style: PromptStyle
+    meta: dict[str, Any]
+
+
+def resolve_style(
+    model: str | os.PathLike[str], quant: str | None = None, prompt_format: str | None = None
+) -> ResolvedModel:
+    """The GGUF path, family spec, prompt style and metadata for ``model`` (tensors are not read)."""
+    path, spec = resolve_model(model, quant)
+    meta = read_kv(path)
+    spec = spec or tasks.family_spec_from_metadata(meta)
+    return ResolvedModel(path, spec, tasks.style_for(meta, spec, prompt_format), meta)
+
+
+def default_sampling(spec: ModelSpec | None, **overrides: Any) -> SamplingParams:
+    """The model manifest's sampling (or the family defaults), with non-None overrides applied."""
+    unknown = set(overrides) - _SAMPLING_KEYS
+    if unknown:
+        raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+    base = SamplingParams()
+    if spec is not None:
+        s = spec.sampling
+        base = replace(base, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class Augmenter:
@@ -61,12 +91,9 @@ class Augmenter:
     ) -> Augmenter:
         """Load ``model``. ``prompt_format`` forces a family format id (e.g. "qwen2-chatml") or
         "teacher"; by default it follows the registry and the GGUF's provenance."""
-        path, spec = resolve_model(model, quant)
-        meta, _ = read_metadata(path)
-        spec = spec or tasks.family_spec_from_metadata(meta)
-        style = tasks.style_for(meta, spec, prompt_format)
+        m = resolve_style(model, quant, prompt_format)
         opts = EngineOptions(device=device, gpu_layers=gpu_layers, threads=threads, n_ctx=n_ctx, kv_f32=kv_f32, verbose=verbose)  # type: ignore[arg-type]
-        return cls(Engine(path, opts), style, spec)
+        return cls(Engine(m.path, opts), m.style, m.spec)
 
     def close(self) -> None:
         self.engine.close()
@@ -81,14 +108,7 @@ class Augmenter:
 
     def sampling(self, **overrides: Any) -> SamplingParams:
         """The model manifest's sampling (or the family defaults), with non-None overrides applied."""
-        unknown = set(overrides) - _SAMPLING_KEYS
-        if unknown:
-            raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
-        base = SamplingParams()
-        if self.spec is not None:
-            s = self.spec.sampling
-            base = replace(base, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        return default_sampling(self.spec, **overrides)
 
     # -- tasks ----------------------------------------------------------------------------------
 

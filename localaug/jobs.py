@@ -252,12 +252,9 @@ class Worker:
     def __init__(self, model: str | os.PathLike[str], cfg: JobConfig, *, options: EngineOptions | None = None,
                  prompt_format: str | None = None, quant: str | None = None, parallel: int = 1) -> None:
         from localaug import api
-        from localaug.gguf_info import read_kv
 
-        path, spec = api.resolve_model(model, quant)
-        meta = read_kv(path)
-        spec = spec or tasks.family_spec_from_metadata(meta)
-        self.style = tasks.style_for(meta, spec, prompt_format)
+        m = api.resolve_style(model, quant, prompt_format)
+        path, spec, self.style = m.path, m.spec, m.style
         self.cfg = replace(cfg, model_name=cfg.model_name or (spec.name if spec else path.name))
         self.path = path
         self.backend, self._closers = make_backend(path, options or EngineOptions(), parallel)
@@ -583,7 +580,6 @@ def run_job(
 ) -> JobSummary:
     """Run ``task`` over every row of ``input`` into ``output``; resumable (see the module doc)."""
     from localaug import __version__, api
-    from localaug.gguf_info import read_kv
 
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}: use {', '.join(TASKS)}")
@@ -603,16 +599,10 @@ def run_job(
     wall0, started_at = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     with _output_lock(lock):
-        path, spec = api.resolve_model(model or api.DEFAULT_MODELS[task], quant)
-        meta = read_kv(path)
-        spec = spec or tasks.family_spec_from_metadata(meta)
-        style = tasks.style_for(meta, spec, prompt_format)
-        base = SamplingParams()
-        if spec is not None:
-            s = spec.sampling
-            base = replace(base, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
-        overrides = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, max_tokens=max_tokens)
-        sampling = replace(base, seed=seed, **{k: v for k, v in overrides.items() if v is not None})
+        m = api.resolve_style(model or api.DEFAULT_MODELS[task], quant, prompt_format)
+        path, spec, style, meta = m.path, m.spec, m.style, m.meta
+        sampling = api.default_sampling(spec, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                                        repeat_penalty=repeat_penalty, max_tokens=max_tokens, seed=seed)
         cfg = JobConfig(task, sampling, field, response_field, n if task != "refine" else 1, spec.name if spec else path.name)
         sha = model_sha256(path)
         config = _run_config(task, path, sha, style, sampling, cfg)
