@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import llama_cpp as L
 
 from localaug.engine import DEFAULT_CTX, Closing, Engine, EngineError, EngineOptions, Generation, SamplingParams, TextStream, make_sampler
+from localaug.tasks import sample_seed
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class BatchEngine(Closing):
         group.next_index += 1
         group.live.add(slot)
         p = group.request.sampling
-        sampling = p if p.seed is None else replace(p, seed=p.seed + k)
+        sampling = replace(p, seed=sample_seed(p.seed, k))
         return _Seq(group, k, make_sampler(sampling), TextStream(self.engine, group.request.stop), list(feed), pos,
                     time.monotonic())
 

@@ -64,9 +64,8 @@ class SequentialBackend:
     def run(self, requests: Iterable[Request]) -> Iterator[Result]:
         for req in requests:
             for k in range(req.n):
-                seed = None if req.sampling.seed is None else req.sampling.seed + k
                 try:
-                    gen = self.engine.generate(req.prompt, replace(req.sampling, seed=seed), req.stop)
+                    gen = self.engine.generate(req.prompt, replace(req.sampling, seed=tasks.sample_seed(req.sampling.seed, k)), req.stop)
                 except LocalaugError as e:  # a bad row must not stop the job
                     for j in range(k, req.n):
                         yield Result(req.id, j, None, str(e))
@@ -153,8 +152,7 @@ def augment(backend: Backend, style: PromptStyle, cfg: JobConfig, rows: Iterable
         except (ValueError, LocalaugError) as e:
             yield _record(cfg, row, "failed", str(e))
             continue
-        dedup = DedupFilter(cfg.threshold)
-        dedup.add_reference([payload] if isinstance(payload, str) else [p.instruction for p in payload])
+        dedup = tasks.new_dedup(style, cfg.task, payload, cfg.threshold)
         runs[row.key] = _RowRun(row, payload, prompt, dedup)
     cap = 1 if cfg.task == "refine" else (cfg.max_samples or max(3 * cfg.n, cfg.n + 4))
     todo = list(runs.values())
@@ -163,7 +161,7 @@ def augment(backend: Backend, style: PromptStyle, cfg: JobConfig, rows: Iterable
         for r in todo:
             need = 1 if cfg.task == "refine" else min(cfg.n - len(r.items), cap - r.samples)
             r.asked, r.waiting = need, {}
-            requests.append(Request(r.row.key, r.prompt, replace(cfg.sampling, seed=_seed(cfg.sampling.seed, r.samples)), style.stop, need))
+            requests.append(Request(r.row.key, r.prompt, replace(cfg.sampling, seed=tasks.sample_seed(cfg.sampling.seed, r.samples)), style.stop, need))
         todo = []
         for result in backend.run(requests):
             r = runs[result.id]
@@ -179,10 +177,6 @@ def augment(backend: Backend, style: PromptStyle, cfg: JobConfig, rows: Iterable
                 yield _finish(style, cfg, r)
 
 
-def _seed(base: int | None, k: int) -> int | None:
-    return None if base is None else base + k
-
-
 def _take(style: PromptStyle, cfg: JobConfig, r: _RowRun, result: Result) -> None:
     r.samples += 1
     if result.error is not None or result.generation is None:
@@ -195,8 +189,7 @@ def _take(style: PromptStyle, cfg: JobConfig, r: _RowRun, result: Result) -> Non
     if cfg.task == "refine":
         r.items.append(gen)
         return
-    accept = tasks._accept_pairs if cfg.task == "pairs" else tasks._accept_instructions
-    accepted, reasons = accept(style, gen, r.dedup)
+    accepted, reasons = tasks.accept(style, cfg.task, gen, r.dedup)
     for reason in reasons:
         r.rejected[reason] = r.rejected.get(reason, 0) + 1
     r.items.extend(accepted[: cfg.n - len(r.items)])

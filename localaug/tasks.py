@@ -135,7 +135,8 @@ class ExpandResult:
         return max(0, self.requested - len(self.items))
 
 
-def _seed(base: int | None, k: int) -> int | None:
+def sample_seed(base: int | None, k: int) -> int | None:
+    """Sample k of an input uses seed+k (None stays random)."""
     return None if base is None else base + k
 
 
@@ -157,26 +158,36 @@ def _accept_pairs(style: PromptStyle, gen: Generation, dedup: DedupFilter) -> tu
     return accepted, reasons
 
 
-def _sample(engine: Engine, style: PromptStyle, task: str, payload: str | list[Pair], references: list[str], n: int,
+def new_dedup(style: PromptStyle, task: str, payload: str | list[Pair], threshold: float) -> DedupFilter:
+    """The duplicate filter for one input: its seed text(s) and, in teacher mode, the in-context answers."""
+    dedup = DedupFilter(threshold)
+    dedup.add_reference([payload] if isinstance(payload, str) else [p.instruction for p in payload])
+    if not style.is_family:
+        dedup.add_reference(prompts.example_outputs(task) if task != "pairs" else
+                            [p.instruction for ex in prompts.example_outputs(task) for p in prompts.parse_pairs(ex)])
+    return dedup
+
+
+def accept(style: PromptStyle, task: str, gen: Generation, dedup: DedupFilter) -> tuple[list[Any], list[str]]:
+    """(accepted items, rejection reasons) of one expand/pairs sample."""
+    return (_accept_pairs if task == "pairs" else _accept_instructions)(style, gen, dedup)
+
+
+def _sample(engine: Engine, style: PromptStyle, task: str, payload: str | list[Pair], n: int,
             sampling: SamplingParams, max_samples: int | None, threshold: float) -> Iterator[Any]:
     """Draw samples (seed, seed+1, ...) until n are accepted or the cap is hit; yield each accepted
     item as it comes, then the ExpandResult."""
     if n < 1:
         raise UsageError("-n must be at least 1")
     cap = max_samples or max(3 * n, n + 4)
-    dedup = DedupFilter(threshold)
-    dedup.add_reference(references)
-    if not style.is_family:
-        dedup.add_reference(prompts.example_outputs(task) if task != "pairs" else
-                            [p.instruction for ex in prompts.example_outputs(task) for p in prompts.parse_pairs(ex)])
-    accept = _accept_pairs if task == "pairs" else _accept_instructions
+    dedup = new_dedup(style, task, payload, threshold)
     result = ExpandResult([], n, 0)
     prompt = build_prompt(style, task, payload)
     while len(result.items) < n and result.samples < cap:
-        gen = engine.generate(prompt, replace(sampling, seed=_seed(sampling.seed, result.samples)), style.stop)
+        gen = engine.generate(prompt, replace(sampling, seed=sample_seed(sampling.seed, result.samples)), style.stop)
         result.samples += 1
         result.generations.append(gen)
-        accepted, reasons = accept(style, gen, dedup)
+        accepted, reasons = accept(style, task, gen, dedup)
         for reason in reasons:
             result.rejected[reason] = result.rejected.get(reason, 0) + 1
         for item in accepted[: n - len(result.items)]:
@@ -188,13 +199,13 @@ def _sample(engine: Engine, style: PromptStyle, task: str, payload: str | list[P
 def expand_iter(engine: Engine, style: PromptStyle, text: str, n: int, sampling: SamplingParams,
                 max_samples: int | None = None, threshold: float = 0.7) -> Iterator[str | ExpandResult]:
     """n distinct new instructions, one per sample; exact and near duplicates (of the seed too) dropped."""
-    return _sample(engine, style, "expand", text, [text], n, sampling, max_samples, threshold)
+    return _sample(engine, style, "expand", text, n, sampling, max_samples, threshold)
 
 
 def pairs_iter(engine: Engine, style: PromptStyle, seeds: list[Pair], n: int, sampling: SamplingParams,
                max_samples: int | None = None, threshold: float = 0.7) -> Iterator[Pair | ExpandResult]:
     """n new instruction-response pairs; unparseable replies are counted, not hidden."""
-    return _sample(engine, style, "pairs", seeds, [p.instruction for p in seeds], n, sampling, max_samples, threshold)
+    return _sample(engine, style, "pairs", seeds, n, sampling, max_samples, threshold)
 
 
 def final(events: Iterator[Any]) -> ExpandResult:
