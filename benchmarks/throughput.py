@@ -1,14 +1,22 @@
-"""Batch throughput: BatchEngine (continuous batching in one llama.cpp context) vs a plain loop over
-llama-cpp-python's ``Llama.create_chat_completion``, side by side in one run on the same GGUF
-(default: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, the Qwen2-1.5B stand-in fetched by fetch-test-models).
+"""Batch throughput: `localaug run refine --parallel N` (continuous batching) vs a plain loop over
+llama-cpp-python, side by side in one run on the same GGUF and prompts (default model:
+Qwen2.5-Coder-1.5B-Instruct Q4_K_M, the Qwen2-1.5B stand-in fetched by fetch-test-models).
 
-    python benchmarks/throughput.py [--model PATH] [--rows 64] [--max-tokens 64] [--parallel 8 4 16] [--threads 2]
+    python benchmarks/throughput.py [--model PATH] [--rows 64] [--max-tokens 64] [--parallel 8] [--threads 2] [--rounds 2]
 
-Every side answers the same rows (64 realistic instructions, English and Chinese, as the user turn
-of the model's own chat template) with the same sampling (temperature 0.5, top_p 0.95, top_k 50,
-min_p 0, row i seeded seed + i) and stops at end of turn or --max-tokens. Reported per side:
-generated tokens/s and rows/s over the whole job (wall clock, prefill included), and CPU
-utilisation = process CPU time / wall / cores. Writes benchmarks/out/throughput.json.
+Both sides answer the same rows (64 realistic instructions, English and Chinese) with the same
+prompt string (the family's Qwen2 ChatML refine prompt, which `localaug run --prompt-format
+qwen2-chatml` builds), the same sampling (temperature 0.5, top_p 0.95, top_k 50, min_p 0, fixed
+seeds) and the same limit of new tokens, stopping at end of turn.
+
+- baseline: one `llama_cpp.Llama` and a loop of `create_completion` over the rows, in this process;
+- localaug: the real command, `localaug run refine --input rows.jsonl --output out.jsonl --parallel N`,
+  as a child process: its wall time includes start-up and model load, its tokens come from the
+  run manifest, its CPU time from the child's rusage.
+
+Rounds alternate the order (baseline first, then localaug first, ...) so drift of a shared machine
+hits both. Reported per side (median over rounds): rows/s, output tokens/s and CPU utilisation =
+CPU time / wall / cores. Writes benchmarks/out/throughput.json.
 """
 
 from __future__ import annotations
@@ -17,14 +25,15 @@ import argparse
 import json
 import os
 import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from localaug import prompts
-from localaug.batch import BatchEngine, Request
-from localaug.engine import Engine, EngineOptions, SamplingParams
-from localaug.gguf_info import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path(os.environ.get("LOCALAUG_TEST_MODELS", Path.home() / ".cache" / "localaug-test-models")) / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -96,20 +105,55 @@ INSTRUCTIONS = [
     "写一个故事开头：一位程序员在深夜发现了一个神秘的bug。",
 ]
 assert len(INSTRUCTIONS) == 64
+SAMPLING = dict(temperature=0.5, top_p=0.95, top_k=50, min_p=0.0, repeat_penalty=1.0)
 
 
-def cpu_time() -> float:
+def cpu_self() -> float:
     t = os.times()
     return t.user + t.system
 
 
-def measure(fn) -> dict[str, float]:
-    c0, t0 = cpu_time(), time.monotonic()
-    tokens, rows = fn()
-    wall, cpu = time.monotonic() - t0, cpu_time() - c0
+def cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def result(wall: float, cpu: float, rows: int, tokens: int) -> dict[str, float]:
     cores = os.cpu_count() or 1
     return {"wall_s": wall, "rows": rows, "tokens": tokens, "tokens_per_s": tokens / wall, "rows_per_s": rows / wall,
             "cpu_s": cpu, "cpu_utilisation": cpu / wall / cores}
+
+
+def run_baseline(args: argparse.Namespace, rows: list[str]) -> dict[str, float]:
+    import llama_cpp
+
+    c0, t0 = cpu_self(), time.monotonic()
+    llm = llama_cpp.Llama(str(args.model), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    tokens = 0
+    for i, text in enumerate(rows):
+        prompt = prompts.family_prompt("qwen2-chatml", text)
+        out = llm.create_completion(prompt, max_tokens=args.max_tokens, stop=list(prompts.QWEN2_STOP), seed=args.seed + i,
+                                    **SAMPLING)
+        tokens += out["usage"]["completion_tokens"]
+    del llm
+    return result(time.monotonic() - t0, cpu_self() - c0, len(rows), tokens)
+
+
+def run_localaug(args: argparse.Namespace, src: Path, work: Path, parallel: int) -> dict[str, float]:
+    out = work / f"out-{parallel}.jsonl"
+    for p in work.glob(f"out-{parallel}.jsonl*"):
+        p.unlink()
+    cmd = [sys.executable, "-m", "localaug.cli", "run", "refine", "--input", str(src), "--output", str(out),
+           "--model", str(args.model), "--prompt-format", "qwen2-chatml", "--parallel", str(parallel),
+           "--threads", str(args.threads), "--max-tokens", str(args.max_tokens), "--seed", str(args.seed),
+           "--temperature", "0.5", "--top-p", "0.95", "--top-k", "50", "--ctx", "1024"]
+    c0, t0 = cpu_children(), time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LOCALAUG_HOME": str(work / "home")})
+    wall, cpu = time.monotonic() - t0, cpu_children() - c0
+    if proc.returncode != 0:
+        raise SystemExit(f"localaug run failed: {proc.stderr.strip()}")
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+    return result(wall, cpu, manifest["counts"]["rows"], manifest["tokens"])
 
 
 def main() -> None:
@@ -117,76 +161,53 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--parallel", type=int, nargs="+", default=[8, 4, 16])
+    ap.add_argument("--parallel", type=int, nargs="+", default=[8])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (baseline first, then localaug first, ...)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = ap.parse_args()
     if not args.model.is_file():
         raise SystemExit(f"{args.model} not found: run fetch-test-models qwen25-coder-1.5b or pass --model")
 
-    import llama_cpp
-
     rows = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(args.rows)]
-    meta, _ = read_metadata(args.model)
-    template = meta["tokenizer.chat_template"]
-    sampling = SamplingParams(temperature=0.5, top_p=0.95, top_k=50, min_p=0.0, max_tokens=args.max_tokens, seed=args.seed)
-    opts = EngineOptions(threads=args.threads)
-    results: dict[str, dict[str, float]] = {}
+    work = args.out / "throughput-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    src = work / "rows.jsonl"
+    src.write_text("".join(json.dumps({"instruction": t}, ensure_ascii=False) + "\n" for t in rows), encoding="utf-8")
 
-    # 1. the plain loop over llama-cpp-python's high-level API
-    llm = llama_cpp.Llama(str(args.model), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    sides = ["llama-cpp-python loop", *(f"localaug run --parallel {p}" for p in args.parallel)]
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
+    for rnd in range(args.rounds):
+        order = sides if rnd % 2 == 0 else sides[::-1]
+        for side in order:
+            if side == sides[0]:
+                r = run_baseline(args, rows)
+            else:
+                r = run_localaug(args, src, work, int(side.rsplit(" ", 1)[1]))
+            runs[side].append(r)
+            print(f"round {rnd + 1} {side}: {r['tokens_per_s']:.1f} tok/s, {r['rows_per_s']:.3f} rows/s, "
+                  f"CPU {r['cpu_utilisation']:.0%}, {r['wall_s']:.1f} s", flush=True)
 
-    def lcp_loop() -> tuple[int, int]:
-        tokens = 0
-        for i, text in enumerate(rows):
-            out = llm.create_chat_completion([{"role": "user", "content": text}], max_tokens=args.max_tokens,
-                                             temperature=0.5, top_p=0.95, top_k=50, min_p=0.0, repeat_penalty=1.0,
-                                             seed=args.seed + i)
-            tokens += out["usage"]["completion_tokens"]
-        return tokens, len(rows)
-
-    results["llama-cpp-python loop"] = measure(lcp_loop)
-    print("llama-cpp-python loop", results["llama-cpp-python loop"], flush=True)
-    del llm
-
-    # 2. BatchEngine at each --parallel, one model load shared
-    engine = Engine(args.model, opts, context=False)
-    chat = [prompts.render_chat_template(template, [{"role": "user", "content": t}]) for t in rows]
-    prompt_tokens = [len(engine.tokenize(c)) for c in chat]
-    for parallel in args.parallel:
-        with BatchEngine(engine, parallel=parallel, n_ctx=max(prompt_tokens) + args.max_tokens + 8) as batch:
-            def batched() -> tuple[int, int]:
-                reqs = (Request(str(i), c, replace(sampling, seed=args.seed + i), prompts.QWEN2_STOP)
-                        for i, c in enumerate(chat))
-                tokens = n = 0
-                for r in batch.run(reqs):
-                    assert r.generation is not None, r.error
-                    tokens += r.generation.completion_tokens
-                    n += 1
-                return tokens, n
-
-            name = f"BatchEngine parallel={parallel}"
-            results[name] = measure(batched)
-            print(name, results[name], flush=True)
-    engine.close()
-
-    base = results["llama-cpp-python loop"]["tokens_per_s"]
-    for r in results.values():
-        r["speedup_tokens_per_s"] = r["tokens_per_s"] / base
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+    base = med[sides[0]]["tokens_per_s"]
+    for s in sides:
+        med[s]["speedup_tokens_per_s"] = med[s]["tokens_per_s"] / base
+        med[s]["speedups_per_round"] = [r["tokens_per_s"] / b["tokens_per_s"] for r, b in zip(runs[s], runs[sides[0]])]
     summary = {
         "model": str(args.model), "rows": args.rows, "max_tokens": args.max_tokens, "threads": args.threads,
-        "cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "prompt_tokens": {"min": min(prompt_tokens), "max": max(prompt_tokens), "mean": sum(prompt_tokens) / len(prompt_tokens)},
-        "sampling": sampling.__dict__, "results": results,
+        "cores": os.cpu_count(), "machine": platform.processor() or platform.machine(), "rounds": args.rounds,
+        "sampling": {**SAMPLING, "seed": args.seed}, "median": med, "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    print("| side | rows/s | output tok/s | speedup (tok/s) | CPU util | wall s | tokens |")
+    print("| side | rows/s | output tok/s | vs loop (per round) | CPU util | wall s | tokens |")
     print("|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['rows_per_s']:.3f} | {r['tokens_per_s']:.1f} | {r['speedup_tokens_per_s']:.2f}x | "
-              f"{r['cpu_utilisation']:.0%} | {r['wall_s']:.1f} | {r['tokens']} |")
+    for name, r in med.items():
+        per = ", ".join(f"{x:.2f}" for x in r["speedups_per_round"])
+        print(f"| {name} | {r['rows_per_s']:.3f} | {r['tokens_per_s']:.1f} | {r['speedup_tokens_per_s']:.2f}x ({per}) | "
+              f"{r['cpu_utilisation']:.0%} | {r['wall_s']:.1f} | {r['tokens']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -341,11 +341,19 @@ def run(
     n: Annotated[int, typer.Option("-n", help="expand/pairs: new items per row.")] = 3,
     model: ModelOpt = None,
     parallel: Annotated[int, typer.Option("--parallel", help="Sequences decoded together (continuous batching).")] = 1,
-    out_format: Annotated[str, typer.Option("--format", help="jsonl (records), or a training file: alpaca, sharegpt, messages.")] = "jsonl",
+    out_format: Annotated[str, typer.Option("--format", help="jsonl or parquet (records), or a training file: alpaca, sharegpt, messages.")] = "jsonl",
     prompt_format: Annotated[Optional[str], typer.Option("--prompt-format", help="Force the prompt format: qwen2-chatml, qwen2-response-pairs or teacher.")] = None,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="i/N: only rows whose position is i modulo N.")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="i/N: only the rows whose key falls in shard i of N (join with localaug merge).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows (of this shard).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the rows recorded as failed.")] = False,
+    dedup: Annotated[str, typer.Option("--dedup", help="Duplicates across rows: row (within a row only), exact, or minhash near duplicates.")] = "exact",
+    minhash_threshold: Annotated[float, typer.Option("--minhash-threshold", help="--dedup minhash: Jaccard similarity counted as a duplicate.")] = 0.8,
+    rouge_l: Annotated[float, typer.Option("--rouge-l", help="Near duplicates within a row: ROUGE-L at or above this.")] = 0.7,
+    echo: Annotated[float, typer.Option("--echo", help="refine: an output this close (ROUGE-L) to its input is an echo.")] = 0.9,
+    min_chars: Annotated[int, typer.Option("--min-chars", help="Drop new texts shorter than this.")] = 4,
+    max_chars: Annotated[Optional[int], typer.Option("--max-chars", help="Drop new texts longer than this.")] = None,
+    keep_refusals: Annotated[bool, typer.Option("--keep-refusals", help="Keep replies that are refusals.")] = False,
+    max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="expand/pairs: samples drawn per row at most (default max(3n, n+4)).")] = None,
     temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every row (sample k uses seed+k).")] = 0,
     device: DeviceOpt = "auto", gpu_layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
@@ -369,12 +377,36 @@ def run(
             task, input, output, model=model, field=field, response_field=response_field, n=n, fmt=out_format,
             limit=limit, shard=shard, seed=seed, temperature=temperature, top_p=top_p, top_k=top_k,
             max_tokens=max_tokens, prompt_format=prompt_format, device=device, gpu_layers=layers, threads=threads,
-            n_ctx=ctx, parallel=parallel, retry_failed=retry_failed, progress=ui.job_progress_for(console),
+            n_ctx=ctx, parallel=parallel, retry_failed=retry_failed, dedup=dedup, minhash_threshold=minhash_threshold,
+            threshold=rouge_l, echo=echo, min_chars=min_chars, max_chars=max_chars, refusals=not keep_refusals,
+            max_samples=max_samples, progress=ui.job_progress_for(console),
         )
     except JobInterrupted as e:
         ui.render_interrupted(console, str(e))
         raise typer.Exit(e.exit_code) from None
     ui.render_job_summary(console, summary)
+
+
+@app.command()
+@handled
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(help="Job outputs (or folders of .jsonl parts) to join, e.g. out.*.jsonl.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The merged file.")],
+    out_format: Annotated[str, typer.Option("--format", help="jsonl or parquet (records), or alpaca, sharegpt, messages.")] = "jsonl",
+    dedup: Annotated[str, typer.Option("--dedup", help="New items repeated across inputs: none, exact, or minhash near duplicates.")] = "exact",
+    minhash_threshold: Annotated[float, typer.Option("--minhash-threshold", help="--dedup minhash: Jaccard similarity counted as a duplicate.")] = 0.8,
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Join outputs of different runs anyway.")] = False,
+) -> None:
+    """Join shard outputs into one file: one record per row, in input order, duplicates across shards removed.
+
+    Example: [bold]localaug merge out.0.jsonl out.1.jsonl out.2.jsonl -o merged.jsonl[/bold]
+    """
+    from localaug import ui
+    from localaug.merge import merge_outputs
+
+    summary = merge_outputs(inputs, output, fmt=out_format, dedup=dedup, minhash_threshold=minhash_threshold,
+                            allow_mixed=allow_mixed)
+    ui.render_merge_summary(err_console(), summary)
 
 
 @app.command()

@@ -9,7 +9,8 @@ error, never a crash), so a job can record it and carry on. Readers by file type
   through pyarrow (``pip install 'localaug[parquet]'``).
 
 Writers turn finished job records into what fine-tuning tools load: Alpaca and ShareGPT
-(LLaMA-Factory, axolotl) and ``messages`` (TRL's conversational format).
+(LLaMA-Factory, axolotl) and ``messages`` (TRL's conversational format); or keep the records
+whole as JSON Lines or Parquet.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 from localaug.errors import UsageError
 
-EXPORT_FORMATS = ("alpaca", "sharegpt", "messages")
+EXPORT_FORMATS = ("alpaca", "sharegpt", "messages")  # training files
+RECORD_FORMATS = ("jsonl", "parquet")  # job records as they are
 
 
 @dataclass
@@ -207,3 +209,52 @@ def write_export(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> int
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return n
+
+
+def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> int:
+    """Write job records as ``fmt`` (jsonl, parquet, or a training format) atomically; return how
+    many records (or training examples) were written."""
+    if fmt in EXPORT_FORMATS:
+        return write_export(records, fmt, path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if fmt == "parquet":
+            n = _write_parquet(list(records), tmp)
+        elif fmt == "jsonl":
+            n = 0
+            with open(tmp, "w", encoding="utf-8") as f:
+                for rec in records:
+                    f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                    n += 1
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            raise UsageError(f"unknown output format {fmt!r}: use {', '.join((*RECORD_FORMATS, *EXPORT_FORMATS))}")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n
+
+
+def _write_parquet(records: list[dict[str, Any]], path: Path) -> int:
+    pa = _need_pyarrow("Parquet output")
+    import pyarrow.parquet as pq
+
+    columns: dict[str, None] = {}
+    for rec in records:
+        columns.update(dict.fromkeys(rec))
+    rows = [{k: rec.get(k) for k in columns} for rec in records]
+    try:
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        # mixed types in a column (e.g. ids that are numbers in one row, text in another): nested
+        # values become JSON text, scalars text, so every column has one type
+        def text(v: Any) -> str | None:
+            return None if v is None else v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+
+        table = pa.Table.from_pylist([{k: text(v) for k, v in row.items()} for row in rows])
+    pq.write_table(table, str(path))
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    return len(records)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from localaug import prompts, registry
 from localaug.engine import Engine, Generation, SamplingParams
 from localaug.errors import UsageError
-from localaug.filters import DedupFilter
+from localaug.filters import DEFAULT_ECHO, DedupFilter, QualityRules, normalize, rouge_l
 from localaug.prompts import Pair
 from localaug.registry import ModelSpec
 
@@ -140,20 +140,39 @@ def sample_seed(base: int | None, k: int) -> int | None:
     return None if base is None else base + k
 
 
-def _accept_instructions(style: PromptStyle, gen: Generation, dedup: DedupFilter) -> tuple[list[Any], list[str]]:
-    candidate = parse_reply(style, "expand", gen.text)
-    reason = "truncated" if gen.finish_reason == "length" else dedup.check(str(candidate))
+class Seen(Protocol):
+    """A job-wide memory of accepted texts (``filters.ExactIndex`` or ``filters.MinHashIndex``)."""
+
+    def check(self, text: str, add: bool = True) -> str | None: ...
+
+
+def check_text(text: str, dedup: DedupFilter, rules: QualityRules, seen: Seen | None = None) -> str | None:
+    """Why one candidate instruction is rejected (None: accepted, and remembered)."""
+    return rules.check(text) or dedup.check(text) or (seen.check(text) if seen is not None else None)
+
+
+def _accept_instructions(style: PromptStyle, gen: Generation, dedup: DedupFilter, rules: QualityRules,
+                         seen: Seen | None, room: int) -> tuple[list[Any], list[str]]:
+    if gen.finish_reason == "length":
+        return [], ["truncated"]
+    candidate = str(parse_reply(style, "expand", gen.text))
+    reason = check_text(candidate, dedup, rules, seen)
     return ([], [reason]) if reason else ([candidate], [])
 
 
-def _accept_pairs(style: PromptStyle, gen: Generation, dedup: DedupFilter) -> tuple[list[Any], list[str]]:
+def _accept_pairs(style: PromptStyle, gen: Generation, dedup: DedupFilter, rules: QualityRules,
+                  seen: Seen | None, room: int) -> tuple[list[Any], list[str]]:
     try:
         found = parse_reply(style, "pairs", gen.text)
     except prompts.ReplyParseError:
         return [], ["unparseable"]
-    accepted, reasons = [], []
+    accepted: list[Pair] = []
+    reasons: list[str] = []
     for pair in found:
-        reason = dedup.check(pair.instruction)
+        if len(accepted) >= room:
+            break
+        reason = (rules.check(pair.instruction) or rules.check_response(pair.response)
+                  or dedup.check(pair.instruction) or (seen.check(pair.instruction) if seen is not None else None))
         (reasons.append(reason) if reason else accepted.append(pair))  # type: ignore[func-returns-value]
     return accepted, reasons
 
@@ -168,9 +187,19 @@ def new_dedup(style: PromptStyle, task: str, payload: str | list[Pair], threshol
     return dedup
 
 
-def accept(style: PromptStyle, task: str, gen: Generation, dedup: DedupFilter) -> tuple[list[Any], list[str]]:
-    """(accepted items, rejection reasons) of one expand/pairs sample."""
-    return (_accept_pairs if task == "pairs" else _accept_instructions)(style, gen, dedup)
+def accept(style: PromptStyle, task: str, gen: Generation, dedup: DedupFilter, rules: QualityRules | None = None,
+           seen: Seen | None = None, room: int = 1 << 30) -> tuple[list[Any], list[str]]:
+    """(at most ``room`` accepted items, rejection reasons) of one expand/pairs sample."""
+    fn = _accept_pairs if task == "pairs" else _accept_instructions
+    return fn(style, gen, dedup, rules or QualityRules(), seen, room)
+
+
+def refine_reason(output: str, source: str, rules: QualityRules, echo: float = DEFAULT_ECHO) -> str | None:
+    """Why a refined instruction is not kept: a quality rule, or an echo of its input."""
+    reason = rules.check(output)
+    if reason is None and (normalize(output) == normalize(source) or rouge_l(output, source) >= echo):
+        reason = "echo"
+    return reason
 
 
 def _sample(engine: Engine, style: PromptStyle, task: str, payload: str | list[Pair], n: int,
@@ -187,10 +216,10 @@ def _sample(engine: Engine, style: PromptStyle, task: str, payload: str | list[P
         gen = engine.generate(prompt, replace(sampling, seed=sample_seed(sampling.seed, result.samples)), style.stop)
         result.samples += 1
         result.generations.append(gen)
-        accepted, reasons = accept(style, task, gen, dedup)
+        accepted, reasons = accept(style, task, gen, dedup, room=n - len(result.items))
         for reason in reasons:
             result.rejected[reason] = result.rejected.get(reason, 0) + 1
-        for item in accepted[: n - len(result.items)]:
+        for item in accepted:
             result.items.append(item)
             yield item
     yield result

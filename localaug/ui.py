@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -308,25 +309,42 @@ def _job_counts(s: Any) -> str:
 
 
 class JobLiveProgress:
-    """A JobProgress for terminals: one live bar with rows, rates, ETA and the status counters."""
+    """A JobProgress for terminals: a live bar with rows, rates, ETA and the status counters, and
+    the last few results under it."""
 
     def __init__(self, console: Console) -> None:
         self._console = console
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}"),
-                                  console=console, transient=False)
+                                  console=console)
+        self._live: Live | None = None
         self._task: TaskID | None = None
+        self._stats: Any = None
+
+    def _view(self) -> Group:
+        recent = Table.grid(padding=(0, 1))
+        recent.add_column(style="dim", no_wrap=True)
+        recent.add_column(overflow="ellipsis", no_wrap=True)
+        style = {"ok": "green", "filtered": "yellow", "failed": "red"}
+        for status, text in list(self._stats.recent if self._stats else ()):
+            recent.add_row(f"[{style.get(status, 'white')}]{status}[/]", text)
+        return Group(self._progress, recent)
 
     def start(self, stats: Any, message: str) -> None:
         self._console.print(message, highlight=False, soft_wrap=True)
-        self._progress.start()
+        self._stats = stats
         self._task = self._progress.add_task("augmenting", total=stats.total, completed=stats.skipped, counts=_job_counts(stats))
+        self._live = Live(self._view(), console=self._console, refresh_per_second=4)
+        self._live.start()
 
     def update(self, stats: Any) -> None:
-        if self._task is not None:
+        if self._task is not None and self._live is not None:
             self._progress.update(self._task, completed=stats.skipped + stats.done, counts=_job_counts(stats))
+            self._live.update(self._view())
 
     def close(self) -> None:
-        self._progress.stop()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
 
 class JobPlainProgress:
@@ -363,14 +381,39 @@ def render_job_summary(console: Console, summary: Any) -> None:
         ("failed", str(s.failed)), ("time", f"{s.seconds:.1f} s"), ("rows/s", f"{s.rows_per_s:.2f}"),
         ("tokens/s", f"{s.tokens_per_s:.1f}"), ("records", str(summary.ledger)), ("manifest", str(summary.manifest)),
     ]
+    counts = summary.counts or {}
+    if counts and (counts.get("rows") != s.done or s.skipped):
+        rows.append(("whole output", f"{counts['rows']} rows: ok {counts['ok']} · filtered {counts['filtered']} · "
+                                     f"failed {counts['failed']} · {counts['items']} new items"))
+    reasons = counts.get("rejected_by_reason") or s.reasons
+    if reasons:
+        rows.append(("rejected, by reason", " · ".join(f"{k} {v}" for k, v in sorted(reasons.items()))))
     if summary.exported is not None:
-        rows.append(("training file", f"{summary.output} ({summary.exported} examples)"))
+        what = "records" if str(summary.output).endswith(".parquet") else "examples"
+        rows.append(("written", f"{summary.output} ({summary.exported} {what})"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
     if s.failed:
         console.print("[yellow]some rows failed[/yellow] (see their 'error'): fix the cause and rerun with --retry-failed",
                       highlight=False, soft_wrap=True)
+
+
+def render_merge_summary(console: Console, summary: Any) -> None:
+    table = Table(title="localaug merge", show_header=False, title_justify="left")
+    table.add_column("what", style="bold cyan")
+    table.add_column("value", overflow="fold")
+    status = " · ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items())) or "none"
+    for k, v in [
+        ("inputs", f"{len(summary.inputs)} files, {summary.records_read} records"), ("rows written", f"{summary.rows} ({status})"),
+        ("superseded records", str(summary.superseded)), ("items removed as duplicates", str(summary.items_removed)),
+        ("unreadable lines", str(summary.unreadable)), ("output", f"{summary.output} ({summary.written} written)"),
+        ("manifest", str(summary.manifest)),
+    ]:
+        table.add_row(k, v)
+    console.print(table)
+    for w in summary.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
 
 
 def render_interrupted(console: Console, message: str) -> None:

@@ -100,14 +100,18 @@ def test_input_formats(kind, tmp_path, tiny):
 
 def test_dotted_field_carries_columns_and_shards(tmp_path, tiny):
     src = write_jsonl(tmp_path / "in.jsonl", [{"q": {"text": r["instruction"]}, "output": "old", "id": r["id"]} for r in ROWS])
-    out = tmp_path / "out.jsonl"
-    run_job("refine", src, out, model=tiny, field="q.text", shard="1/3", **TINY)
-    recs = records(out)
-    assert sorted(r["row"] for r in recs) == [1, 4]
-    assert all(r["source_output"] == "old" and "q" in r and r["id"] == r["row"] for r in recs)
-    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
-    assert manifest["complete"] and manifest["model"]["sha256"] and manifest["model"]["quant"] == "Q8_0"
-    assert manifest["counts"]["done"] == 2 and manifest["llama_cpp_python"] and manifest["config"]["sampling"]["max_tokens"] == 3
+    shards = []
+    for i in range(3):  # shards partition the rows (by row key): together each row exactly once
+        out = tmp_path / f"out{i}.jsonl"
+        run_job("refine", src, out, model=tiny, field="q.text", shard=f"{i}/3", **TINY)
+        recs = records(out)
+        assert all(r["source_output"] == "old" and "q" in r and r["id"] == r["row"] for r in recs)
+        manifest = json.loads((tmp_path / f"out{i}.jsonl.manifest.json").read_text())
+        assert manifest["complete"] and manifest["model"]["sha256"] and manifest["model"]["quant"] == "Q8_0"
+        assert manifest["counts"]["rows"] == len(recs) == manifest["this_run"]["done"]
+        assert manifest["llama_cpp_python"] and manifest["config"]["sampling"]["max_tokens"] == 3
+        shards.append(sorted(r["row"] for r in recs))
+    assert sorted(sum(shards, [])) == list(range(len(ROWS))) and sum(1 for s in shards if s) >= 2, shards
 
 
 # --- outputs (a real model: replies that end) -------------------------------------------------
@@ -245,3 +249,134 @@ def test_resume_after_kill_9_at_random_moments(tmp_path, tiny):
     assert r.returncode == 0, r.stderr
     one_per_row(out, 40)
     assert any(0 < p < 40 for p in progress), progress  # some kills landed mid-run
+
+
+def test_ctrl_c_under_the_batching_engine_exits_130_and_resumes(tmp_path, tiny):
+    rows = [{"instruction": f"Summarise chapter {i} of the book."} for i in range(48)]
+    src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    cmd = [*_cmd(src, out, tiny), "--parallel", "4"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run the same command again" in err
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    assert not manifest["complete"]
+    done = len(records(out))
+    assert 0 < done < 48
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    one_per_row(out, 48)
+
+
+# --- filters, parquet, merge ------------------------------------------------------------------
+
+
+def test_filters_are_counted_by_reason_in_records_manifest_and_summary(tmp_path, smollm2):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Name a fruit."}, {"instruction": "Say hi."}])
+    args = dict(model=smollm2, temperature=0.8, max_tokens=64, threads=1, n=2)  # teacher mode: short replies
+    out = tmp_path / "short.jsonl"
+    summary = run_job("expand", src, out, min_chars=100_000, max_samples=3, **args)  # nothing is long enough
+    recs = one_per_row(out, 2)
+    assert all(r["status"] in ("filtered", "failed") and r["outputs"] == [] for r in recs)
+    assert [sum(r["rejected"].values()) for r in recs] == [3, 3]  # every sample counted once, by its reason
+    assert all(set(r["rejected"]) <= {"too-short", "truncated"} for r in recs)
+    manifest = json.loads((tmp_path / "short.jsonl.manifest.json").read_text())
+    reasons = manifest["counts"]["rejected_by_reason"]
+    assert reasons.get("too-short", 0) >= 1 and sum(reasons.values()) == 6
+    assert manifest["counts"]["ok"] == 0 and manifest["config"]["min_chars"] == 100_000
+    assert summary.counts == manifest["counts"] and summary.stats.reasons == reasons
+    r = subprocess.run([sys.executable, "-m", "localaug.cli", "run", "refine", "-i", str(src), "-o", str(tmp_path / "r.jsonl"),
+                        "-m", str(smollm2), "--max-tokens", "64", "--threads", "1", "--min-chars", "100000"],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    refined = records(tmp_path / "r.jsonl")
+    filtered = [x for x in refined if x["status"] == "filtered"]
+    assert filtered and all(x["rejected"] == {"too-short": 1} for x in filtered)
+    assert "rejected, by reason" in r.stdout + r.stderr and f"too-short {len(filtered)}" in r.stdout + r.stderr
+
+
+def test_bad_filter_options_are_usage_errors(tmp_path, tiny):
+    from localaug.errors import UsageError
+
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS[:1])
+    for bad in ({"dedup": "fuzzy"}, {"minhash_threshold": 0.0}, {"threshold": 1.5}, {"max_chars": 2, "min_chars": 4}):
+        with pytest.raises(UsageError):
+            run_job("expand", src, tmp_path / "o.jsonl", model=tiny, **{**TINY, **bad})
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_parquet_output_loads_with_pyarrow(tmp_path, tiny):
+    import pyarrow.parquet as pq
+
+    src = write_jsonl(tmp_path / "in.jsonl", [*ROWS[:3], {"instruction": "", "id": "x"}])
+    out = tmp_path / "out.parquet"
+    summary = run_job("refine", src, out, model=tiny, fmt="parquet", **TINY)
+    table = pq.read_table(out).to_pylist()
+    ledger = records(summary.ledger)
+    assert summary.exported == len(table) == len(ledger) == 4
+    assert [t["source_id"] for t in table] == [r["source_id"] for r in ledger]
+    assert [t["output"] for t in table] == [r.get("output") for r in ledger]
+
+
+def _merge(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "localaug.cli", "merge", *args], env=ENV, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_shards_merge_into_the_unsharded_run(tmp_path, tiny):
+    rows = [{"id": i, "instruction": f"Give advice number {i} for new gardeners."} for i in range(10)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    whole = tmp_path / "whole.jsonl"
+    run_job("refine", src, whole, model=tiny, **TINY)
+    parts = []
+    for i in range(3):
+        parts.append(tmp_path / f"part{i}.jsonl")
+        run_job("refine", src, parts[-1], model=tiny, shard=f"{i}/3", **TINY)
+    # a shard given twice, and a stale failed record of a row that a later part has: still one per row
+    r = _merge(*map(str, parts), str(parts[0]), "-o", str(tmp_path / "merged.jsonl"))
+    assert r.returncode == 0, r.stderr
+    merged = one_per_row(tmp_path / "merged.jsonl", 10)
+    assert [m["row"] for m in merged] == list(range(10))  # input order
+    want = {w["source_id"]: w for w in records(whole)}
+    assert all(m == want[m["source_id"]] for m in merged)
+    manifest = json.loads((tmp_path / "merged.jsonl.manifest.json").read_text())
+    assert manifest["counts"]["rows"] == 10 and len(manifest["run_ids"]) == 1
+    # a missing shard is reported, not hidden
+    r = _merge(str(parts[0]), str(parts[1]), "-o", str(tmp_path / "partial.jsonl"))
+    assert r.returncode == 0 and "missing shard 2/3" in r.stderr
+    # outputs of a different run are refused unless asked for
+    other = tmp_path / "other.jsonl"
+    run_job("refine", src, other, model=tiny, seed=9, limit=2, **TINY)
+    r = _merge(str(whole), str(other), "-o", str(tmp_path / "mixed.jsonl"))
+    assert r.returncode == 1 and "different runs" in r.stderr and not (tmp_path / "mixed.jsonl").exists()
+    assert _merge(str(whole), str(other), "--allow-mixed", "-o", str(tmp_path / "mixed.jsonl")).returncode == 0
+    # training formats straight from the merge
+    r = _merge(*map(str, parts), "--format", "alpaca", "-o", str(tmp_path / "train.json"))
+    assert r.returncode == 0 and json.loads((tmp_path / "train.json").read_text()) == []  # all rows failed (max tokens)
+
+
+def test_merge_removes_items_repeated_across_shards(tmp_path):
+    from localaug.merge import merge_outputs
+
+    def rec(key, row, outputs, status="ok"):
+        return {"source_id": key, "row": row, "task": "expand", "status": status, "outputs": outputs, "rejected": {},
+                "shortfall": 0}
+
+    a = write_jsonl(tmp_path / "a.jsonl", [rec("k0", 0, ["List three rivers in Asia.", "Write a haiku about snow."]),
+                                           rec("k2", 2, ["Describe a sunrise over the desert in two sentences."])])
+    b = write_jsonl(tmp_path / "b.jsonl", [rec("k1", 1, ["list three rivers in asia", "Plan a picnic for six people."]),
+                                           rec("k3", 3, ["Describe a sunrise over the desert in two short sentences."]),
+                                           rec("k0", 0, [], "failed")])  # an older, worse record of row 0
+    s = merge_outputs([a, b], tmp_path / "m.jsonl", dedup="exact")
+    m = records(tmp_path / "m.jsonl")
+    assert [r["source_id"] for r in m] == ["k0", "k1", "k2", "k3"] and m[0]["status"] == "ok"
+    assert m[1]["outputs"] == ["Plan a picnic for six people."] and m[1]["rejected"] == {"duplicate": 1}
+    assert m[1]["shortfall"] == 1 and s.items_removed == 1 and s.superseded == 1
+    s = merge_outputs([a, b], tmp_path / "n.jsonl", dedup="minhash", minhash_threshold=0.5)
+    n = records(tmp_path / "n.jsonl")
+    assert n[3]["status"] == "filtered" and n[3]["rejected"] == {"near-duplicate": 1} and s.items_removed == 2

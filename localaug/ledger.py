@@ -1,0 +1,180 @@
+"""The job ledger: the append-only JSONL of a run's records, and what keeps it whole.
+
+Each row's record is appended with one ``write()`` and fsync'd at least every second
+(``Appender``); a kill at any moment leaves at most a torn last line, which ``repair_ledger`` cuts
+on the next start. ``scan_ledger`` tells a restart which row keys are done; a retried row appends
+a newer record and ``compact_ledger`` (temp file + rename) keeps only the latest one per key.
+``output_lock`` refuses a second process on the same output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from localaug.atomic import write_json_atomic
+from localaug.errors import JobLockedError
+
+FSYNC_EVERY_S = 1.0
+
+
+def job_paths(output: Path, fmt: str) -> tuple[Path, Path, Path]:
+    """(ledger, manifest, lock) for an output: the ledger is the output itself for jsonl."""
+    ledger = output if fmt == "jsonl" else output.with_name(output.name + ".ledger.jsonl")
+    return ledger, output.with_name(output.name + ".manifest.json"), output.with_name(output.name + ".lock")
+
+def model_sha256(path: Path) -> str:
+    """The GGUF's sha256, hashed once and cached by (path, size, mtime) in LOCALAUG_HOME."""
+    from localaug.settings import localaug_home
+
+    st = path.stat()
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = localaug_home() / "sha256-cache.json"
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if ident in cache:
+        return str(cache[ident])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    cache[ident] = h.hexdigest()
+    with contextlib.suppress(OSError):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache_file, cache)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def output_lock(lock: Path) -> Iterator[None]:
+    import fcntl
+
+    f = open(lock, "a")  # noqa: SIM115 - held for the whole job
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobLockedError(f"another localaug run is writing {lock.with_suffix('')}: wait for it or choose another --output") from None
+        yield
+    finally:
+        f.close()  # releases the lock; the file stays (removing it would race a waiting process)
+
+
+def repair_ledger(ledger: Path) -> int:
+    """Cut a torn last line (a write cut short by a kill); return the bytes removed."""
+    if not ledger.exists():
+        return 0
+    size = ledger.stat().st_size
+    if size == 0:
+        return 0
+    with open(ledger, "rb+") as f:
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return 0
+        pos, keep = size, 0
+        while pos > 0:  # find the last newline, reading backwards in blocks
+            step = min(pos, 1 << 16)
+            pos -= step
+            f.seek(pos)
+            block = f.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = pos + nl + 1
+                break
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return size - keep
+
+
+def scan_ledger(ledger: Path) -> tuple[dict[str, str], int]:
+    """(row key -> status of its latest record, lines that are superseded or unreadable)."""
+    status: dict[str, str] = {}
+    extra = 0
+    if not ledger.exists():
+        return status, 0
+    with open(ledger, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                key = rec["source_id"]
+            except (ValueError, KeyError, TypeError):
+                extra += 1
+                continue
+            extra += key in status
+            status[key] = rec.get("status", "failed")
+    return status, extra
+
+
+def iter_ledger(ledger: Path, latest_only: bool = True) -> Iterator[dict[str, Any]]:
+    """The ledger's records; with ``latest_only`` one per row key (its last), in ledger order."""
+    last: dict[str, int] = {}
+    if latest_only:
+        with open(ledger, encoding="utf-8", errors="replace") as f:
+            for i, line in enumerate(f):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    last[json.loads(line)["source_id"]] = i
+    with open(ledger, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not latest_only or last.get(rec.get("source_id")) == i:
+                yield rec
+
+
+def compact_ledger(ledger: Path) -> None:
+    """Rewrite the ledger with one record per row key (temp file + rename)."""
+    tmp = ledger.with_name(ledger.name + ".compact.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in iter_ledger(ledger):
+            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ledger)
+
+
+class Appender:
+    """Whole-line appends with one write() each; fsync at most every FSYNC_EVERY_S."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.synced = time.monotonic()
+
+    def write(self, rec: dict[str, Any]) -> None:
+        data = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(self.fd, data):]
+        if time.monotonic() - self.synced >= FSYNC_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+        self.synced = time.monotonic()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.sync()
+            os.close(self.fd)
+            self.fd = -1
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The (dotted) keys whose values differ between two run configs."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{sub}" for sub in changed_keys(a, b)]
+        elif a != b:
+            out.append(k)
+    return out

@@ -1,0 +1,212 @@
+"""``localaug merge``: join the outputs of shards (or of repeated runs) into one file.
+
+Every record carries its row key (``source_id``), so joining is exact: one record per key, the
+best one when a key appears more than once (ok, then filtered, then failed; the later of equals).
+Records are written in input order (their ``row``). For expand and pairs, new items are then
+de-duplicated *across* the inputs too (exact, or MinHash near duplicates), since each shard only
+saw its own rows; what is dropped is counted in each record's ``rejected`` and in the summary.
+
+Inputs are job outputs (their ledger is found through the manifest beside them) or folders of
+JSONL part files. The run ids in their manifests must agree (a merge of different runs is refused
+unless asked for), and shards that are missing or unfinished are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localaug import dataio, filters
+from localaug.atomic import write_json_atomic
+from localaug.errors import JobError, UsageError
+
+MERGE_DEDUP = ("none", "exact", "minhash")
+_RANK = {"ok": 2, "filtered": 1, "failed": 0}
+
+
+@dataclass
+class MergeSummary:
+    output: Path
+    manifest: Path
+    inputs: list[Path]
+    records_read: int = 0
+    rows: int = 0  # records written (one per row key)
+    superseded: int = 0  # records dropped because their key appeared again
+    unreadable: int = 0  # lines that are not JSON records with a source_id
+    items_removed: int = 0  # new items dropped as duplicates across the inputs
+    by_status: dict[str, int] = field(default_factory=dict)
+    run_ids: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    written: int = 0  # records, or training examples for a training format
+
+
+@dataclass
+class _Source:
+    path: Path
+    manifest: dict[str, Any] | None
+
+
+def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
+    """The JSONL record files behind the given outputs or folders."""
+    found: list[_Source] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            parts = sorted(q for q in p.glob("*.jsonl") if not q.name.endswith((".tmp", ".manifest.json")))
+            if not parts:
+                raise UsageError(f"{p} holds no .jsonl part files")
+            found += [_Source(q, _manifest_of(q)) for q in parts]
+            continue
+        manifest = _manifest_of(p)
+        ledger = Path(manifest["ledger"]) if manifest and manifest.get("ledger") else p
+        if not ledger.is_absolute() and not ledger.exists():
+            ledger = p.parent / ledger.name
+        if not ledger.exists():
+            raise UsageError(f"{p} does not exist (give job outputs, or folders of .jsonl parts)")
+        found.append(_Source(ledger, manifest))
+    seen: set[Path] = set()
+    unique = []
+    for src in found:
+        if src.path.resolve() not in seen:
+            seen.add(src.path.resolve())
+            unique.append(src)
+    return unique
+
+
+def _manifest_of(path: Path) -> dict[str, Any] | None:
+    for cand in (path.with_name(path.name + ".manifest.json"),
+                 path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json")):
+        try:
+            return json.loads(cand.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def merge_outputs(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    fmt: str = "jsonl",
+    dedup: str = "exact",
+    minhash_threshold: float = filters.DEFAULT_MINHASH,
+    allow_mixed: bool = False,
+) -> MergeSummary:
+    """Join job outputs into ``output`` (one record per row key, in input order); see the module doc."""
+    if dedup not in MERGE_DEDUP:
+        raise UsageError(f"--dedup {dedup!r}: use {', '.join(MERGE_DEDUP)}")
+    if fmt not in (*dataio.RECORD_FORMATS, *dataio.EXPORT_FORMATS):
+        raise UsageError(f"--format {fmt!r}: use {', '.join((*dataio.RECORD_FORMATS, *dataio.EXPORT_FORMATS))}")
+    if not inputs:
+        raise UsageError("give the outputs to merge, e.g. localaug merge out.*.jsonl -o merged.jsonl")
+    out = Path(output)
+    sources = ledgers_of(inputs)
+    if any(s.path.resolve() == out.resolve() for s in sources):
+        raise UsageError("--output must not be one of the inputs")
+    summary = MergeSummary(out, out.with_name(out.name + ".manifest.json"), [s.path for s in sources])
+    _check_runs(sources, summary, allow_mixed)
+
+    # pass 1: the best record of each row key, remembered by where it is (file, offset)
+    best: dict[str, tuple[int, int, int, int]] = {}  # key -> (rank, file, offset, row)
+    for fi, src in enumerate(sources):
+        with open(src.path, "rb") as f:
+            offset = 0
+            for line in f:
+                here, offset = offset, offset + len(line)
+                try:
+                    rec = json.loads(line)
+                    key = rec["source_id"]
+                except (ValueError, KeyError, TypeError):
+                    summary.unreadable += bool(line.strip())
+                    continue
+                summary.records_read += 1
+                rank = _RANK.get(rec.get("status"), 0)
+                old = best.get(key)
+                if old is not None:
+                    summary.superseded += 1
+                    if old[0] > rank:
+                        continue
+                row = rec.get("row")
+                best[key] = (rank, fi, here, row if isinstance(row, int) else 1 << 62)
+    order = sorted(best.values(), key=lambda v: (v[3], v[1], v[2]))
+
+    seen = None if dedup == "none" else filters.ExactIndex() if dedup == "exact" else filters.MinHashIndex(minhash_threshold)
+
+    def records() -> Iterator[dict[str, Any]]:
+        handles = [open(s.path, "rb") for s in sources]  # noqa: SIM115 - closed below
+        try:
+            for _, fi, offset, _ in order:
+                handles[fi].seek(offset)
+                rec = json.loads(handles[fi].readline())
+                if seen is not None:
+                    summary.items_removed += _dedup_items(rec, seen)
+                summary.rows += 1
+                summary.by_status[rec.get("status", "failed")] = summary.by_status.get(rec.get("status", "failed"), 0) + 1
+                yield rec
+        finally:
+            for h in handles:
+                h.close()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary.written = dataio.write_records(records(), fmt, out)
+    write_json_atomic(summary.manifest, {
+        "merged": [str(p) for p in summary.inputs], "output": str(out), "format": fmt, "run_ids": summary.run_ids,
+        "dedup": dedup, "minhash_threshold": minhash_threshold if dedup == "minhash" else None,
+        "counts": {"records_read": summary.records_read, "rows": summary.rows, "superseded": summary.superseded,
+                   "unreadable": summary.unreadable, "items_removed_as_duplicates": summary.items_removed,
+                   **summary.by_status},
+        "written": summary.written, "warnings": summary.warnings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return summary
+
+
+def _check_runs(sources: list[_Source], summary: MergeSummary, allow_mixed: bool) -> None:
+    manifests = [s.manifest for s in sources if s.manifest]
+    summary.run_ids = sorted({str(m.get("run_id")) for m in manifests if m.get("run_id")})
+    if len(summary.run_ids) > 1 and not allow_mixed:
+        raise JobError(f"these outputs are from {len(summary.run_ids)} different runs (different task, model, sampling "
+                       "or filters): merge each run separately, or pass --allow-mixed to join them anyway")
+    for s in sources:
+        if s.manifest and not s.manifest.get("complete"):
+            summary.warnings.append(f"{s.path} is unfinished: rerun its command to complete it, then merge again")
+    shards = {tuple(m["shard"]) for m in manifests if m.get("shard")}
+    counts = {n for _, n in shards}
+    if len(counts) > 1:
+        summary.warnings.append(f"shards of different splits ({', '.join(f'/{n}' for n in sorted(counts))})")
+    elif counts:
+        n = counts.pop()
+        missing = sorted(set(range(n)) - {i for i, _ in shards})
+        if missing:
+            summary.warnings.append(f"missing shard{'s' if len(missing) > 1 else ''} "
+                                    f"{', '.join(f'{i}/{n}' for i in missing)}: the merge covers only part of the input")
+
+
+def _dedup_items(rec: dict[str, Any], seen: Any) -> int:
+    """Drop a record's new items already seen in earlier records; return how many were dropped."""
+    if rec.get("status") != "ok" or not (rec.get("outputs") or rec.get("pairs")):
+        return 0
+    field_name = "outputs" if rec.get("outputs") else "pairs"
+    kept, removed = [], {"duplicate": 0, "near-duplicate": 0}
+    for item in rec[field_name]:
+        reason = seen.check(item if isinstance(item, str) else item["instruction"])
+        if reason is None:
+            kept.append(item)
+        else:
+            removed[reason] += 1
+    dropped = sum(removed.values())
+    if dropped:
+        rec[field_name] = kept
+        rejected = dict(rec.get("rejected") or {})
+        for reason, k in removed.items():
+            if k:
+                rejected[reason] = rejected.get(reason, 0) + k
+        rec["rejected"] = rejected
+        rec["shortfall"] = int(rec.get("shortfall") or 0) + dropped
+        if not kept:
+            rec["status"], rec["error"] = "filtered", "every new item duplicates another row's (merge)"
+    return dropped
