@@ -31,12 +31,23 @@ ROWS = [{"id": i, "instruction": f"Write a short note about topic number {i}.", 
 def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALAUG_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     ENV["LOCALAUG_HOME"] = str(tmp_path / "home")
 
 
 @pytest.fixture(scope="module")
 def tiny(converted) -> Path:
     return converted("tied", "Q8_0")
+
+
+def load_with_datasets(builder: str, path: Path, tmp_path: Path):
+    """The file as Hugging Face datasets loads it (its packaged json/parquet builder, offline);
+    None when datasets is not installed."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(tmp_path / "hf-cache"))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -77,8 +88,15 @@ def _write_input(kind: str, tmp_path: Path) -> Path:
 
         pq.write_table(table, tmp_path / "in.parquet")
         return tmp_path / "in.parquet"
-    folder = tmp_path / "hf"  # what datasets' save_to_disk writes: Arrow IPC stream + state.json
-    folder.mkdir()
+    folder = tmp_path / "hf"
+    try:
+        import datasets
+    except ImportError:
+        datasets = None
+    if datasets is not None:  # the real writer
+        datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+        return folder
+    folder.mkdir()  # what save_to_disk writes: Arrow IPC stream + state.json
     with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
     (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
@@ -134,6 +152,8 @@ def test_expand_records_and_training_formats(tmp_path, smollm2):
             key = "conversations" if fmt == "sharegpt" else "messages"
             assert data[0][key][0]["from" if fmt == "sharegpt" else "role"] in ("human", "user")
         assert len(data) == summary.exported
+        loaded = load_with_datasets("json", out, tmp_path)
+        assert loaded is None or loaded.num_rows == summary.exported
     ledger = pa.json.read_json(tmp_path / "a.json.ledger.jsonl")
     assert ledger.num_rows == 2 and "source_id" in ledger.column_names
 
@@ -321,6 +341,8 @@ def test_parquet_output_loads_with_pyarrow(tmp_path, tiny):
     assert summary.exported == len(table) == len(ledger) == 4
     assert [t["source_id"] for t in table] == [r["source_id"] for r in ledger]
     assert [t["output"] for t in table] == [r.get("output") for r in ledger]
+    loaded = load_with_datasets("parquet", out, tmp_path)
+    assert loaded is None or loaded["source_id"] == [r["source_id"] for r in ledger]
 
 
 def _merge(*args: str) -> subprocess.CompletedProcess:
