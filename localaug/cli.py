@@ -340,7 +340,7 @@ def run(
     response_field: Annotated[Optional[str], typer.Option("--response-field", help="pairs: the response column (default: response, else output).")] = None,
     n: Annotated[int, typer.Option("-n", help="expand/pairs: new items per row.")] = 3,
     model: ModelOpt = None,
-    parallel: Annotated[int, typer.Option("--parallel", help="Sequences decoded together (continuous batching).")] = 1,
+    parallel: Annotated[int, typer.Option("--parallel", help="Sequences decoded together (continuous batching); 1: one at a time.")] = 8,
     out_format: Annotated[str, typer.Option("--format", help="jsonl or parquet (records), or a training file: alpaca, sharegpt, messages.")] = "jsonl",
     prompt_format: Annotated[Optional[str], typer.Option("--prompt-format", help="Force the prompt format: qwen2-chatml, qwen2-response-pairs or teacher.")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/N: only the rows whose key falls in shard i of N (join with localaug merge).")] = None,

@@ -181,7 +181,7 @@ def run_job(
     gpu_layers: int | str | None = None,
     threads: int | None = None,
     n_ctx: int | None = None,
-    parallel: int = 1,
+    parallel: int = 8,
     retry_failed: bool = False,
     max_samples: int | None = None,
     threshold: float = filters.DEFAULT_ROUGE_L,

@@ -273,7 +273,7 @@ class Worker:
     Job-wide duplicates (``cfg.dedup``) are those among the rows this worker has seen."""
 
     def __init__(self, model: str | os.PathLike[str], cfg: JobConfig, *, options: EngineOptions | None = None,
-                 prompt_format: str | None = None, quant: str | None = None, parallel: int = 1) -> None:
+                 prompt_format: str | None = None, quant: str | None = None, parallel: int = 8) -> None:
         from localaug import api
 
         m = api.resolve_style(model, quant, prompt_format)

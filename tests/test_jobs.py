@@ -229,10 +229,10 @@ def _cmd(src: Path, out: Path, tiny: Path) -> list[str]:
                "--temperature", "0", "--max-tokens", "12", "--threads", "1")
 
 
-def test_ctrl_c_exits_130_and_resumes(tmp_path, tiny):
+def test_ctrl_c_exits_130_and_resumes_one_row_at_a_time(tmp_path, tiny):
     rows = [{"instruction": f"Describe item {i} in detail."} for i in range(40)]
     src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
-    proc = subprocess.Popen(_cmd(src, out, tiny), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*_cmd(src, out, tiny), "--parallel", "1"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 2):
         time.sleep(0.05)
@@ -242,7 +242,7 @@ def test_ctrl_c_exits_130_and_resumes(tmp_path, tiny):
     assert "run the same command again" in err
     done = len(records(out))
     assert 0 < done < 40
-    r = subprocess.run(_cmd(src, out, tiny), env=ENV, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*_cmd(src, out, tiny), "--parallel", "1"], env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr
     one_per_row(out, 40)
