@@ -142,7 +142,7 @@ def pull(
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """List the model family and what is in the local store (name, quant, size, source, sha256).
+    """List the model family and what is in the local store (name, quant, size, origin, sha256).
 
     Example: [bold]localaug models --json[/bold]
     """
@@ -449,6 +449,80 @@ def bench(
         ui.print_json(out_console(), result.to_dict())
     else:
         ui.render_bench(out_console(), result)
+
+
+# --- carrying models: bundles and Ollama Modelfiles ---------------------------------------------
+
+bundle_app = typer.Typer(
+    help="Carry stored models to another machine (an air-gapped one) as one verified tar archive.",
+    no_args_is_help=True,
+)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("export")
+@handled
+def bundle_export(
+    models: Annotated[list[str], typer.Argument(help="Stored models: family names, repo ids or store names (`localaug models`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The bundle to write, e.g. models.tar.")],
+    quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="Only this quantization (default: every stored one).")] = None,
+) -> None:
+    """Write stored models (GGUF files, sha256 manifests, provenance) into one tar archive.
+
+    Example: [bold]localaug bundle export qwen2-refine:1.5b qwen2-exp:1.5b -o models.tar[/bold]
+    """
+    from localaug import ui
+    from localaug.bundle import export_bundle
+
+    progress = ui.progress_for(err_console(), noun="files")
+    try:
+        result = export_bundle(models, output, quant=quant, progress=progress)
+    finally:
+        progress.close()
+    ui.render_bundle_exported(out_console(), result)
+
+
+@bundle_app.command("import")
+@handled
+def bundle_import(
+    archive: Annotated[Path, typer.Argument(help="A bundle written by `localaug bundle export`.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace stored files that have a different sha256.")] = False,
+) -> None:
+    """Verify every file of a bundle, then add its models to the store (all or nothing).
+
+    Example: [bold]localaug bundle import models.tar[/bold]
+    """
+    from localaug import ui
+    from localaug.bundle import import_bundle
+
+    progress = ui.progress_for(err_console(), noun="files")
+    try:
+        result = import_bundle(archive, force=force, progress=progress)
+    finally:
+        progress.close()
+    ui.render_bundle_imported(out_console(), result)
+
+
+@app.command()
+@handled
+def export_modelfile(
+    model: Annotated[str, typer.Argument(help="A stored family model (name, repo id) or a family GGUF file.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here (default: print to stdout).")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", "-q", help="Which stored quantization (default: the recommended one).")] = None,
+) -> None:
+    """Write an Ollama Modelfile: the stored GGUF, its exact prompt template, stop strings and sampling.
+
+    Example: [bold]localaug export-modelfile qwen2-refine:1.5b -o Modelfile && ollama create qwen2-refine:1.5b -f Modelfile[/bold]
+    """
+    from localaug import modelfile
+
+    result = modelfile.for_model(model, quant)
+    if output is None:
+        out_console().out(result.text, highlight=False, end="")
+        return
+    modelfile.write(result, output)
+    err_console().print(f"wrote {output} for {result.gguf}: [bold]ollama create {result.spec.name} -f {output}[/bold]",
+                        highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -43,6 +43,10 @@ class GGUFError(LocalaugError):
     """A file is not a readable GGUF."""
 
 
+class BundleError(LocalaugError):
+    """A model bundle cannot be imported (damaged, unsafe or conflicting); the store is left as it was."""
+
+
 class DownloadError(LocalaugError):
     """The Hugging Face hub (or the mirror in HF_ENDPOINT) could not be reached or refused a download."""
 

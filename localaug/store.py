@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,11 +58,27 @@ class Source:
     commit: str | None = None  # what the revision resolved to
     path: str | None = None  # local checkpoint folder
     fingerprint: str | None = None  # of the folder's files (names, sizes, mtimes)
+    bundle: str | None = None  # the bundle archive's file name, when imported with `localaug bundle import`
+    imported: str | None = None  # when it was imported (ISO 8601, UTC)
 
     def describe(self) -> str:
         if self.repo:
             return f"{self.repo}@{(self.commit or self.revision or 'main')[:12]}"
         return self.path or "?"
+
+    def origin(self) -> str:
+        """Where the file came from, in words: pulled, converted, and/or imported from a bundle."""
+        first = f"pulled from {self.describe()}" if self.repo else f"converted from local dir {self.path}" if self.path else ""
+        if self.bundle:
+            when = f" on {self.imported[:10]}" if self.imported else ""
+            return f"imported from bundle {self.bundle}{when}" + (f" ({first})" if first else "")
+        return first or "unknown"
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Source:
+        """A Source from a manifest record; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: str(v) for k, v in data.items() if k in known and v is not None})
 
 
 @dataclass(frozen=True)
@@ -357,10 +373,10 @@ def _entries_in(folder: Path) -> list[StoreEntry]:
         try:
             out.append(StoreEntry(
                 name=data["name"], quant=quant, path=folder / rec["file"], sha256=rec["sha256"], size=int(rec["size"]),
-                source=Source(**rec.get("source", {})), family=rec.get("family"), license=rec.get("license"),
+                source=Source.from_record(rec.get("source") or {}), family=rec.get("family"), license=rec.get("license"),
                 created=rec.get("created", ""), localaug_version=rec.get("localaug_version", ""),
             ))
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise StoreError(
                 f"the store manifest {folder / MANIFEST} has a broken record for {quant} ({e}): "
                 f"delete {folder} and pull the model again"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -34,7 +35,8 @@ def human_bytes(n: float) -> str:
 class RichProgress:
     """A ConvertProgress for terminals: one bar per stage (bytes or tensors), with speed and ETA."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, noun: str = "tensors") -> None:
+        self._noun = noun  # what the items of a byte stage are: tensors, files
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -63,7 +65,7 @@ class RichProgress:
         self._items.add(item)
         t = self._progress.tasks[-1]
         if self._unit == "bytes":
-            counter = f"{human_bytes(t.completed)}/{human_bytes(t.total or 0)} · {len(self._items)} tensors"
+            counter = f"{human_bytes(t.completed)}/{human_bytes(t.total or 0)} · {len(self._items)} {self._noun}"
         else:
             counter = f"{int(t.completed)}/{int(t.total or 0)} {self._unit}"
         self._progress.update(self._task, counter=counter, item=item)
@@ -117,8 +119,8 @@ class PlainProgress:
         pass
 
 
-def progress_for(console: Console) -> RichProgress | PlainProgress:
-    return RichProgress(console) if console.is_terminal else PlainProgress(console)
+def progress_for(console: Console, noun: str = "tensors") -> RichProgress | PlainProgress:
+    return RichProgress(console, noun) if console.is_terminal else PlainProgress(console)
 
 
 def print_json(console: Console, data: Any) -> None:
@@ -181,7 +183,7 @@ def models_json(specs: tuple[ModelSpec, ...], entries: list[StoreEntry]) -> dict
              "default_quant": s.default_quant, "pulled": _pulled(s, entries)}
             for s in specs
         ],
-        "store": [e.to_dict() for e in entries],
+        "store": [{**e.to_dict(), "origin": e.source.origin()} for e in entries],
     }
 
 
@@ -197,11 +199,30 @@ def render_models(console: Console, specs: tuple[ModelSpec, ...], entries: list[
         console.print(f"the store ({store_root}) is empty: [bold]localaug pull NAME[/bold] brings a model in", highlight=False)
         return
     stored = Table(title=f"local store ({store_root})", title_justify="left")
-    for col in ("name", "quant", "size", "source", "sha256"):
+    for col in ("name", "quant", "size", "origin", "sha256"):
         stored.add_column(col, overflow="fold")
     for e in entries:
-        stored.add_row(e.name, e.quant, human_bytes(e.size), e.source.describe(), e.sha256[:12])
+        stored.add_row(e.name, e.quant, human_bytes(e.size), e.source.origin(), e.sha256[:12])
     console.print(stored)
+
+
+def render_bundle_exported(console: Console, result: Any) -> None:
+    for e in result.entries:
+        console.print(f"  {e.name} {e.quant} ({human_bytes(e.size)}, sha256 {e.sha256[:12]}, {e.source.origin()})",
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print(f"[green]wrote[/green] {escape(str(result.path))} ({len(result.entries)} file(s), {human_bytes(result.size)}) "
+                  f"in {result.seconds:.1f}s: carry it over and run "
+                  f"[bold]localaug bundle import {escape(result.path.name)}[/bold]", highlight=False, soft_wrap=True)
+
+
+def render_bundle_imported(console: Console, result: Any) -> None:
+    for label, entries in (("added", result.added), ("replaced", result.replaced), ("already in the store", result.unchanged)):
+        for e in entries:
+            console.print(f"  {label}: {e.name} {e.quant} -> {e.path} ({human_bytes(e.size)}, sha256 {e.sha256[:12]})",
+                          markup=False, highlight=False, soft_wrap=True)
+    landed = len(result.added) + len(result.replaced)
+    console.print(f"[green]imported[/green] {escape(result.archive.name)}: {landed} file(s) landed, {len(result.unchanged)} already "
+                  "there; every sha256 verified", highlight=False, soft_wrap=True)
 
 
 # --- generation ---------------------------------------------------------------------------------
