@@ -15,6 +15,9 @@ re-decoding only the prompt's last token for its logits.
 
 The KV cache is unified (one pool of ``parallel x n_ctx`` cells shared by all slots), so prompt
 chunks and decode tokens of any mix of slots go into one micro-batch.
+
+The run's state lives in ``Slots`` (fill / step / cancel), so the same machinery serves a pulled
+iterator here and a long-running queue in ``localaug.serving``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import llama_cpp as L
@@ -134,63 +137,30 @@ class BatchEngine(Closing):
                 L.llama_memory_clear(self._mem, True)
 
     def _run(self, requests: Iterator[Request]) -> Iterator[Result]:
-        slots: list[_Seq | None] = [None] * self.parallel
-        groups: list[_Group] = []  # admitted requests with samples not yet started
-        exhausted = False
+        state = Slots(self)
+        done = False
+
+        def pull() -> Request | None:
+            nonlocal done
+            if not done:
+                request = next(requests, None)
+                if request is not None:
+                    return request
+                done = True
+            return None
+
         try:
             while True:
                 # 1. fill free slots: pending samples of admitted requests first, then new requests
-                for slot in range(self.parallel):
-                    while slots[slot] is None:
-                        group = next((g for g in groups if g.prefilled and g.live), None)
-                        if group is not None:
-                            source = next(iter(group.live))
-                            self._fork(slots, group, source, slot, whole=False)
-                            if not group.pending:
-                                groups.remove(group)
-                            continue
-                        if exhausted:
-                            break
-                        try:
-                            request = next(requests)
-                        except StopIteration:
-                            exhausted = True
-                            break
-                        group, errors = self._admit(request)
-                        yield from errors
-                        if group is not None:
-                            slots[slot] = self._start(group, slot, group.tokens, 0)
-                            if group.pending:
-                                groups.append(group)
-                active = [(i, s) for i, s in enumerate(slots) if s is not None]
-                if not active:
-                    if exhausted:
+                yield from state.fill(pull)  # type: ignore[misc]
+                if not state.active:
+                    if done:
                         return
                     continue
-                # 2. one llama_decode: every generating slot's token, then prompt chunks as room allows
-                outputs = self._step(active)
-                # 3. sample where logits came out
-                for slot, seq, idx in outputs:
-                    targets = [slot]
-                    group = seq.group
-                    if not group.prefilled:
-                        # the prompt is in: fork the request's other samples into free slots (KV copy)
-                        group.prefilled = True
-                        for free in range(self.parallel):
-                            if group.pending and slots[free] is None:
-                                self._fork(slots, group, slot, free, whole=True)
-                                targets.append(free)
-                        if not group.pending and group in groups:
-                            groups.remove(group)
-                    for s in targets:
-                        result = self._sample(slots[s], idx)  # type: ignore[arg-type]
-                        if result is not None:
-                            yield result
-                            self._finish(slots, groups, s)
+                # 2. one llama_decode for every active slot; 3. sample where logits came out
+                yield from state.step()  # type: ignore[misc]
         finally:
-            for seq in slots:
-                if seq is not None:
-                    L.llama_sampler_free(seq.sampler)
+            state.close()
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -310,3 +280,125 @@ class BatchEngine(Closing):
                 groups.remove(group)
             return
         L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Streamed text of one sample: new text that no stop string can still cut."""
+
+    id: str
+    index: int
+    text: str
+
+
+class Slots:
+    """The state of one continuous-batching run on a BatchEngine: which sequence holds which slot,
+    which admitted requests still have samples to start, and the step that advances them all.
+
+    ``BatchEngine.run`` drives it from an iterator; ``serving.Scheduler`` drives it from a queue
+    fed by other threads, streaming ``Piece``s and cancelling requests between steps. The caller
+    holds the engine's lock, starts from an empty KV cache and calls ``close`` at the end."""
+
+    def __init__(self, engine: BatchEngine, stream: bool = False) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.slots: list[_Seq | None] = [None] * engine.parallel
+        self.groups: list[_Group] = []  # admitted requests with samples not yet started
+        self.last_batch_tokens = 0
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def fill(self, pull: Callable[[], Request | None]) -> Iterator[Result]:
+        """Fill free slots: pending samples of admitted requests first, then requests from ``pull``
+        (None: nothing more for now). Yields the error Results of requests that cannot run."""
+        eng, slots, groups = self.engine, self.slots, self.groups
+        more = True
+        for slot in range(eng.parallel):
+            while slots[slot] is None:
+                group = next((g for g in groups if g.prefilled and g.live), None)
+                if group is not None:
+                    source = next(iter(group.live))
+                    eng._fork(slots, group, source, slot, whole=False)
+                    if not group.pending:
+                        groups.remove(group)
+                    continue
+                request = pull() if more else None
+                if request is None:
+                    more = False
+                    break
+                group, errors = eng._admit(request)
+                yield from errors
+                if group is not None:
+                    slots[slot] = eng._start(group, slot, group.tokens, 0)
+                    if group.pending:
+                        groups.append(group)
+
+    def step(self) -> Iterator[Result | Piece]:
+        """One llama_decode over every active slot, then sampling where logits came out; yields
+        finished Results (and, when streaming, the text Pieces before them)."""
+        eng, slots, groups = self.engine, self.slots, self.groups
+        active = [(i, s) for i, s in enumerate(slots) if s is not None]
+        if not active:
+            return
+        outputs = eng._step(active)
+        self.last_batch_tokens = eng._batch.n_tokens
+        for slot, seq, idx in outputs:
+            targets = [slot]
+            group = seq.group
+            if not group.prefilled:
+                # the prompt is in: fork the request's other samples into free slots (KV copy)
+                group.prefilled = True
+                for free in range(eng.parallel):
+                    if group.pending and slots[free] is None:
+                        eng._fork(slots, group, slot, free, whole=True)
+                        targets.append(free)
+                if not group.pending and group in groups:
+                    groups.remove(group)
+            for s in targets:
+                current = slots[s]
+                assert current is not None
+                result = eng._sample(current, idx)
+                if result is None:
+                    if self.stream:
+                        text = current.out.safe_piece()
+                        if text:
+                            yield Piece(current.group.request.id, current.index, text)
+                    continue
+                if self.stream:
+                    text = current.out.rest()
+                    if text:
+                        yield Piece(current.group.request.id, current.index, text)
+                yield result
+                eng._finish(slots, groups, s)
+
+    def cancel(self, request_id: str) -> int:
+        """Stop every sample of a request (running or still to start); the number of slots freed."""
+        freed = 0
+        for slot, seq in enumerate(self.slots):
+            if seq is not None and seq.group.request.id == request_id:
+                L.llama_sampler_free(seq.sampler)
+                L.llama_memory_seq_rm(self.engine._mem, slot, -1, -1)
+                seq.group.live.discard(slot)
+                seq.group.next_index = seq.group.request.n
+                self.slots[slot] = None
+                freed += 1
+        self.groups[:] = [g for g in self.groups if g.request.id != request_id]
+        return freed
+
+    def clear(self) -> list[str]:
+        """Drop every sequence (after a failed decode); the ids of the requests that were running."""
+        ids = list(dict.fromkeys(s.group.request.id for s in self.slots if s is not None))
+        ids += [g.request.id for g in self.groups if g.request.id not in ids]
+        self.close()
+        self.slots = [None] * self.engine.parallel
+        self.groups.clear()
+        L.llama_memory_clear(self.engine._mem, True)
+        return ids
+
+    def close(self) -> None:
+        for i, seq in enumerate(self.slots):
+            if seq is not None:
+                L.llama_sampler_free(seq.sampler)
+                self.slots[i] = None

@@ -63,3 +63,7 @@ class JobInterrupted(LocalaugError):
     """A batch job was stopped (Ctrl-C); what finished is saved and the same command resumes it."""
 
     exit_code = 130
+
+
+class QueueFullError(LocalaugError):
+    """The server's model is busy: every slot decoding and its waiting queue full (HTTP 429)."""

@@ -1,0 +1,331 @@
+"""The HTTP server behind ``localaug serve``: OpenAI-compatible endpoints and the task endpoints.
+
+FastAPI routes turn a request into prompt tokens and a ``batch.Request``, submit it to the model's
+``serving.Scheduler`` (so concurrent requests are decoded together) and shape the results as the
+OpenAI API (chat/completions, streaming with server-sent events) or as the Python API (refine /
+expand / pairs). An outer ASGI ``Gate`` checks the API key and the body size before anything is
+parsed and records every response for /metrics. Every error is one JSON object in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}`` with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request as HTTPRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
+
+from localaug import schemas, tasks
+from localaug.batch import Request
+from localaug.endpoints import (
+    ApiError, Limits, ServerConfig, chat_prompt, check_openai, run_requests, sample_task, sampling_for, sse,
+    stream_chat, stream_completion, stream_events, tally, task_sampling, task_tokens, usage_of,
+)
+from localaug.errors import LocalaugError, UsageError
+from localaug.metrics import Metrics
+from localaug.prompts import Pair
+from localaug.serving import ServedModel
+
+__all__ = ["ApiError", "Limits", "ServerConfig", "bind", "create_app", "run_server", "url_of"]
+
+log = logging.getLogger("localaug.server")
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/refine", "/v1/expand", "/v1/pairs",
+             "/health", "/metrics")
+OPEN_PATHS = frozenset({"/health"})
+
+
+# --- the gate: auth, body size, metrics --------------------------------------------------------
+
+
+class Gate:
+    """Outermost ASGI layer: API key and body-size checks before any parsing; metrics for every response."""
+
+    def __init__(self, app: Any, config: ServerConfig, metrics: Metrics) -> None:
+        self.app, self.config, self.metrics = app, config, metrics
+        self._key = config.api_key.encode() if config.api_key else None
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = "/v1/models" if path.startswith("/v1/models/") else path if path in ENDPOINTS else "other"
+        started = time.monotonic()
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._check(scope, path)
+            if refusal is not None:
+                await refusal.response()(scope, receive, send_status)
+                return
+            await self.app(scope, self._limited(receive), send_status)
+        finally:
+            self.metrics.observe(endpoint, status, time.monotonic() - started)
+
+    def _check(self, scope: dict[str, Any], path: str) -> ApiError | None:
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        if self._key is not None and path not in OPEN_PATHS:
+            auth = headers.get("authorization", b"")
+            scheme, _, given = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._key):
+                return ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                                "invalid_request_error", "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.config.limits.max_body_bytes):
+            return _too_large(self.config.limits.max_body_bytes)
+        return None
+
+    def _limited(self, receive: Callable[..., Any]) -> Callable[..., Any]:
+        limit, seen = self.config.limits.max_body_bytes, 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # a chunked body without Content-Length
+                    raise HTTPException(413, _too_large(limit).message)
+            return message
+
+        return limited
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body over this server's limit of {limit} bytes: send less text per request",
+                    code="request_too_large")
+
+
+# --- the app --------------------------------------------------------------------------------------
+
+
+class Models:
+    """The models given at start, by name; nothing else can be named."""
+
+    def __init__(self, models: Sequence[ServedModel]) -> None:
+        if not models:
+            raise UsageError("no model to serve: pass --model")
+        self.all = list(models)
+        ids = [m.id for m in self.all]
+        if len(set(ids)) != len(ids):
+            raise UsageError(f"two models are named the same ({', '.join(ids)}): give each model once")
+
+    def get(self, name: str | None) -> ServedModel:
+        if not name:
+            return self.all[0]
+        for m in self.all:
+            if name == m.id:
+                return m
+        for m in self.all:
+            if name in m.aliases:
+                return m
+        raise ApiError(404, f"model {name!r} is not served here: use one of {', '.join(m.id for m in self.all)} "
+                            "(GET /v1/models)", code="model_not_found", param="model")
+
+
+def create_app(models: Sequence[ServedModel], config: ServerConfig | None = None, owns_models: bool = False) -> Gate:
+    """The ASGI app serving ``models`` (already loaded, schedulers running). With ``owns_models`` the
+    models are closed when the server shuts down."""
+    config = config or ServerConfig()
+    pool = Models(models)
+    metrics = Metrics()
+    created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_models:
+                for m in pool.all:
+                    m.close()
+
+    app = FastAPI(title="localaug", summary="OpenAI-compatible and task endpoints for the localaug models",
+                  lifespan=lifespan)
+    _errors(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_text() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(pool.all), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(m, created) for m in pool.all]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str) -> dict[str, Any]:
+        return _model_card(pool.get(name), created)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: schemas.ChatBody, http: HTTPRequest) -> Any:
+        m = pool.get(body.model)
+        check_openai(body, config.limits)
+        messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()} for x in body.messages]
+        tokens = await anyio.to_thread.run_sync(lambda: m.engine.tokenize(chat_prompt(m, messages)))
+        sampling = sampling_for(m, body, len(tokens), config.limits, body.max_completion_tokens or body.max_tokens)
+        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        reqs = [Request(rid, tokens, sampling, tuple(dict.fromkeys((*m.style.stop, *body.stops()))), body.n)]
+        if body.stream:
+            return sse(stream_chat(stream_events(m, reqs, config), m, rid, created_now(), body))
+        results = await run_requests(http, m, reqs, config)
+        choices = [{"index": r.index, "message": {"role": "assistant", "content": r.generation.text},
+                    "logprobs": None, "finish_reason": r.generation.finish_reason} for r in results]
+        return {"id": rid, "object": "chat.completion", "created": created_now(), "model": m.id, "choices": choices,
+                "usage": usage_of(results), "system_fingerprint": None}
+
+    @app.post("/v1/completions")
+    async def completions(body: schemas.CompletionBody, http: HTTPRequest) -> Any:
+        m = pool.get(body.model)
+        check_openai(body, config.limits)
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not texts or len(texts) * body.n > config.limits.max_n:
+            raise ApiError(400, f"give 1 to {config.limits.max_n} prompts x n in one request (got {len(texts)} x "
+                                f"{body.n}): split it", param="prompt")
+        token_lists = await anyio.to_thread.run_sync(lambda: [m.engine.tokenize(t) for t in texts])
+        longest = max(len(t) for t in token_lists)
+        sampling = sampling_for(m, body, longest, config.limits, body.max_completion_tokens or body.max_tokens)
+        rid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        reqs = [Request(f"{rid}-{i}", toks, sampling, body.stops(), body.n) for i, toks in enumerate(token_lists)]
+        prefix = {r.id: (texts[i] if body.echo else "") for i, r in enumerate(reqs)}
+        if body.stream:
+            return sse(stream_completion(stream_events(m, reqs, config), m, reqs, rid, created_now(), body, prefix))
+        results = await run_requests(http, m, reqs, config)
+        order = {r.id: i for i, r in enumerate(reqs)}
+        choices = [{"index": order[r.id] * body.n + r.index, "text": prefix[r.id] + r.generation.text,
+                    "logprobs": None, "finish_reason": r.generation.finish_reason} for r in results]
+        choices.sort(key=lambda c: c["index"])
+        return {"id": rid, "object": "text_completion", "created": created_now(), "model": m.id, "choices": choices,
+                "usage": usage_of(results), "system_fingerprint": None}
+
+    @app.post("/v1/refine")
+    async def refine(body: schemas.RefineBody, http: HTTPRequest) -> dict[str, Any]:
+        m = pool.get(body.model)
+        tokens = await task_tokens(m, "refine", body.text)
+        sampling = task_sampling(m, body, len(tokens), config.limits)
+        results = await run_requests(http, m, [Request(f"refine-{uuid.uuid4().hex[:24]}", tokens, sampling, m.style.stop)],
+                             config)
+        gen = results[0].generation
+        assert gen is not None
+        return {"model": m.id, "input": body.text, "output": tasks.parse_reply(m.style, "refine", gen.text),
+                "finish_reason": gen.finish_reason, "usage": usage_of(results)}
+
+    @app.post("/v1/expand")
+    async def expand(body: schemas.ExpandBody, http: HTTPRequest) -> dict[str, Any]:
+        m = pool.get(body.model)
+        result, usage = await sample_task(http, m, config, "expand", body.text, body)
+        return {"model": m.id, "input": body.text, "instructions": result.items, **tally(result), "usage": usage}
+
+    @app.post("/v1/pairs")
+    async def pairs(body: schemas.PairsBody, http: HTTPRequest) -> dict[str, Any]:
+        m = pool.get(body.model)
+        seeds = [Pair(p.instruction, p.response) for p in body.seeds]
+        result, usage = await sample_task(http, m, config, "pairs", seeds, body)
+        items = [{"instruction": p.instruction, "response": p.response} for p in result.items]
+        return {"model": m.id, "pairs": items, **tally(result), "usage": usage}
+
+    return Gate(app, config, metrics)
+
+
+def created_now() -> int:
+    return int(time.time())
+
+
+def _model_card(m: ServedModel, created: int) -> dict[str, Any]:
+    return {"id": m.id, "object": "model", "created": created, "owned_by": "localaug",
+            "context_length": m.n_ctx, "prompt_format": m.style.prompt_format}
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: HTTPRequest, e: ApiError) -> JSONResponse:
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: HTTPRequest, e: RequestValidationError) -> JSONResponse:
+        return _validation_error(e.errors()).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: HTTPRequest, e: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(e.status_code)
+        message = e.detail if e.status_code != 404 else "no such endpoint: see GET /v1/models and the README"
+        return ApiError(e.status_code, str(message), code=code, headers=getattr(e, "headers", None)).response()
+
+    @app.exception_handler(LocalaugError)
+    async def usage(_: HTTPRequest, e: LocalaugError) -> JSONResponse:
+        return ApiError(400, str(e)).response()
+
+    @app.exception_handler(Exception)
+    async def internal(_: HTTPRequest, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return ApiError(500, "internal server error: see the server log", "server_error").response()
+
+
+def _validation_error(errors: Sequence[Any]) -> ApiError:
+    first = errors[0] if errors else {}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')}):"
+                             " send a JSON object", code="invalid_json")
+    where = ".".join(loc) or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ApiError(400, f"invalid request: {where}: {first.get('msg', 'invalid value')}{more}",
+                    code="invalid_value", param=where)
+
+
+# --- running the server ---------------------------------------------------------------------------
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, made before the models load so a busy port fails fast."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host!r} is not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run_server(models: Sequence[ServedModel], config: ServerConfig, sock: socket.socket,
+               shutdown_timeout: float = 10.0) -> None:
+    """Serve until Ctrl-C / SIGTERM; in-flight requests get ``shutdown_timeout`` seconds to finish,
+    then are cancelled, and the models are freed."""
+    import uvicorn
+
+    app = create_app(models, config, owns_models=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=int(shutdown_timeout)))
+    server.run(sockets=[sock])
