@@ -83,7 +83,7 @@ def main() -> None:
                "agreement": same / len(rows), "differences": diffs,
                "median_margin_at_first_diff": statistics.median(d["margin"] for d in diffs) if diffs else None}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "agreement-f32.json" if args.kv_f32 else "agreement.json"
+    name = f"agreement-p{args.parallel}{'-f32' if args.kv_f32 else ''}.json"
     (args.out / name).write_text(json.dumps(summary, indent=2))
     print(f"identical greedy outputs: {same}/{len(rows)} ({same / len(rows):.0%}), KV {summary['kv']}")
     for d in diffs:

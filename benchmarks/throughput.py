@@ -186,6 +186,7 @@ def main() -> None:
                 r = run_baseline(args, rows)
             else:
                 r = run_localaug(args, src, work, int(side.rsplit(" ", 1)[1]))
+            r["loadavg_1min_after"] = os.getloadavg()[0]  # other work on the machine shows here
             runs[side].append(r)
             print(f"round {rnd + 1} {side}: {r['tokens_per_s']:.1f} tok/s, {r['rows_per_s']:.3f} rows/s, "
                   f"CPU {r['cpu_utilisation']:.0%}, {r['wall_s']:.1f} s", flush=True)
