@@ -334,8 +334,8 @@ def pairs(
 @handled
 def run(
     task: Annotated[str, typer.Argument(help="refine, expand or pairs.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL, JSON array, CSV, Parquet, or a datasets save_to_disk folder.")],  # noqa: A002
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where results go (JSONL records; or the --format training file).")],
+    input: Annotated[str, typer.Option("--input", "-i", help="JSONL, JSON array, CSV, Parquet, or a datasets save_to_disk folder (with --ray also a folder of files or a URI Ray reads, e.g. s3://…).")],  # noqa: A002
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where results go (JSONL records; or the --format training file; with --ray a folder of part files).")],
     field: Annotated[str, typer.Option("--field", help="The column with the text (dotted path for nested JSON).")] = "instruction",
     response_field: Annotated[Optional[str], typer.Option("--response-field", help="pairs: the response column (default: response, else output).")] = None,
     n: Annotated[int, typer.Option("-n", help="expand/pairs: new items per row.")] = 3,
@@ -357,6 +357,10 @@ def run(
     temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every row (sample k uses seed+k).")] = 0,
     device: DeviceOpt = "auto", gpu_layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: auto, local, or a cluster address; --output is then a folder of part files (needs the ray extra).")] = None,
+    actors: Annotated[Optional[int], typer.Option("--actors", help="--ray: actors, each loading the model once (default: as many as the nodes fit).")] = None,
+    num_cpus: Annotated[Optional[float], typer.Option("--num-cpus", help="--ray: CPUs per actor, and its llama.cpp threads (default: 1 with --num-gpus, else a whole node).")] = None,
+    num_gpus: Annotated[Optional[float], typer.Option("--num-gpus", help="--ray: GPUs per actor (all layers offloaded).")] = None,
 ) -> None:
     """Augment a whole dataset: one record per input row, resumable after any interruption.
 
@@ -365,6 +369,14 @@ def run(
     from localaug import ui
     from localaug.errors import JobInterrupted, UsageError
     from localaug.jobs import run_job
+
+    extra: dict[str, Any] = {}
+    if ray_address is not None:
+        from localaug.ray import run_job  # noqa: F811 - the same job on Ray, into a folder of parts
+
+        extra = dict(address=ray_address, actors=actors, num_cpus=num_cpus, num_gpus=num_gpus)
+    elif actors is not None or num_cpus is not None or num_gpus is not None:
+        raise UsageError("--actors, --num-cpus and --num-gpus go with --ray")
 
     if device not in ("auto", "cpu", "cuda", "metal"):
         raise UsageError(f"--device {device!r}: use auto, cpu, cuda or metal")
@@ -379,12 +391,14 @@ def run(
             max_tokens=max_tokens, prompt_format=prompt_format, device=device, gpu_layers=layers, threads=threads,
             n_ctx=ctx, parallel=parallel, retry_failed=retry_failed, dedup=dedup, minhash_threshold=minhash_threshold,
             threshold=rouge_l, echo=echo, min_chars=min_chars, max_chars=max_chars, refusals=not keep_refusals,
-            max_samples=max_samples, progress=ui.job_progress_for(console),
+            max_samples=max_samples, progress=ui.job_progress_for(console), **extra,
         )
     except JobInterrupted as e:
         ui.render_interrupted(console, str(e))
         raise typer.Exit(e.exit_code) from None
     ui.render_job_summary(console, summary)
+    if ray_address is not None:
+        console.print(f"join the parts into one file: localaug merge {output} -o merged.jsonl", highlight=False, soft_wrap=True)
 
 
 @app.command()

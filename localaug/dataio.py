@@ -16,12 +16,13 @@ whole as JSON Lines or Parquet.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 from localaug.errors import UsageError
 
@@ -81,14 +82,9 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
     if not path.exists():
         raise UsageError(f"input {path} does not exist")
     kind = input_kind(path)
-    if kind == "jsonl":
-        yield from _read_jsonl(path)
-    elif kind == "json":
-        yield from _read_json(path)
-    elif kind == "csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            for i, rec in enumerate(csv.DictReader(f)):
-                yield InputRow(i, dict(rec))
+    if kind in TEXT_KINDS:
+        with open(path, "rb") as f:
+            yield from text_rows(kind, f, name=str(path))
     elif kind == "parquet":
         _need_pyarrow("Parquet")
         import pyarrow.parquet as pq
@@ -98,24 +94,45 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
         yield from _read_hf_disk(path)
 
 
-def _read_jsonl(path: Path) -> Iterator[InputRow]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        i = 0
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield InputRow(i, {}, f"invalid JSON on line {lineno}: {e.msg}", raw=line.rstrip("\n"))
-            else:
-                yield InputRow(i, rec) if isinstance(rec, dict) else InputRow(i, {}, f"line {lineno} is not a JSON object", raw=line.rstrip("\n"))
-            i += 1
+# How each text kind is decoded (as ``open`` would in text mode): a bad byte in a JSONL line only
+# spoils that row; CSV drops a byte-order mark and keeps newlines inside quoted fields.
+TEXT_KINDS: dict[str, dict[str, Any]] = {
+    "jsonl": {"encoding": "utf-8", "errors": "replace"},
+    "json": {"encoding": "utf-8"},
+    "csv": {"encoding": "utf-8-sig", "newline": ""},
+}
 
 
-def _read_json(path: Path) -> Iterator[InputRow]:
+def text_rows(kind: str, stream: BinaryIO, start: int = 0, name: str = "input") -> Iterator[InputRow]:
+    """The rows of one JSONL, JSON-array or CSV file given as a binary stream, numbered from
+    ``start`` (``read_rows`` for a path; ``localaug.ray`` for bytes read by Ray Data)."""
+    f = io.TextIOWrapper(stream, **TEXT_KINDS[kind])
+    if kind == "jsonl":
+        yield from _read_jsonl(f, start)
+    elif kind == "json":
+        yield from _read_json(f, start, name)
+    else:
+        for i, rec in enumerate(csv.DictReader(f), start):
+            yield InputRow(i, dict(rec))
+
+
+def _read_jsonl(f: TextIO, start: int) -> Iterator[InputRow]:
+    i = start
+    for lineno, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield InputRow(i, {}, f"invalid JSON on line {lineno}: {e.msg}", raw=line.rstrip("\n"))
+        else:
+            yield InputRow(i, rec) if isinstance(rec, dict) else InputRow(i, {}, f"line {lineno} is not a JSON object", raw=line.rstrip("\n"))
+        i += 1
+
+
+def _read_json(f: TextIO, start: int, path: str) -> Iterator[InputRow]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(f.read())
     except json.JSONDecodeError as e:
         raise UsageError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); for one object a line, name it .jsonl") from e
     if isinstance(data, dict):
@@ -126,7 +143,7 @@ def _read_json(path: Path) -> Iterator[InputRow]:
     if not isinstance(data, list):
         raise UsageError(f"{path}: expected a JSON array of objects")
     for i, rec in enumerate(data):
-        yield InputRow(i, rec) if isinstance(rec, dict) else InputRow(i, {}, f"item {i} is not a JSON object", raw=json.dumps(rec, ensure_ascii=False))
+        yield InputRow(start + i, rec) if isinstance(rec, dict) else InputRow(start + i, {}, f"item {i} is not a JSON object", raw=json.dumps(rec, ensure_ascii=False))
 
 
 def _from_batches(batches: Iterable[Any], start: int = 0) -> Iterator[InputRow]:

@@ -134,14 +134,18 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def _selected(input_path: Path, cfg: JobConfig, run_id: str, shard: tuple[int, int] | None, limit: int | None) -> Iterator[InputRow]:
-    """The rows this run covers, each with its key (occurrences counted over the whole input)."""
-    seen: dict[bytes, int] = {}
+    """The rows of ``input_path`` this run covers, each with its key."""
+    return select_rows(dataio.read_rows(input_path), cfg, run_id, shard, limit)
+
+
+def select_rows(rows: Iterable[InputRow], cfg: JobConfig, run_id: str, shard: tuple[int, int] | None = None,
+                limit: int | None = None) -> Iterator[InputRow]:
+    """The rows (all of an input, in order) this run covers, each with its key; shared by
+    ``run_job`` and ``localaug.ray``."""
+    keys = RowKeys(cfg, run_id)
     taken = 0
-    for row in dataio.read_rows(input_path):
-        ident = row_identity(cfg, row)
-        digest = hashlib.blake2b(ident.encode("utf-8", "replace"), digest_size=16).digest()
-        seen[digest] = seen.get(digest, 0) + 1
-        key = make_key(run_id, ident, seen[digest])
+    for row in rows:
+        key = keys.key(row)
         if shard is not None and shard_of(key, shard[1]) != shard[0]:
             continue
         if limit is not None and taken >= limit:
@@ -149,6 +153,21 @@ def _selected(input_path: Path, cfg: JobConfig, run_id: str, shard: tuple[int, i
         taken += 1
         row.key = key
         yield row
+
+
+class RowKeys:
+    """Row keys given in input order: the occurrences of a repeated text are counted over the
+    whole input (16 bytes a distinct text), so repeated texts stay distinct rows."""
+
+    def __init__(self, cfg: JobConfig, run_id: str) -> None:
+        self.cfg, self.run_id = cfg, run_id
+        self.seen: dict[bytes, int] = {}
+
+    def key(self, row: InputRow) -> str:
+        ident = row_identity(self.cfg, row)
+        digest = hashlib.blake2b(ident.encode("utf-8", "replace"), digest_size=16).digest()
+        self.seen[digest] = self.seen.get(digest, 0) + 1
+        return make_key(self.run_id, ident, self.seen[digest])
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -253,7 +272,7 @@ def run_job(
 
         manifest: dict[str, Any] = {
             "run_id": run_id, "complete": False, "input": str(input_path), "output": str(out), "ledger": str(ledger),
-            "format": fmt, "model": {"path": str(path), "sha256": sha, "quant": _quant(meta),
+            "format": fmt, "model": {"path": str(path), "sha256": sha, "quant": quant_name(meta),
                                      "family": spec.name if spec else None},
             "localaug": __version__, "llama_cpp_python": _llama_version(), "config": config,
             "shard": list(shard_t) if shard_t else None, "limit": limit, "parallel": parallel, "started": started_at,
@@ -331,16 +350,20 @@ def remember(seen: Any, records: Iterable[dict[str, Any]]) -> None:
 
 def output_counts(ledger: Path) -> dict[str, Any]:
     """Counts over every record of an output: rows by status, rejections by reason, new items."""
+    return record_counts(iter_ledger(ledger) if ledger.exists() else iter(()))
+
+
+def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over records (one per row key): rows by status, rejections by reason, new items."""
     counts: dict[str, Any] = {"rows": 0, "ok": 0, "filtered": 0, "failed": 0, "items": 0, "duplicates": 0}
     reasons: dict[str, int] = {}
-    if ledger.exists():
-        for rec in iter_ledger(ledger):
-            counts["rows"] += 1
-            status = rec.get("status", "failed")
-            counts[status] = counts.get(status, 0) + 1
-            counts["items"] += len(accepted_texts(rec)) or (status == "ok" and rec.get("output") is not None)
-            for reason, k in (rec.get("rejected") or {}).items():
-                reasons[reason] = reasons.get(reason, 0) + int(k)
+    for rec in records:
+        counts["rows"] += 1
+        status = rec.get("status", "failed")
+        counts[status] = counts.get(status, 0) + 1
+        counts["items"] += len(accepted_texts(rec)) or (status == "ok" and rec.get("output") is not None)
+        for reason, k in (rec.get("rejected") or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + int(k)
     counts["duplicates"] = sum(reasons.get(r, 0) for r in filters.DUPLICATE_REASONS)
     counts["rejected_by_reason"] = dict(sorted(reasons.items()))
     return counts
@@ -357,7 +380,7 @@ def _chunks(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
         yield chunk
 
 
-def _quant(meta: dict[str, Any]) -> str | None:
+def quant_name(meta: dict[str, Any]) -> str | None:
     import gguf
 
     ftype = meta.get("general.file_type")

@@ -49,6 +49,7 @@ class MergeSummary:
 class _Source:
     path: Path
     manifest: dict[str, Any] | None
+    folder: Path | None = None  # the folder of part files it is one of
 
 
 def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
@@ -60,7 +61,8 @@ def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
             parts = sorted(q for q in p.glob("*.jsonl") if not q.name.endswith((".tmp", ".manifest.json")))
             if not parts:
                 raise UsageError(f"{p} holds no .jsonl part files")
-            found += [_Source(q, _manifest_of(q)) for q in parts]
+            manifest = _read_json(p / "manifest.json")  # a folder's run (localaug run --ray)
+            found += [_Source(q, manifest or _manifest_of(q), p if manifest else None) for q in parts]
             continue
         manifest = _manifest_of(p)
         ledger = Path(manifest["ledger"]) if manifest and manifest.get("ledger") else p
@@ -81,11 +83,18 @@ def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
 def _manifest_of(path: Path) -> dict[str, Any] | None:
     for cand in (path.with_name(path.name + ".manifest.json"),
                  path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json")):
-        try:
-            return json.loads(cand.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+        manifest = _read_json(cand)
+        if manifest is not None:
+            return manifest
     return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def merge_outputs(
@@ -172,8 +181,9 @@ def _check_runs(sources: list[_Source], summary: MergeSummary, allow_mixed: bool
         raise JobError(f"these outputs are from {len(summary.run_ids)} different runs (different task, model, sampling "
                        "or filters): merge each run separately, or pass --allow-mixed to join them anyway")
     for s in sources:
-        if s.manifest and not s.manifest.get("complete"):
-            summary.warnings.append(f"{s.path} is unfinished: rerun its command to complete it, then merge again")
+        warning = f"{s.folder or s.path} is unfinished: rerun its command to complete it, then merge again"
+        if s.manifest and not s.manifest.get("complete") and warning not in summary.warnings:
+            summary.warnings.append(warning)
     shards = {tuple(m["shard"]) for m in manifests if m.get("shard")}
     counts = {n for _, n in shards}
     if len(counts) > 1:

@@ -269,15 +269,18 @@ class Worker:
     ``worker(records) -> records`` (one output record per input dict, in input order).
 
     Row keys are those ``run_job`` gives the same rows with the same arguments, when a batch
-    holds all occurrences of a repeated text (occurrences are counted within the batch).
-    Job-wide duplicates (``cfg.dedup``) are those among the rows this worker has seen."""
+    holds all occurrences of a repeated text (occurrences are counted within the batch);
+    ``run_rows`` takes rows whose keys were numbered over the whole input (``jobs.select_rows``).
+    Job-wide duplicates (``cfg.dedup``) are those among the rows this worker has seen.
+    ``style`` (a style resolved elsewhere, e.g. on a Ray driver) overrides ``prompt_format``."""
 
     def __init__(self, model: str | os.PathLike[str], cfg: JobConfig, *, options: EngineOptions | None = None,
-                 prompt_format: str | None = None, quant: str | None = None, parallel: int = 8) -> None:
+                 prompt_format: str | None = None, quant: str | None = None, parallel: int = 8,
+                 style: PromptStyle | None = None) -> None:
         from localaug import api
 
-        m = api.resolve_style(model, quant, prompt_format)
-        path, spec, self.style = m.path, m.spec, m.style
+        m = api.resolve_style(model, quant, style.prompt_format if style else prompt_format)
+        path, spec, self.style = m.path, m.spec, style or m.style
         self.cfg = replace(cfg, model_name=cfg.model_name or (spec.name if spec else path.name))
         self.path = path
         self.cfg.validate()
@@ -296,6 +299,10 @@ class Worker:
             seen[ident] = seen.get(ident, 0) + 1
             row.key = make_key(self.run_id, ident, seen[ident])
             rows.append(row)
+        return self.run_rows(rows)
+
+    def run_rows(self, rows: list[InputRow]) -> list[dict[str, Any]]:
+        """The records of rows that carry their keys already (distinct), in input order."""
         out = {r["source_id"]: r for r in augment(self.backend, self.style, self.cfg, rows, self.seen)}
         return [out[row.key] for row in rows]
 

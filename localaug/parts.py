@@ -1,0 +1,86 @@
+"""A folder of JSONL part files as a job output (``localaug run --ray``), kept exactly once.
+
+Each part is one batch's records, named by the hash of its row keys and written whole (temporary
+file, then rename): a batch run again (a retry after a lost worker) replaces its own part instead
+of adding one, and a part is either complete or absent. A key can still appear in two parts (a
+row rerun with ``--retry-failed``); readers take its best record, as ``localaug merge`` does
+(ok, then filtered, then failed; the later of equals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from localaug.convert.gguf_out import temp_beside
+
+RANK = {"ok": 2, "filtered": 1, "failed": 0}
+_STATUS = {rank: status for status, rank in RANK.items()}
+
+
+def write_part(out: Path, keys: list[str], lines: list[str]) -> Path:
+    """One batch's records (JSON lines) as ``part-<hash of its row keys>.jsonl`` in ``out``."""
+    path = out / f"part-{hashlib.sha256(chr(10).join(sorted(keys)).encode()).hexdigest()[:32]}.jsonl"
+    with temp_beside(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return path
+
+
+def part_files(out: Path) -> list[Path]:
+    return sorted(out.glob("part-*.jsonl"))
+
+
+def _best(out: Path) -> dict[str, tuple[int, int, int]]:
+    """Row key -> (rank, part, offset) of its best record."""
+    best: dict[str, tuple[int, int, int]] = {}
+    for i, part in enumerate(part_files(out)):
+        with open(part, "rb") as f:
+            offset = 0
+            for line in f:
+                here, offset = offset, offset + len(line)
+                try:
+                    rec = json.loads(line)
+                    key, rank = rec["source_id"], RANK.get(rec.get("status"), 0)
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if key not in best or best[key][0] <= rank:
+                    best[key] = (rank, i, here)
+    return best
+
+
+def statuses(out: Path) -> dict[str, str]:
+    """Row key -> the status of its best record in ``out``."""
+    return {key: _STATUS[rank] for key, (rank, _, _) in _best(out).items()}
+
+
+def records(out: Path) -> Iterator[dict[str, Any]]:
+    """The best record of each row key in ``out``."""
+    parts, handle, current = part_files(out), None, -1
+    try:
+        for _, i, offset in sorted(_best(out).values(), key=lambda v: (v[1], v[2])):
+            if i != current:
+                if handle:
+                    handle.close()
+                handle, current = open(parts[i], "rb"), i  # noqa: SIM115 - closed below
+            handle.seek(offset)
+            yield json.loads(handle.readline())
+    finally:
+        if handle:
+            handle.close()
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """``out/manifest.json``, or None when it is missing or unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
+    return None
