@@ -87,6 +87,15 @@ class JobStats:
             self.duplicates += k if reason in filters.DUPLICATE_REASONS else 0
         self.recent.append((status, preview(rec)))
 
+    def manifest_fields(self, complete: bool, wall0: float) -> dict[str, Any]:
+        """What a run manifest says of this run (besides the counts over the whole output)."""
+        return {"complete": complete, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "this_run": {"rows": self.total, "skipped": self.skipped, "done": self.done, "ok": self.ok,
+                             "filtered": self.filtered, "duplicates": self.duplicates, "failed": self.failed,
+                             "rejected_by_reason": dict(sorted(self.reasons.items()))},
+                "wall_seconds": round(time.monotonic() - wall0, 3), "tokens": self.tokens,
+                "tokens_per_s": round(self.tokens_per_s, 2)}
+
 
 def preview(rec: dict[str, Any]) -> str:
     """A record's result in one line (its output, first new instruction, or error)."""
@@ -279,13 +288,7 @@ def run_job(
         }
 
         def save_manifest(complete: bool) -> None:
-            manifest.update(complete=complete, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                            counts=output_counts(ledger) if complete else None,
-                            this_run={"rows": stats.total, "skipped": stats.skipped, "done": stats.done, "ok": stats.ok,
-                                      "filtered": stats.filtered, "duplicates": stats.duplicates, "failed": stats.failed,
-                                      "rejected_by_reason": dict(sorted(stats.reasons.items()))},
-                            wall_seconds=round(time.monotonic() - wall0, 3), tokens=stats.tokens,
-                            tokens_per_s=round(stats.tokens_per_s, 2))
+            manifest.update(stats.manifest_fields(complete, wall0), counts=output_counts(ledger) if complete else None)
             write_json_atomic(manifest_path, manifest)
 
         save_manifest(False)

@@ -384,13 +384,8 @@ def run_job(
             }
 
             def save_manifest(complete: bool) -> None:
-                manifest.update(complete=complete, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                counts=record_counts(parts.records(out)) if complete else None,
-                                this_run={"rows": stats.total, "skipped": stats.skipped, "done": stats.done, "ok": stats.ok,
-                                          "filtered": stats.filtered, "duplicates": stats.duplicates, "failed": stats.failed,
-                                          "rejected_by_reason": dict(sorted(stats.reasons.items()))},
-                                wall_seconds=round(time.monotonic() - wall0, 3), tokens=stats.tokens,
-                                tokens_per_s=round(stats.tokens_per_s, 2))
+                manifest.update(stats.manifest_fields(complete, wall0),
+                                counts=record_counts(parts.records(out)) if complete else None)
                 write_json_atomic(manifest_path, manifest)
 
             save_manifest(False)
