@@ -14,7 +14,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,60 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         elif a != b:
             out.append(k)
     return out
+
+
+# --- the best record of each row key across several record files ---------------------------------
+
+RANK = {"ok": 2, "filtered": 1, "failed": 0}  # which record of a key wins; the later of equals
+NO_ROW = 1 << 62  # sorts records without an input position last
+
+
+@dataclass
+class BestRecords:
+    """Where the best record of each row key is: key -> (rank, file index, byte offset, row)."""
+
+    where: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    read: int = 0  # records read
+    superseded: int = 0  # records of a key seen before
+    unreadable: int = 0  # non-blank lines that are not JSON records with a source_id
+
+
+def best_records(paths: Sequence[Path]) -> BestRecords:
+    """One pass over JSONL record files: the best record of each row key (ok, then filtered, then
+    failed; the later of equals), remembered by position rather than kept in memory."""
+    best = BestRecords()
+    for fi, path in enumerate(paths):
+        with open(path, "rb") as f:
+            offset = 0
+            for line in f:
+                here, offset = offset, offset + len(line)
+                try:
+                    rec = json.loads(line)
+                    key = rec["source_id"]
+                except (ValueError, KeyError, TypeError):
+                    best.unreadable += bool(line.strip())
+                    continue
+                best.read += 1
+                rank = RANK.get(rec.get("status"), 0)
+                old = best.where.get(key)
+                if old is not None:
+                    best.superseded += 1
+                    if old[0] > rank:
+                        continue
+                row = rec.get("row")
+                best.where[key] = (rank, fi, here, row if isinstance(row, int) else NO_ROW)
+    return best
+
+
+def read_at(paths: Sequence[Path], places: Sequence[tuple[int, int, int, int]]) -> Iterator[dict[str, Any]]:
+    """The records at ``places`` (BestRecords values), in the order given."""
+    handles: dict[int, Any] = {}
+    try:
+        for _, fi, offset, _ in places:
+            if fi not in handles:
+                handles[fi] = open(paths[fi], "rb")  # noqa: SIM115 - closed below
+            handles[fi].seek(offset)
+            yield json.loads(handles[fi].readline())
+    finally:
+        for h in handles.values():
+            h.close()

@@ -24,9 +24,9 @@ from typing import Any
 from localaug import dataio, filters
 from localaug.atomic import write_json_atomic
 from localaug.errors import JobError, UsageError
+from localaug.ledger import best_records, read_at
 
 MERGE_DEDUP = ("none", "exact", "minhash")
-_RANK = {"ok": 2, "filtered": 1, "failed": 0}
 
 
 @dataclass
@@ -120,46 +120,21 @@ def merge_outputs(
     summary = MergeSummary(out, out.with_name(out.name + ".manifest.json"), [s.path for s in sources])
     _check_runs(sources, summary, allow_mixed)
 
-    # pass 1: the best record of each row key, remembered by where it is (file, offset)
-    best: dict[str, tuple[int, int, int, int]] = {}  # key -> (rank, file, offset, row)
-    for fi, src in enumerate(sources):
-        with open(src.path, "rb") as f:
-            offset = 0
-            for line in f:
-                here, offset = offset, offset + len(line)
-                try:
-                    rec = json.loads(line)
-                    key = rec["source_id"]
-                except (ValueError, KeyError, TypeError):
-                    summary.unreadable += bool(line.strip())
-                    continue
-                summary.records_read += 1
-                rank = _RANK.get(rec.get("status"), 0)
-                old = best.get(key)
-                if old is not None:
-                    summary.superseded += 1
-                    if old[0] > rank:
-                        continue
-                row = rec.get("row")
-                best[key] = (rank, fi, here, row if isinstance(row, int) else 1 << 62)
-    order = sorted(best.values(), key=lambda v: (v[3], v[1], v[2]))
+    # pass 1: the best record of each row key, remembered by where it is; then read in input order
+    paths = [src.path for src in sources]
+    best = best_records(paths)
+    summary.records_read, summary.superseded, summary.unreadable = best.read, best.superseded, best.unreadable
+    order = sorted(best.where.values(), key=lambda v: (v[3], v[1], v[2]))
 
     seen = None if dedup == "none" else filters.ExactIndex() if dedup == "exact" else filters.MinHashIndex(minhash_threshold)
 
     def records() -> Iterator[dict[str, Any]]:
-        handles = [open(s.path, "rb") for s in sources]  # noqa: SIM115 - closed below
-        try:
-            for _, fi, offset, _ in order:
-                handles[fi].seek(offset)
-                rec = json.loads(handles[fi].readline())
-                if seen is not None:
-                    summary.items_removed += _dedup_items(rec, seen)
-                summary.rows += 1
-                summary.by_status[rec.get("status", "failed")] = summary.by_status.get(rec.get("status", "failed"), 0) + 1
-                yield rec
-        finally:
-            for h in handles:
-                h.close()
+        for rec in read_at(paths, order):
+            if seen is not None:
+                summary.items_removed += _dedup_items(rec, seen)
+            summary.rows += 1
+            summary.by_status[rec.get("status", "failed")] = summary.by_status.get(rec.get("status", "failed"), 0) + 1
+            yield rec
 
     out.parent.mkdir(parents=True, exist_ok=True)
     summary.written = dataio.write_records(records(), fmt, out)

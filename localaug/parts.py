@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from localaug.convert.gguf_out import temp_beside
+from localaug.ledger import RANK, best_records, read_at
 
-RANK = {"ok": 2, "filtered": 1, "failed": 0}
 _STATUS = {rank: status for status, rank in RANK.items()}
 
 
@@ -39,43 +39,15 @@ def part_files(out: Path) -> list[Path]:
     return sorted(out.glob("part-*.jsonl"))
 
 
-def _best(out: Path) -> dict[str, tuple[int, int, int]]:
-    """Row key -> (rank, part, offset) of its best record."""
-    best: dict[str, tuple[int, int, int]] = {}
-    for i, part in enumerate(part_files(out)):
-        with open(part, "rb") as f:
-            offset = 0
-            for line in f:
-                here, offset = offset, offset + len(line)
-                try:
-                    rec = json.loads(line)
-                    key, rank = rec["source_id"], RANK.get(rec.get("status"), 0)
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if key not in best or best[key][0] <= rank:
-                    best[key] = (rank, i, here)
-    return best
-
-
 def statuses(out: Path) -> dict[str, str]:
     """Row key -> the status of its best record in ``out``."""
-    return {key: _STATUS[rank] for key, (rank, _, _) in _best(out).items()}
+    return {key: _STATUS[rank] for key, (rank, _, _, _) in best_records(part_files(out)).where.items()}
 
 
 def records(out: Path) -> Iterator[dict[str, Any]]:
-    """The best record of each row key in ``out``."""
-    parts, handle, current = part_files(out), None, -1
-    try:
-        for _, i, offset in sorted(_best(out).values(), key=lambda v: (v[1], v[2])):
-            if i != current:
-                if handle:
-                    handle.close()
-                handle, current = open(parts[i], "rb"), i  # noqa: SIM115 - closed below
-            handle.seek(offset)
-            yield json.loads(handle.readline())
-    finally:
-        if handle:
-            handle.close()
+    """The best record of each row key in ``out`` (part by part, in file order)."""
+    parts = part_files(out)
+    return read_at(parts, sorted(best_records(parts).where.values(), key=lambda v: (v[1], v[2])))
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
