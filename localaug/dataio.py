@@ -206,51 +206,47 @@ def shape(fmt: str, instruction: str, response: str) -> dict[str, Any]:
     raise UsageError(f"unknown output format {fmt!r}: use jsonl, {', '.join(EXPORT_FORMATS)}")
 
 
-def write_export(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> int:
-    """Write the training examples of ``records`` to ``path`` (a JSON array if it ends in .json,
-    else JSON Lines), atomically; return how many."""
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    as_array = path.suffix.lower() == ".json"
-    with open(tmp, "w", encoding="utf-8") as f:
-        if as_array:
-            f.write("[")
-        for rec in records:
-            for instruction, response in examples(rec):
-                line = json.dumps(shape(fmt, instruction, response), ensure_ascii=False)
-                f.write(("," if n else "") + "\n" + line if as_array else line + "\n")
-                n += 1
-        if as_array:
-            f.write("\n]\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> int:
+    """Write job records as ``fmt`` atomically (temporary file beside ``path``, then rename) and
+    return how many were written: records for jsonl and parquet, training examples for the
+    training formats (a JSON array if ``path`` ends in .json, else JSON Lines)."""
+    from localaug.convert.gguf_out import temp_beside
+
+    if fmt not in (*RECORD_FORMATS, *EXPORT_FORMATS):
+        raise UsageError(f"unknown output format {fmt!r}: use {', '.join((*RECORD_FORMATS, *EXPORT_FORMATS))}")
+    with temp_beside(path) as tmp:
+        if fmt == "parquet":
+            n = _write_parquet(list(records), tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                n = (_write_jsonl(records, f) if fmt == "jsonl"
+                     else _write_examples(records, fmt, f, as_array=path.suffix.lower() == ".json"))
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
     return n
 
 
-def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> int:
-    """Write job records as ``fmt`` (jsonl, parquet, or a training format) atomically; return how
-    many records (or training examples) were written."""
-    if fmt in EXPORT_FORMATS:
-        return write_export(records, fmt, path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        if fmt == "parquet":
-            n = _write_parquet(list(records), tmp)
-        elif fmt == "jsonl":
-            n = 0
-            with open(tmp, "w", encoding="utf-8") as f:
-                for rec in records:
-                    f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-                    n += 1
-                f.flush()
-                os.fsync(f.fileno())
-        else:
-            raise UsageError(f"unknown output format {fmt!r}: use {', '.join((*RECORD_FORMATS, *EXPORT_FORMATS))}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _write_jsonl(records: Iterable[dict[str, Any]], f: Any) -> int:
+    n = 0
+    for rec in records:
+        f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        n += 1
+    return n
+
+
+def _write_examples(records: Iterable[dict[str, Any]], fmt: str, f: Any, as_array: bool) -> int:
+    """The training examples of ``records`` in ``fmt``'s shape."""
+    n = 0
+    if as_array:
+        f.write("[")
+    for rec in records:
+        for instruction, response in examples(rec):
+            line = json.dumps(shape(fmt, instruction, response), ensure_ascii=False)
+            f.write(("," if n else "") + "\n" + line if as_array else line + "\n")
+            n += 1
+    if as_array:
+        f.write("\n]\n")
     return n
 
 
