@@ -13,7 +13,6 @@ unless asked for), and shards that are missing or unfinished are reported.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from localaug import dataio, filters
-from localaug.atomic import write_json_atomic
+from localaug.atomic import read_json, write_json_atomic
 from localaug.errors import JobError, UsageError
 from localaug.ledger import best_records, read_at
 
@@ -61,7 +60,7 @@ def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
             parts = sorted(q for q in p.glob("*.jsonl") if not q.name.endswith((".tmp", ".manifest.json")))
             if not parts:
                 raise UsageError(f"{p} holds no .jsonl part files")
-            manifest = _read_json(p / "manifest.json")  # a folder's run (localaug run --ray)
+            manifest = read_json(p / "manifest.json")  # a folder's run (localaug run --ray)
             found += [_Source(q, manifest or _manifest_of(q), p if manifest else None) for q in parts]
             continue
         manifest = _manifest_of(p)
@@ -83,18 +82,10 @@ def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
 def _manifest_of(path: Path) -> dict[str, Any] | None:
     for cand in (path.with_name(path.name + ".manifest.json"),
                  path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json")):
-        manifest = _read_json(cand)
+        manifest = read_json(cand)
         if manifest is not None:
             return manifest
     return None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def merge_outputs(

@@ -9,14 +9,13 @@ row rerun with ``--retry-failed``); readers take its best record, as ``localaug 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from localaug.atomic import read_json
 from localaug.convert.gguf_out import temp_beside
 from localaug.ledger import RANK, best_records, read_at
 
@@ -52,7 +51,4 @@ def records(out: Path) -> Iterator[dict[str, Any]]:
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
     """``out/manifest.json``, or None when it is missing or unreadable."""
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    return None
+    return read_json(out / "manifest.json")
