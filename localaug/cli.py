@@ -368,12 +368,14 @@ def run(
     """
     from localaug import ui
     from localaug.errors import JobInterrupted, UsageError
-    from localaug.jobs import run_job
+    from localaug import jobs
 
+    run_job: Callable[..., Any] = jobs.run_job
     extra: dict[str, Any] = {}
     if ray_address is not None:
-        from localaug.ray import run_job  # noqa: F811 - the same job on Ray, into a folder of parts
+        from localaug import ray as on_ray  # the same job on Ray, into a folder of parts
 
+        run_job = on_ray.run_job
         extra = dict(address=ray_address, actors=actors, num_cpus=num_cpus, num_gpus=num_gpus)
     elif actors is not None or num_cpus is not None or num_gpus is not None:
         raise UsageError("--actors, --num-cpus and --num-gpus go with --ray")
