@@ -191,7 +191,7 @@ class BatchEngine(Closing):
         group.live.add(slot)
         p = group.request.sampling
         sampling = replace(p, seed=sample_seed(p.seed, k))
-        return _Seq(group, k, make_sampler(sampling), TextStream(self.engine, group.request.stop), list(feed), pos,
+        return _Seq(group, k, make_sampler(sampling, self.engine.n_vocab), TextStream(self.engine, group.request.stop), list(feed), pos,
                     time.monotonic())
 
     def _fork(self, slots: list[_Seq | None], group: _Group, source: int, slot: int, whole: bool) -> None:

@@ -10,9 +10,15 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from localaug import __version__
 from localaug.errors import LocalaugError
+
+try:  # Typer carries its own copy of Click in recent releases
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older Typer on Click
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="localaug",
@@ -43,8 +49,10 @@ def handled(fn: F) -> F:
             return fn(*args, **kwargs)
         except LocalaugError as e:
             if _state["debug"]:
-                raise
-            err_console().print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+                import traceback
+
+                traceback.print_exc()
+            err_console().print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console().print("interrupted: nothing was left half-written", highlight=False)
@@ -606,7 +614,26 @@ def serve(
 
 
 def main() -> None:
-    app()
+    """The console script: usage errors (unknown option, missing argument) are one line and exit 2,
+    like every other error."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="localaug", standalone_mode=False)
+    except getattr(click_errors, "NoArgsIsHelpError", ()) as e:  # type: ignore[misc]
+        e.show()
+        sys.exit(e.exit_code)
+    except click_errors.UsageError as e:
+        where = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        err_console().print(f"[bold red]error:[/bold red] {escape(e.format_message())}{where}", highlight=False,
+                            soft_wrap=True)
+        sys.exit(e.exit_code)
+    except (click_errors.Abort, KeyboardInterrupt):
+        err_console().print("interrupted", highlight=False)
+        sys.exit(130)
+    except click_errors.ClickException as e:
+        err_console().print(f"[bold red]error:[/bold red] {escape(e.format_message())}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

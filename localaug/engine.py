@@ -101,12 +101,15 @@ def _resolve_layers(opts: EngineOptions) -> int:
     return int(opts.gpu_layers or 0)
 
 
-def make_sampler(p: SamplingParams):
+REPEAT_LAST_N = 64  # tokens a repeat penalty looks back over (llama.cpp's default)
+
+
+def make_sampler(p: SamplingParams, n_vocab: int):
     """llama.cpp's native sampler chain for ``p`` (the caller frees it with ``llama_sampler_free``)."""
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731
     if p.repeat_penalty and p.repeat_penalty != 1.0:
-        add(L.llama_sampler_init_penalties(64, p.repeat_penalty, 0.0, 0.0))
+        add(L.llama_sampler_init_penalties(n_vocab, REPEAT_LAST_N, p.repeat_penalty, 0.0, 0.0))
     if p.temperature <= 0:
         add(L.llama_sampler_init_greedy())
         return chain
@@ -124,16 +127,21 @@ def make_sampler(p: SamplingParams):
 
 class TextStream:
     """One generation's tokens -> text: end-of-generation and stop handling, UTF-8-safe incremental
-    detokenisation, and holding back text that could still turn into a text stop string.
+    detokenisation, and holding back text that could still turn into a stop string.
+
+    Stop strings are matched in the decoded text, across token boundaries: ``"\\n"`` stops at the
+    newline inside a merged token such as ``"],\\n\\n"``, and the text is cut just before the
+    stop string (OpenAI's ``stop``). A stop string that is one control token (``<|im_end|>``) is
+    matched by its id instead, because control tokens decode to no text.
 
     Shared by Engine and BatchEngine so both finish and cut text identically."""
 
     def __init__(self, engine: Engine, stop: Sequence[str], ignore_eog: bool = False) -> None:
         self._engine = engine
         self._ignore_eog = ignore_eog
-        self._stop_ids = engine.stop_token_ids(stop)
-        self._text_stops = [s for s in stop if len(engine.tokenize(s, special=True)) != 1]
-        self._hold = max((len(s) for s in self._text_stops), default=0)
+        self._stop_ids = engine.control_stop_ids(stop)
+        self._text_stops = tuple(s for s in stop if s and s not in self._stop_ids.values())
+        self._hold = max((len(s) - 1 for s in self._text_stops), default=0)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.tokens: list[int] = []
         self.text = ""
@@ -141,17 +149,24 @@ class TextStream:
         self._emitted = 0
 
     def push(self, tok: int) -> bool:
-        """Take one sampled token; True when it ends the generation (the token is then not kept)."""
+        """Take one sampled token; True when it ends the generation (an end-of-generation or
+        control stop token is then not kept; a text stop keeps its token and cuts the text)."""
         if not self._ignore_eog and (self._engine.is_eog(tok) or tok in self._stop_ids):
             self.finish = "stop"
             return True
         self.tokens.append(tok)
+        # only text that the new piece could complete a stop string in needs searching
+        start = max(0, len(self.text) - self._hold)
         self.text += self._decoder.decode(self._engine.piece(tok))
-        cut = min((i for i in (self.text.find(s) for s in self._text_stops) if i >= 0), default=-1)
+        cut = self._find_stop(start)
         if cut >= 0:
             self.text, self.finish = self.text[:cut], "stop"
             return True
         return False
+
+    def _find_stop(self, start: int) -> int:
+        found = [i for i in (self.text.find(s, start) for s in self._text_stops) if i >= 0]
+        return min(found, default=-1)
 
     def safe_piece(self) -> str:
         """New text that no stop string can still cut ("" if none)."""
@@ -303,19 +318,25 @@ class Engine(Closing):
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self._vocab, token))
 
-    def stop_token_ids(self, stop: Sequence[str]) -> set[int]:
-        """Stop strings that are single (special) tokens, as token ids."""
-        ids = set()
+    def control_stop_ids(self, stop: Sequence[str]) -> dict[int, str]:
+        """Stop strings that are a single control token (e.g. ``<|im_end|>``), by token id.
+
+        Those decode to no text, so they can only be matched as ids; every other stop string is
+        matched in the text."""
+        ids: dict[int, str] = {}
         for s in stop:
-            toks = self.tokenize(s, special=True)
-            if len(toks) == 1:
-                ids.add(toks[0])
+            try:
+                toks = self.tokenize(s, special=True)
+            except UnicodeEncodeError:  # a lone surrogate: no token can produce it
+                continue
+            if len(toks) == 1 and self.piece(toks[0]) != s.encode("utf-8"):
+                ids[toks[0]] = s
         return ids
 
     # -- sampling -------------------------------------------------------------------------------
 
     def _sampler(self, p: SamplingParams):
-        return make_sampler(p)
+        return make_sampler(p, self.n_vocab)
 
     # -- generation -----------------------------------------------------------------------------
 

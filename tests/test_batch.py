@@ -72,15 +72,19 @@ def test_greedy_batched_equals_single_sequence(engine: Engine, expected: dict[st
 
 
 def test_text_and_stop_handling_match_engine(engine: Engine) -> None:
-    # a text stop string (several tokens) cuts the text exactly as Engine does
+    # a stop string taken from the middle of each unstopped reply (it starts and ends inside tokens,
+    # so it must be found in the text): the batch cuts there, as the single engine does
     texts = TEXTS[:6]
-    stop = (*prompts.QWEN2_STOP, "e")
-    want = [engine.generate(chat(t), GREEDY, stop) for t in texts]
+    full = [engine.generate(chat(t), GREEDY, prompts.QWEN2_STOP).text for t in texts]
+    stops = [(*prompts.QWEN2_STOP, f[len(f) // 3: len(f) // 3 + 3]) for f in full]
+    assert all(len(s[-1]) == 3 for s in stops)
+    want = [engine.generate(chat(t), GREEDY, stop) for t, stop in zip(texts, stops)]
     with BatchEngine(engine, parallel=3, n_ctx=512) as batch:
-        got = run_all(batch, [Request(str(i), chat(t), GREEDY, stop) for i, t in enumerate(texts)])
+        got = run_all(batch, [Request(str(i), chat(t), GREEDY, stop) for i, (t, stop) in enumerate(zip(texts, stops))])
     for i, w in enumerate(want):
         g = got[(str(i), 0)].generation
         assert g is not None
+        assert g.text == full[i][: full[i].find(stops[i][-1])] and g.finish_reason == "stop"
         assert (g.text, g.tokens, g.finish_reason) == (w.text, w.tokens, w.finish_reason)
 
 

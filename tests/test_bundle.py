@@ -24,7 +24,7 @@ from localaug import modelfile, registry, store
 from localaug.bundle import BUNDLE_MANIFEST
 from localaug.cli import app
 from localaug.prompts import Pair
-from localaug.tasks import PromptStyle, build_prompt, user_turn
+from localaug.tasks import PromptStyle, build_prompt
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 REFINE = "qwen2-refine:1.5b"
@@ -374,6 +374,46 @@ def test_export_of_a_damaged_store_file_leaves_no_partial_bundle(store_a: Path, 
     assert not list(out.iterdir())
 
 
+def test_export_quant_exports_only_that_quant(store_a: Path, tmp_path: Path) -> None:
+    """README: "`--quant` limits the export to one quantization (default: every stored one)"."""
+    home = tmp_path / "store"
+    # Store A's GGUF is only read: link it instead of copying 40 MB; manifest and lock are copies.
+    shutil.copytree(store_a, home, copy_function=lambda src, dst: (os.link if src.endswith(".gguf") else shutil.copy2)(src, dst))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOCALAUG_HOME", str(home))
+        [q8] = store.list_entries()
+        f16 = store.pull(q8.source.path, quant="F16")  # the same snapshot folder, a second quant
+        assert sorted(e.quant for e in store.list_entries()) == ["F16", "Q8_0"]
+    assert f16.path == home / "models" / FOLDER / "F16.gguf"
+
+    def exported(*extra: str) -> tuple[list[str], dict]:
+        out = tmp_path / f"export{'-'.join(extra)}.tar"
+        result = _invoke(home, "bundle", "export", REFINE, *extra, "-o", str(out))
+        assert result.exit_code == 0, result.output
+        with tarfile.open(out) as tar:
+            names = [m.name for m in tar.getmembers()]
+            data = json.loads(tar.extractfile(BUNDLE_MANIFEST).read())  # type: ignore[union-attr]
+            for name in names[1:]:
+                quant = Path(name).stem
+                assert tar.extractfile(name).read() == (home / "models" / FOLDER / f"{quant}.gguf").read_bytes()  # type: ignore[union-attr]
+        [model] = data["models"]
+        return names, model["files"]
+
+    names, files = exported("--quant", "f16")
+    assert names == [BUNDLE_MANIFEST, f"models/{FOLDER}/F16.gguf"]
+    assert list(files) == ["F16"] and files["F16"]["sha256"] == hashlib.sha256(f16.path.read_bytes()).hexdigest()
+
+    names, files = exported("-q", "Q8_0")
+    assert names == [BUNDLE_MANIFEST, MEMBER] and list(files) == ["Q8_0"]
+
+    names, files = exported()  # no --quant: every stored one
+    assert sorted(names[1:]) == [f"models/{FOLDER}/F16.gguf", MEMBER] and sorted(files) == ["F16", "Q8_0"]
+
+    missing = _invoke(home, "bundle", "export", REFINE, "--quant", "Q4_K_M", "-o", str(tmp_path / "none.tar"))
+    assert missing.exit_code == 1 and "not in the store" in _one_line_error(missing)
+    assert not (tmp_path / "none.tar").exists()
+
+
 # -- Ollama Modelfiles ------------------------------------------------------------------------------
 
 
@@ -395,6 +435,29 @@ def ollama_prompt(template: str, system: str, prompt: str) -> str:
 
 SEEDS = [Pair("Name three primary colors.", "Red, yellow and blue."), Pair("中国的首都是哪里？", "北京。")]
 
+# Typed out, not derived from localaug/prompts.py: the Qwen2-Instruct ChatML turns (system, user,
+# assistant, each closed by <|im_end|> and a newline) with Ollama's Go-template fields in them, and
+# the Qwen2 default system prompt.
+QWEN2_OLLAMA_TEMPLATE = (
+    "<|im_start|>system\n{{ .System }}<|im_end|>\n"
+    "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n"
+    "<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"
+)
+QWEN2_SYSTEM = "You are a helpful assistant."
+_HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+_TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+# task -> [(payload, what the user types into Ollama, the prompt the model was trained on)], typed out.
+PAIRS_MESSAGE = ("### Instruction\nName three primary colors.\n\n### Response\nRed, yellow and blue.\n\n"
+                 "### Instruction\n中国的首都是哪里？\n\n### Response\n北京。")
+EXPECTED_PROMPTS: dict[str, list[tuple[object, str, str]]] = {
+    "instruction": [
+        ("Create a travel guide for Hangzhou.", "Create a travel guide for Hangzhou.",
+         _HEAD + "Create a travel guide for Hangzhou." + _TAIL),
+        ("写一首关于秋天的诗。\n两节。", "写一首关于秋天的诗。\n两节。", _HEAD + "写一首关于秋天的诗。\n两节。" + _TAIL),
+    ],
+    "pairs": [(SEEDS, PAIRS_MESSAGE, _HEAD + PAIRS_MESSAGE + _TAIL)],
+}
+
 
 @pytest.mark.parametrize("spec", registry.family(), ids=lambda s: s.name)
 def test_modelfile_template_is_localaugs_prompt_byte_for_byte(spec, tmp_path: Path) -> None:
@@ -402,17 +465,17 @@ def test_modelfile_template_is_localaugs_prompt_byte_for_byte(spec, tmp_path: Pa
     gguf.write_bytes(b"GGUF")
     parsed = _parse_modelfile(modelfile.render(gguf, spec, "Q4_K_M"))
     [template], [system] = parsed["TEMPLATE"], parsed["SYSTEM"]
+    assert template == QWEN2_OLLAMA_TEMPLATE
+    assert system == QWEN2_SYSTEM
     style = PromptStyle(spec.prompt_format, stop=spec.stop, family_name=spec.name)
-    payloads: list = SEEDS if spec.task == "pairs" else ["Create a travel guide for Hangzhou.", "写一首关于秋天的诗。\n两节。"]
-    for payload in [payloads] if spec.task == "pairs" else payloads:
-        message = user_turn(spec.task, payload)  # what the user types into Ollama
-        assert ollama_prompt(template, system, message) == build_prompt(style, spec.task, payload)
+    for payload, message, prompt in EXPECTED_PROMPTS["pairs" if spec.task == "pairs" else "instruction"]:
+        assert ollama_prompt(template, system, message) == prompt  # what Ollama sends
+        assert build_prompt(style, spec.task, payload) == prompt  # what localaug sends
     params = parsed["PARAMETER"]
-    assert [json.loads(p.removeprefix("stop ")) for p in params if p.startswith("stop ")] == list(spec.stop)
-    s = spec.sampling
-    for line in (f"temperature {s.temperature}", f"top_p {s.top_p}", f"top_k {s.top_k}", f"num_predict {s.max_tokens}"):
+    assert [json.loads(p.removeprefix("stop ")) for p in params if p.startswith("stop ")] == ["<|im_end|>", "<|endoftext|>"]
+    for line in ("temperature 0.5", "top_p 0.95", "top_k 50", "num_predict 2048"):  # the vendor defaults (README)
         assert line in params
-    assert parsed["FROM"] == [str(gguf.resolve())] and parsed["LICENSE"] == [spec.license]
+    assert parsed["FROM"] == [str(gguf.resolve())] and parsed["LICENSE"] == ["apache-2.0"]
 
 
 def test_every_family_format_has_a_template() -> None:
@@ -427,9 +490,9 @@ def test_export_modelfile_cli_for_a_stored_model(store_a: Path, tmp_path: Path) 
     parsed = _parse_modelfile(out.read_text(encoding="utf-8"))
     [path] = parsed["FROM"]
     assert Path(path) == _stored_gguf(store_a) and Path(path).is_file()
-    text = "Create a travel guide for Hangzhou."
-    style = PromptStyle("qwen2-chatml", family_name=REFINE)
-    assert ollama_prompt(parsed["TEMPLATE"][0], parsed["SYSTEM"][0], text) == build_prompt(style, "refine", text)
+    assert parsed["TEMPLATE"] == [QWEN2_OLLAMA_TEMPLATE] and parsed["SYSTEM"] == [QWEN2_SYSTEM]
+    _, message, prompt = EXPECTED_PROMPTS["instruction"][0]
+    assert ollama_prompt(parsed["TEMPLATE"][0], parsed["SYSTEM"][0], message) == prompt
     printed = _invoke(store_a, "export-modelfile", REFINE, "-q", "q8_0")  # no -o: stdout
     assert printed.exit_code == 0 and printed.stdout == out.read_text(encoding="utf-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile"]

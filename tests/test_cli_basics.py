@@ -55,8 +55,37 @@ def test_models_json_lists_the_family(tmp_path: Path, monkeypatch) -> None:
     assert {"qwen2-refine:1.5b", "qwen2-exp:7b", "qwen2-response-exp:7b"} <= names
 
 
-def test_lookup_by_repo_and_unknown_name() -> None:
-    assert registry.get("alibaba-pai/Qwen2-7B-Instruct-Refine").name == "qwen2-refine:7b"
+# The README's family table, typed out: name -> Hugging Face repo.
+README_FAMILY = {
+    "qwen2-refine:1.5b": "alibaba-pai/Qwen2-1.5B-Instruct-Refine",
+    "qwen2-refine:7b": "alibaba-pai/Qwen2-7B-Instruct-Refine",
+    "qwen2-exp:1.5b": "alibaba-pai/Qwen2-1.5B-Instruct-Exp",
+    "qwen2-exp:7b": "alibaba-pai/Qwen2-7B-Instruct-Exp",
+    "qwen2-response-exp:7b": "alibaba-pai/Qwen2-7B-Instruct-Response-Exp",
+}
+
+
+def test_lookup_by_name_and_by_repo_id() -> None:
+    for name, repo in README_FAMILY.items():
+        assert registry.get(name).repo == repo
+        assert registry.get(repo).name == name
+        assert registry.get(repo.upper()).name == name  # lookups ignore case
+
+
+def test_unknown_model_name_is_a_one_line_error_listing_the_family(tmp_path: Path) -> None:
+    env = {"LOCALAUG_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    result = runner.invoke(app, ["refine", "hello", "-m", "qwen2-refine:3b"], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "unknown model 'qwen2-refine:3b'" in line
+    assert all(name in line for name in README_FAMILY), line
+    assert not (tmp_path / "home").exists()  # nothing pulled, nothing created
+
+
+def test_inspect_of_a_missing_file_is_a_one_line_error() -> None:
     result = runner.invoke(app, ["inspect", "/nonexistent/file.gguf"])
     assert result.exit_code == 1
-    assert "does not exist" in result.output
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "/nonexistent/file.gguf does not exist" in line

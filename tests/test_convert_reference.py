@@ -245,6 +245,13 @@ def _tensor_table(path: Path) -> tuple[dict[str, object], dict[str, tuple[tuple[
 
     Array values are skipped, not decoded, so this takes a fraction of a second.
     """
+    kv, tensors, _, _ = _read_header(path)
+    return kv, tensors
+
+
+def _read_header(path: Path) -> tuple[dict[str, object], dict[str, tuple[tuple[int, ...], int]], dict[str, int], int]:
+    """``_tensor_table`` plus each tensor's data offset and where the data section starts (the GGUF
+    spec: after the tensor table, padded to ``general.alignment``, 32 by default)."""
     scalar = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
     with open(path, "rb") as fh:
         data = fh.read(64 * 1024 * 1024)  # header, metadata and tensor table are well inside this
@@ -287,13 +294,14 @@ def _tensor_table(path: Path) -> tuple[dict[str, object], dict[str, tuple[tuple[
     for _ in range(n_kv):
         key = string()
         kv[key] = value(take("<I"))
-    tensors = {}
+    tensors, offsets = {}, {}
     for _ in range(n_tensors):
         name = string()
         dims = tuple(take("<Q") for _ in range(take("<I")))
         tensors[name] = (dims, take("<I"))
-        take("<Q")  # offset
-    return kv, tensors
+        offsets[name] = take("<Q")
+    align = int(kv.get("general.alignment") or 32)  # type: ignore[call-overload]
+    return kv, tensors, offsets, -(-pos // align) * align
 
 
 def _kl_top1(ref: np.ndarray, other: np.ndarray) -> tuple[float, float]:
@@ -459,12 +467,6 @@ def test_quantized_types_track_f32(kind, converted, f32_long_logits) -> None:
     kls = [stats[q][0] for q in QUANT_BOUNDS]
     assert kls == sorted(kls), stats
     assert stats["Q8_0"][1] == max(t for _, t in stats.values())
-
-
-def test_quant_bounds_are_ordered() -> None:
-    floors = [b[0] for b in QUANT_BOUNDS.values()]
-    kls = [b[1] for b in QUANT_BOUNDS.values()]
-    assert floors == sorted(floors, reverse=True) and kls == sorted(kls)
 
 
 # --------------------------------------------------------------------------- 5. greedy generation
@@ -657,3 +659,71 @@ def test_tensor_types_in_every_output_type(kind, ckpts, converted) -> None:
             # The mix follows the type: the bulk of the weights carry the named K-quant.
             main = {"Q6_K": GGML.Q6_K, "Q5_K_M": GGML.Q5_K, "Q4_K_M": GGML.Q4_K}[quant]
             assert tensors["blk.0.ffn_up.weight"][1] == main, quant
+
+
+# --------------------------------------------------------------------------- 7. BF16 and the other quantizer types
+
+
+def test_bf16_is_written_directly_with_the_source_bytes(qwen2_tied: Path, tmp_path: Path) -> None:
+    """`localaug convert --quant BF16`: written straight from the safetensors (no quantizer run); every
+    2-D weight is BF16 holding the checkpoint's own bf16 bytes, norms and biases F32 of the same values."""
+    from typer.testing import CliRunner
+
+    from localaug.cli import app
+
+    out = tmp_path / "m.BF16.gguf"
+    result = CliRunner().invoke(app, ["convert", str(qwen2_tied), "--quant", "BF16", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "writing BF16" in result.stderr and "quantizing" not in result.stderr, result.stderr
+    kv, tensors, offsets, start = _read_header(out)
+    assert kv["general.file_type"] == gguf.LlamaFileType.MOSTLY_BF16
+    blob = out.read_bytes()
+    seen = set()
+    for hf_name, src in _source_tensors(qwen2_tied):
+        assert src.dtype == torch.bfloat16
+        name = _gguf_name(hf_name)
+        dims, ttype = tensors[name]
+        seen.add(name)
+        assert dims == tuple(reversed(src.shape)), name
+        if src.ndim == 1:
+            want, want_type = src.float().numpy().tobytes(), GGML.F32
+        else:
+            want, want_type = src.contiguous().view(torch.int16).numpy().tobytes(), GGML.BF16
+        assert ttype == want_type, (name, GGML(ttype).name)
+        at = start + offsets[name]
+        assert blob[at : at + len(want)] == want, name
+    assert seen == set(tensors)
+
+
+# The types llama.cpp's quantizer makes from the BF16 copy: the file type, and the block type that the
+# bulk of the weights (ffn_up) carries. llama.cpp gives some tensors more bits (the tied embedding,
+# which is also the output, gets Q6_K; attn_v / ffn_down may be raised), never fewer.
+MORE_QUANTS = {
+    "Q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, GGML.Q4_0),
+    "Q3_K_M": (gguf.LlamaFileType.MOSTLY_Q3_K_M, GGML.Q3_K),
+    "Q2_K": (gguf.LlamaFileType.MOSTLY_Q2_K, GGML.Q2_K),
+}
+BLOCK_TYPES = {GGML.Q4_0, GGML.Q4_1, GGML.Q5_0, GGML.Q5_1, GGML.Q8_0,
+               GGML.Q2_K, GGML.Q3_K, GGML.Q4_K, GGML.Q5_K, GGML.Q6_K}
+
+
+@pytest.mark.parametrize("quant", list(MORE_QUANTS))
+def test_more_quant_types_through_llama_cpp(quant: str, ckpts, converted, hf_tokenizer) -> None:
+    file_type, main = MORE_QUANTS[quant]
+    config = _read_json(ckpts["tied"] / "config.json")
+    path = converted("tied", quant)
+    kv, tensors = _tensor_table(path)
+    assert kv["general.file_type"] == file_type
+    assert {n: d for n, (d, _) in tensors.items()} == _expected_tensors(config)
+    for name, (dims, ttype) in tensors.items():
+        if len(dims) == 1:
+            assert ttype == GGML.F32, (name, GGML(ttype).name)
+        else:
+            assert ttype in BLOCK_TYPES, (name, GGML(ttype).name)
+    for b in range(config["num_hidden_layers"]):
+        assert tensors[f"blk.{b}.ffn_up.weight"][1] == main, (b, GGML(tensors[f"blk.{b}.ffn_up.weight"][1]).name)
+    # llama.cpp loads the file and computes finite logits with it.
+    ids = hf_tokenizer(PROBE, add_special_tokens=False)["input_ids"][:32]
+    with _opened(path) as llm:
+        logits = _llama_logits(llm, ids)
+    assert logits.shape == (len(ids), 151936) and np.isfinite(logits).all()

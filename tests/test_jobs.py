@@ -15,15 +15,23 @@ from pathlib import Path
 
 import pytest
 
+from scripted_fixture import SCRIPTS
+
 from localaug import dataio
 from localaug.errors import JobError, JobLockedError
 from localaug.jobs import run_job
+from localaug.prompts import parse_pairs
 
-pa = pytest.importorskip("pyarrow")
-import pyarrow.json  # noqa: E402,F401  (pa.json)
+import pyarrow as pa
+import pyarrow.json  # noqa: F401  (pa.json)
 
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-TINY = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=3, threads=1)
+TINY = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=3, threads=1)  # every reply hits max_tokens
+# the scripted models (tests/scripted_fixture.py) write known replies that end
+SCRIPTED = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=64, threads=1)
+REFINED = SCRIPTS["refine"][0]
+NEW = SCRIPTS["expand"]
+PAIRS = [{"instruction": p.instruction, "response": p.response} for t in SCRIPTS["pairs"] for p in parse_pairs(t)]
 ROWS = [{"id": i, "instruction": f"Write a short note about topic number {i}.", "meta": {"lang": "en"}} for i in range(6)]
 
 
@@ -38,6 +46,11 @@ def _home(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny(converted) -> Path:
     return converted("tied", "Q8_0")
+
+
+@pytest.fixture(scope="module")
+def refiner(scripted) -> Path:
+    return scripted("refine")
 
 
 def load_with_datasets(builder: str, path: Path, tmp_path: Path):
@@ -104,16 +117,124 @@ def _write_input(kind: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet", "hf-disk"])
-def test_input_formats(kind, tmp_path, tiny):
+def test_input_formats(kind, tmp_path, refiner):
     src = _write_input(kind, tmp_path)
     rows = list(dataio.read_rows(src))
     assert [r.record["instruction"] for r in rows] == [r["instruction"] for r in ROWS]
     out = tmp_path / "out.jsonl"
-    summary = run_job("refine", src, out, model=tiny, limit=2, **TINY)
+    summary = run_job("refine", src, out, model=refiner, limit=2, **SCRIPTED)
     recs = one_per_row(out, 2)
-    assert summary.stats.done == 2
-    assert all(str(r["id"]) in ("0", "1") and r["task"] == "refine" and r["status"] == "failed" for r in recs)
-    assert all(r["error"].startswith("max_tokens hit") and isinstance(r["output"], str) for r in recs)
+    assert summary.stats.done == summary.stats.ok == 2
+    for r in recs:
+        assert str(r["id"]) in ("0", "1") and r["task"] == "refine"
+        assert (r["status"], r["error"], r["output"], r["finish_reason"]) == ("ok", None, REFINED, "stop")
+
+
+def test_max_tokens_hit_is_a_failed_row(tmp_path, tiny):
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
+    recs = records(run_job("refine", src, tmp_path / "out.jsonl", model=tiny, **TINY).ledger)
+    assert all(r["status"] == "failed" and r["error"].startswith("max_tokens hit") for r in recs)
+    assert all(r["finish_reason"] == "length" and r["completion_tokens"] == 3 for r in recs)
+
+
+# --- successful records, every task -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_refine_records_are_ok_with_the_reply(tmp_path, refiner, parallel):
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS[:5])
+    summary = run_job("refine", src, tmp_path / "out.jsonl", model=refiner, parallel=parallel, **SCRIPTED)
+    recs = one_per_row(summary.ledger, 5)
+    assert [r["status"] for r in recs] == ["ok"] * 5
+    assert {r["output"] for r in recs} == {REFINED}
+    assert all(r["error"] is None and r["finish_reason"] == "stop" and r["prompt_tokens"] > 0 for r in recs)
+    tokens = {r["completion_tokens"] for r in recs}
+    assert len(tokens) == 1 and 0 < tokens.pop() < 64
+    manifest = json.loads(summary.manifest.read_text())
+    assert manifest["counts"]["ok"] == manifest["counts"]["items"] == manifest["counts"]["rows"] == 5
+    assert manifest["tokens"] == sum(r["completion_tokens"] for r in recs) and manifest["tokens_per_s"] > 0
+    assert manifest["parallel"] == parallel
+
+
+def test_expand_records_are_ok_and_dedup_modes_work_across_the_job(tmp_path, scripted):
+    model = scripted("expand")
+    rows = [{"instruction": f"Seed instruction number {i}."} for i in range(4)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    args = dict(model=model, prompt_format="qwen2-chatml", temperature=0.8, max_tokens=32, threads=1, n=3)
+    # every row samples with the same seeds, and the model ignores its input: the rows draw the same texts
+    row_only = one_per_row(run_job("expand", src, tmp_path / "row.jsonl", dedup="row", **args).ledger, 4)
+    for r in row_only:
+        assert r["status"] == "ok" and len(r["outputs"]) == 3 and len(set(r["outputs"])) == 3
+        assert set(r["outputs"]) <= set(NEW) and r["shortfall"] == 0
+        assert r["samples"] == 3 + sum(r["rejected"].values()) and set(r["rejected"]) <= {"duplicate"}
+    assert len({tuple(r["outputs"]) for r in row_only}) == 1  # --dedup row keeps repeats across rows
+    for mode in ("exact", "minhash"):
+        recs = one_per_row(run_job("expand", src, tmp_path / f"{mode}.jsonl", dedup=mode, **args).ledger, 4)
+        everything = [t for r in recs for t in r["outputs"]]
+        assert len(everything) == len(set(everything)) >= 3 and set(everything) <= set(NEW), mode
+        for r in recs:
+            assert r["samples"] == len(r["outputs"]) + sum(r["rejected"].values()), mode
+            assert set(r["rejected"]) <= {"duplicate", "near-duplicate"} and r["shortfall"] == 3 - len(r["outputs"])
+            assert r["status"] == ("ok" if r["outputs"] else "filtered")
+        assert sum(sum(r["rejected"].values()) for r in recs) > 0, mode  # later rows met earlier rows' texts
+
+
+def test_pairs_records_and_training_files_have_content(tmp_path, scripted):
+    model = scripted("pairs")
+    rows = [{"instruction": f"Seed question {i}?", "output": f"Seed answer {i}."} for i in range(3)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "train.json"
+    cmd = [sys.executable, "-m", "localaug.cli", "run", "pairs", "-i", str(src), "-o", str(out), "-m", str(model),
+           "--prompt-format", "qwen2-response-pairs", "--temperature", "0.8", "--max-tokens", "48", "--threads", "1",
+           "-n", "2", "--dedup", "row", "--format", "alpaca", "--parallel", "2"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    recs = one_per_row(tmp_path / "train.json.ledger.jsonl", 3)
+    for rec in recs:
+        assert rec["status"] == "ok" and len(rec["pairs"]) == 2 and all(p in PAIRS for p in rec["pairs"])
+        assert rec["pairs"][0] != rec["pairs"][1] and rec["samples"] == 2 + sum(rec["rejected"].values())
+        assert rec["source_output"] == rows[rec["row"]]["output"]  # the input column named like a result is kept
+    alpaca = json.loads(out.read_text())
+    assert alpaca == [{"instruction": p["instruction"], "input": "", "output": p["response"]} for rec in recs for p in rec["pairs"]]
+    for fmt, name in (("sharegpt", "s.jsonl"), ("messages", "m.jsonl")):
+        summary = run_job("pairs", src, tmp_path / name, model=model, prompt_format="qwen2-response-pairs", temperature=0.8,
+                          max_tokens=48, threads=1, n=2, dedup="row", fmt=fmt)
+        data = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        assert len(data) == summary.exported == 6
+        for ex in data:
+            turns = ex["conversations"] if fmt == "sharegpt" else ex["messages"]
+            pair = {"instruction": turns[0]["value" if fmt == "sharegpt" else "content"],
+                    "response": turns[1]["value" if fmt == "sharegpt" else "content"]}
+            assert [t["from" if fmt == "sharegpt" else "role"] for t in turns] == (
+                ["human", "gpt"] if fmt == "sharegpt" else ["user", "assistant"])
+            assert pair in PAIRS
+
+
+def test_refusals_echoes_long_prompts_and_unparseable_replies(tmp_path, scripted, refiner):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Tell me about volcanoes."}])
+    refusal = scripted("refusal")
+    rec = records(run_job("refine", src, tmp_path / "a.jsonl", model=refusal, **SCRIPTED).ledger)[0]
+    assert (rec["status"], rec["rejected"]) == ("filtered", {"refusal": 1}) and rec["error"].startswith("refusal")
+    rec = records(run_job("refine", src, tmp_path / "b.jsonl", model=refusal, refusals=False, **SCRIPTED).ledger)[0]
+    assert (rec["status"], rec["output"]) == ("ok", SCRIPTS["refusal"][0])  # --keep-refusals
+    # echo: an output (nearly) equal to its input is filtered; --echo sets how near
+    near = write_jsonl(tmp_path / "near.jsonl", [{"instruction": REFINED}, {"instruction": REFINED.rsplit(" ", 2)[0]}])
+    recs = records(run_job("refine", near, tmp_path / "c.jsonl", model=refiner, **SCRIPTED).ledger)
+    assert [r["status"] for r in sorted(recs, key=lambda r: r["row"])] == ["filtered", "filtered"]
+    assert all(r["rejected"] == {"echo": 1} for r in recs)
+    recs = records(run_job("refine", near, tmp_path / "d.jsonl", model=refiner, echo=0.99, **SCRIPTED).ledger)
+    assert {r["row"]: r["status"] for r in recs} == {0: "filtered", 1: "ok"}
+    # a prompt longer than the context fails its row only
+    long = write_jsonl(tmp_path / "long.jsonl", [{"instruction": "word " * 300}, {"instruction": "Short one."}])
+    recs = {r["row"]: r for r in records(run_job("refine", long, tmp_path / "e.jsonl", model=refiner, n_ctx=128,
+                                                 parallel=2, **SCRIPTED).ledger)}
+    assert recs[0]["status"] == "failed" and "exceeds the per-sequence context of 128" in recs[0]["error"]
+    assert recs[1]["status"] == "ok"
+    # a reply that is not in the task's format: pairs from a model that writes plain text
+    pairs_src = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "Q?", "response": "A."}])
+    rec = records(run_job("pairs", pairs_src, tmp_path / "f.jsonl", model=refiner, n=1, max_samples=2,
+                          **{**SCRIPTED, "prompt_format": "qwen2-response-pairs"}).ledger)[0]
+    assert (rec["status"], rec["error"], rec["rejected"]) == ("failed", "unparseable reply", {"unparseable": 2})
 
 
 def test_dotted_field_carries_columns_and_shards(tmp_path, tiny):
@@ -179,14 +300,25 @@ def test_bad_rows_recorded_and_retry_failed_reruns_only_them(tmp_path, smollm2):
     assert {r["row"]: r["status"] for r in one_per_row(out, 4)} == {0: "ok", 1: "failed", 2: "failed", 3: "failed"}
 
 
-def test_changed_arguments_are_a_different_run(tmp_path, tiny):
+def test_changed_arguments_are_a_different_run(tmp_path, tiny, refiner):
     src = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
     out = tmp_path / "out.jsonl"
-    run_job("refine", src, out, model=tiny, **TINY)
-    with pytest.raises(JobError, match="max_tokens changed"):
-        run_job("refine", src, out, model=tiny, **{**TINY, "max_tokens": 4})
-    with pytest.raises(JobError, match="seed"):
-        run_job("refine", src, out, model=tiny, seed=5, **TINY)
+    args = dict(model=tiny, n=2, **TINY)
+    run_job("expand", src, out, **args)
+    changes = [  # what the README says a row key hashes: each one changed alone is refused, by name
+        ({"max_tokens": 4}, "sampling.max_tokens"), ({"temperature": 0.5}, "sampling.temperature"),
+        ({"seed": 5}, "seed"), ({"model": refiner}, "model_sha256"), ({"prompt_format": "teacher"}, "prompt_format"),
+        ({"n": 3}, "n"), ({"min_chars": 9}, "min_chars"), ({"max_chars": 500}, "max_chars"),
+        ({"refusals": False}, "refusals"), ({"echo": 0.8}, "echo"), ({"threshold": 0.5}, "threshold"),
+        ({"dedup": "minhash"}, "dedup"), ({"max_samples": 9}, "max_samples"), ({"field": "id"}, "field"),
+    ]
+    for change, key in changes:
+        with pytest.raises(JobError, match=rf"\({key} changed\)|[(, ]{key} changed"):
+            run_job("expand", src, out, **{**args, **change})
+    with pytest.raises(JobError, match="task changed"):
+        run_job("refine", src, out, model=tiny, **TINY)
+    again = run_job("expand", src, out, **args)  # the same arguments resume (nothing left to do)
+    assert again.stats.skipped == 2 and again.stats.done == 0
 
 
 def test_torn_last_line_is_repaired(tmp_path, tiny):
@@ -248,27 +380,38 @@ def test_ctrl_c_exits_130_and_resumes_one_row_at_a_time(tmp_path, tiny):
     one_per_row(out, 40)
 
 
-def test_resume_after_kill_9_at_random_moments(tmp_path, tiny):
+def test_resume_after_kill_9_at_random_moments(tmp_path, refiner):
     rows = [{"instruction": f"Explain idea {i} with an example."} for i in range(40)]
     src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    cmd = cli("refine", "-i", str(src), "-o", str(out), "-m", str(refiner), "--prompt-format", "qwen2-chatml",
+              "--temperature", "0", "--max-tokens", "64", "--threads", "1", "--parallel", "2")
     rng = random.Random(1234)
     kills, progress = 0, []
-    started = time.monotonic()
-    while kills < 20 and time.monotonic() - started < 90:
-        proc = subprocess.Popen(_cmd(src, out, tiny), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 2.0))
+
+    def lines() -> int:
+        return out.read_bytes().count(b"\n") if out.exists() else 0
+
+    while kills < 12:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # kill once the run has written a few more records than before: mid-run on any machine speed
+        target = min(lines() + rng.randint(1, 6), 39)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and lines() < target and time.monotonic() < deadline:
+            time.sleep(0.005)
         if proc.poll() is not None:  # finished before the kill: start over to keep killing mid-run
             out.unlink()
             continue
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        progress.append(len(out.read_bytes().split(b"\n")) - 1 if out.exists() else 0)
-    assert kills >= 20, f"only {kills} kills"
-    r = subprocess.run(_cmd(src, out, tiny), env=ENV, capture_output=True, text=True, timeout=120)
+        progress.append(lines())
+        if progress[-1] >= 39:
+            out.unlink()
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    one_per_row(out, 40)
-    assert any(0 < p < 40 for p in progress), progress  # some kills landed mid-run
+    recs = one_per_row(out, 40)
+    assert all(x["status"] == "ok" and x["output"] == REFINED for x in recs)
+    assert sum(0 < p < 40 for p in progress) >= 10, progress  # the kills landed mid-run
 
 
 def test_ctrl_c_under_the_batching_engine_exits_130_and_resumes(tmp_path, tiny):
@@ -350,15 +493,16 @@ def _merge(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_shards_merge_into_the_unsharded_run(tmp_path, tiny):
+def test_shards_merge_into_the_unsharded_run(tmp_path, refiner):
     rows = [{"id": i, "instruction": f"Give advice number {i} for new gardeners."} for i in range(10)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     whole = tmp_path / "whole.jsonl"
-    run_job("refine", src, whole, model=tiny, **TINY)
+    run_job("refine", src, whole, model=refiner, **SCRIPTED)
+    assert {r["status"] for r in records(whole)} == {"ok"}
     parts = []
     for i in range(3):
         parts.append(tmp_path / f"part{i}.jsonl")
-        run_job("refine", src, parts[-1], model=tiny, shard=f"{i}/3", **TINY)
+        run_job("refine", src, parts[-1], model=refiner, shard=f"{i}/3", **SCRIPTED)
     # a shard given twice, and a stale failed record of a row that a later part has: still one per row
     r = _merge(*map(str, parts), str(parts[0]), "-o", str(tmp_path / "merged.jsonl"))
     assert r.returncode == 0, r.stderr
@@ -373,13 +517,23 @@ def test_shards_merge_into_the_unsharded_run(tmp_path, tiny):
     assert r.returncode == 0 and "missing shard 2/3" in r.stderr
     # outputs of a different run are refused unless asked for
     other = tmp_path / "other.jsonl"
-    run_job("refine", src, other, model=tiny, seed=9, limit=2, **TINY)
+    run_job("refine", src, other, model=refiner, seed=9, limit=2, **SCRIPTED)
     r = _merge(str(whole), str(other), "-o", str(tmp_path / "mixed.jsonl"))
     assert r.returncode == 1 and "different runs" in r.stderr and not (tmp_path / "mixed.jsonl").exists()
     assert _merge(str(whole), str(other), "--allow-mixed", "-o", str(tmp_path / "mixed.jsonl")).returncode == 0
-    # training formats straight from the merge
-    r = _merge(*map(str, parts), "--format", "alpaca", "-o", str(tmp_path / "train.json"))
-    assert r.returncode == 0 and json.loads((tmp_path / "train.json").read_text()) == []  # all rows failed (max tokens)
+
+
+def test_merge_of_pairs_shards_writes_training_files(tmp_path, scripted):
+    rows = [{"instruction": f"Seed question {i}?", "response": f"Seed answer {i}."} for i in range(6)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    args = dict(model=scripted("pairs"), prompt_format="qwen2-response-pairs", temperature=0.8, max_tokens=48, threads=1,
+                n=1, dedup="row")
+    parts = [run_job("pairs", src, tmp_path / f"part{i}.jsonl", shard=f"{i}/2", **args).ledger for i in range(2)]
+    r = _merge(*map(str, parts), "--format", "alpaca", "--dedup", "none", "-o", str(tmp_path / "train.json"))
+    assert r.returncode == 0, r.stderr
+    train = json.loads((tmp_path / "train.json").read_text())
+    assert len(train) == 6  # one pair from each row, in input order
+    assert all({"instruction": t["instruction"], "response": t["output"]} in PAIRS and t["input"] == "" for t in train)
 
 
 def test_merge_removes_items_repeated_across_shards(tmp_path):

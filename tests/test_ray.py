@@ -22,13 +22,10 @@ from localaug import dataio
 from localaug.errors import JobError, ModelNotFoundError, UsageError
 from localaug.jobs import run_job
 
-try:
-    import ray
-except ImportError:  # CI installs it with the test extra
-    ray = None
-needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed: pip install -e '.[test]' (or 'localaug[ray]')")
+import ray  # the test extra installs it: a missing Ray is a failure, not a skip
 
-TINY = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=3, threads=1)
+TINY = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=3, threads=1)  # replies hit max_tokens
+SCRIPTED = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=64, threads=1)  # replies that end
 LOOPBACK = "127.0.0.1"  # the local Ray instance of these tests listens on loopback only
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -89,6 +86,12 @@ def rows_of(n: int, distinct: int | None = None) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny(converted) -> Path:
     return converted("tied", "Q8_0")
+
+
+@pytest.fixture(scope="module")
+def refiner(scripted) -> Path:
+    """Writes tests/scripted_fixture.py's SCRIPTS["refine"][0] and stops: records are ok."""
+    return scripted("refine")
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +158,6 @@ def _kinds_input(kind: str, tmp_path: Path) -> Path:
     return tmp_path / "in.parquet"
 
 
-@needs_ray
 @pytest.mark.usefixtures("local_ray")
 class TestLocal:
     @pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet"])
@@ -178,38 +180,43 @@ class TestLocal:
         with pytest.raises(UsageError, match="does not exist"):
             list(read_input(str(tmp_path / "missing.jsonl")))
 
-    def test_records_equal_localaug_run_row_for_row_and_resume(self, tmp_path, tiny):
+    def test_records_equal_localaug_run_row_for_row_and_resume(self, tmp_path, refiner):
+        from scripted_fixture import SCRIPTS
+
         from localaug import ray as lray
 
         # repeated texts (occurrence numbers), a bad line, a column named like a result field
         src = write_jsonl(tmp_path / "in.jsonl", rows_of(20, distinct=7), "not json\n")
         single = tmp_path / "single.jsonl"
-        run_job("refine", src, single, model=tiny, parallel=4, **TINY)
+        run_job("refine", src, single, model=refiner, parallel=4, **SCRIPTED)
         out = tmp_path / "out"
-        summary = lray.run_job("refine", src, out, model=tiny, parallel=4, actors=1, num_cpus=1, **TINY)
+        summary = lray.run_job("refine", src, out, model=refiner, parallel=4, actors=1, num_cpus=1, **SCRIPTED)
         assert summary.complete and summary.stats.done == 21 and len(list(out.glob("part-*.jsonl"))) == 2
+        assert summary.stats.ok == 20 and summary.stats.failed == 1  # the bad line
+        assert {r["output"] for r in part_records(out) if r["status"] == "ok"} == {SCRIPTS["refine"][0]}
         assert by_key(part_records(out)) == by_key(records(single))  # same keys, same records
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["complete"] and manifest["run_id"] == json.loads((tmp_path / "single.jsonl.manifest.json").read_text())["run_id"]
         assert manifest["counts"]["rows"] == 21 and manifest["cluster"]["actors"] == 1
         assert merged(out, tmp_path, 21) == sorted(records(single), key=lambda r: r["row"])
         # the same command again: nothing to do; other arguments: refused, naming what changed
-        again = lray.run_job("refine", src, out, model=tiny, parallel=4, actors=1, num_cpus=1, **TINY)
+        again = lray.run_job("refine", src, out, model=refiner, parallel=4, actors=1, num_cpus=1, **SCRIPTED)
         assert again.stats.skipped == 21 and again.stats.done == 0
         with pytest.raises(JobError, match="sampling.max_tokens changed"):
-            lray.run_job("refine", src, out, model=tiny, parallel=4, **{**TINY, "max_tokens": 4})
+            lray.run_job("refine", src, out, model=refiner, parallel=4, **{**SCRIPTED, "max_tokens": 4})
         with pytest.raises(UsageError, match="localaug merge"):
-            lray.run_job("refine", src, tmp_path / "o2", model=tiny, fmt="alpaca", **TINY)
+            lray.run_job("refine", src, tmp_path / "o2", model=refiner, fmt="alpaca", **SCRIPTED)
 
-    def test_augment_adds_result_columns_to_a_users_dataset(self, tmp_path, tiny):
+    def test_augment_adds_result_columns_to_a_users_dataset(self, tmp_path, refiner):
         from localaug.ray import augment
 
         rows = rows_of(10, distinct=4)
         single = tmp_path / "single.jsonl"
-        run_job("refine", write_jsonl(tmp_path / "in.jsonl", rows), single, model=tiny, parallel=4, **TINY)
+        run_job("refine", write_jsonl(tmp_path / "in.jsonl", rows), single, model=refiner, parallel=4, **SCRIPTED)
         want = by_key(records(single))
+        assert {w["status"] for w in want.values()} == {"ok"}
         ds = ray.data.from_items(rows)
-        out = augment(ds, "refine", tiny, parallel=4, actors=1, num_cpus=1, **TINY)
+        out = augment(ds, "refine", refiner, parallel=4, actors=1, num_cpus=1, **SCRIPTED)
         got = sorted(out.take_all(), key=lambda r: r["row"])
         assert [r["row"] for r in got] == list(range(10))
         for r in got:
@@ -217,21 +224,21 @@ class TestLocal:
             assert (r["output"], r["status"], r["error"], r["row"], r["id"]) == (w["output"], w["status"], w["error"], w["row"], w["id"])
             assert r["source_output"] == "old" and r["meta"] == {"i": r["id"]}
         # it composes: read -> augment -> filter -> write, lazily
-        kept = augment(ds, "refine", tiny, parallel=4, actors=1, num_cpus=1, **TINY).filter(lambda r: r["id"] % 2 == 0)
+        kept = augment(ds, "refine", refiner, parallel=4, actors=1, num_cpus=1, **SCRIPTED).filter(lambda r: r["id"] % 2 == 0)
         kept.write_parquet(str(tmp_path / "pq"))
         import pyarrow.parquet as pq
 
         table = pq.read_table(tmp_path / "pq")
         assert table.num_rows == 5 and {"output", "source_id", "rejected", "source_output"} <= set(table.column_names)
 
-    def test_killed_actor_still_gives_one_record_per_row(self, tmp_path, tiny):
+    def test_killed_actor_still_gives_one_record_per_row(self, tmp_path, refiner):
         from ray._private import state
 
         from localaug import ray as lray
 
         n = 64  # 8 batches over 2 actors: the kill lands mid-run
         src = write_jsonl(tmp_path / "in.jsonl", rows_of(n))
-        args = dict(model=tiny, parallel=2, **{**TINY, "max_tokens": 12})
+        args = dict(model=refiner, parallel=2, **SCRIPTED)
         out = tmp_path / "out"
         killed: list[int] = []
 
@@ -257,12 +264,12 @@ class TestLocal:
         run_job("refine", src, single, **args)
         assert merged(out, tmp_path, n) == sorted(records(single), key=lambda r: r["row"])
 
-    def test_restart_after_killing_the_driver_skips_finished_rows(self, tmp_path, tiny, local_ray):
+    def test_restart_after_killing_the_driver_skips_finished_rows(self, tmp_path, refiner, local_ray):
         n = 40
         src = write_jsonl(tmp_path / "in.jsonl", rows_of(n))
         out = tmp_path / "out"
-        cmd = [sys.executable, "-m", "localaug.cli", "run", "refine", "-i", str(src), "-o", str(out), "-m", str(tiny),
-               "--prompt-format", "qwen2-chatml", "--temperature", "0", "--max-tokens", "12", "--threads", "1",
+        cmd = [sys.executable, "-m", "localaug.cli", "run", "refine", "-i", str(src), "-o", str(out), "-m", str(refiner),
+               "--prompt-format", "qwen2-chatml", "--temperature", "0", "--max-tokens", "64", "--threads", "1",
                "--parallel", "2", "--ray", local_ray, "--actors", "1", "--num-cpus", "1"]
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # with the token of this Ray instance (RAY_AUTH_MODE)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -284,8 +291,8 @@ class TestLocal:
         recs = merged(out, tmp_path, n)
         assert len(part_records(out)) == n  # nothing was done twice
         single = tmp_path / "single.jsonl"
-        run_job("refine", src, single, model=tiny, parallel=2, **{**TINY, "max_tokens": 12})
-        assert set(by_key(recs)) == set(by_key(records(single)))
+        run_job("refine", src, single, model=refiner, parallel=2, **SCRIPTED)
+        assert by_key(recs) == by_key(records(single)) and {r["status"] for r in recs} == {"ok"}
 
 
 # --- two nodes ---------------------------------------------------------------------------------------
@@ -315,7 +322,6 @@ def two_nodes(tmp_path_factory, qwen2_tied):
             cluster.shutdown()
 
 
-@needs_ray
 class TestTwoNodes:
     def test_two_nodes_equal_localaug_run(self, tmp_path, two_nodes):
         from ray._private import state
@@ -345,7 +351,6 @@ class TestTwoNodes:
         assert "\n" not in msg and not list((tmp_path / "out").glob("part-*"))
 
 
-@needs_ray
 @pytest.mark.parametrize("task", ["refine", "expand", "pairs"])
 def test_result_columns_have_one_type_per_task(task):
     import pyarrow as pa

@@ -9,7 +9,7 @@ import pytest
 
 from localaug import prompts
 from localaug.api import Augmenter
-from localaug.engine import Engine, EngineOptions, Generation, PromptTooLongError, SamplingParams
+from localaug.engine import Engine, EngineOptions, PromptTooLongError, SamplingParams
 
 GREEDY = dict(temperature=0.0, max_tokens=24)
 
@@ -69,11 +69,18 @@ def test_one_engine_serves_threads_safely(tiny_family: Augmenter) -> None:
     assert [got[i] for i in range(len(texts))] == expected
 
 
-def test_long_prompt_grows_the_context_or_fails_clearly(converted) -> None:
+def test_long_prompt_grows_the_context_or_fails_clearly(converted, qwen2_tied: Path) -> None:
+    from tokenizers import Tokenizer
+
     with Engine(converted("tied", "Q8_0"), EngineOptions(threads=2, n_ctx=256)) as engine:
+        assert engine.n_ctx == 256
         prompt = prompts.qwen2_chatml([{"role": "user", "content": "word " * 400}])
+        want = len(Tokenizer.from_file(str(qwen2_tied / "tokenizer.json")).encode(prompt, add_special_tokens=False).ids)
+        assert want > 256  # does not fit the context the engine started with
         gen = engine.generate(prompt, SamplingParams(temperature=0, max_tokens=8))
-        assert isinstance(gen, Generation) and engine.n_ctx >= gen.prompt_tokens + 8
+        assert gen.prompt_tokens == want  # the whole prompt went in, nothing cut off
+        assert gen.completion_tokens == 8 and gen.finish_reason == "length"  # and all 8 tokens came out
+        assert engine.n_ctx >= want + 8  # the context grew to hold them
         huge = "x " * (engine.n_ctx_train + 10)
         with pytest.raises(PromptTooLongError, match="exceeds the model's context"):
             engine.generate(huge, SamplingParams(temperature=0, max_tokens=8))
@@ -136,12 +143,84 @@ def test_cli_expand_and_pairs_on_smollm2(smollm2: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["pairs", str(seeds), "-m", str(smollm2), "--seed", "2", "--max-tokens", "100",
                                  "--threads", "2", "--json"])
     data = json.loads(result.stdout)
-    # A reply that does not parse is counted, never silently dropped: pairs found + rejections add up.
-    unparseable = data["rejected"].get("unparseable", 0)
-    assert unparseable <= data["samples"] and data["samples"] - unparseable >= (1 if data["pairs"] else 0)
-    assert result.exit_code == (0 if data["pairs"] else 1)
+    found = len(data["pairs"])
+    # -n 1 (the default): at most one pair, drawn from at most max(3n, n+4) = 5 samples.
+    assert found <= 1 and data["shortfall"] == 1 - found
+    assert 1 <= data["samples"] <= 5 and (found or data["samples"] == 5)
+    # A reply that does not parse is counted, never silently dropped: every sample that gave no pair left at
+    # least one counted rejection (a teacher reply may hold several pairs, each rejected on its own, so the
+    # count can exceed the samples; an unparseable reply counts exactly once).
+    assert sum(data["rejected"].values()) >= data["samples"] - found
+    assert data["rejected"].get("unparseable", 0) <= data["samples"] - found
+    assert result.exit_code == (0 if found else 1)
     for pair in data["pairs"]:
         assert pair["instruction"] and pair["response"] and "###" not in pair["response"]
+
+
+# tests/scripted_fixture.py SCRIPTS["pairs"], read as (instruction, response) by hand: the model writes one
+# of these three replies per sample, each holding exactly one pair.
+SCRIPTED_PAIRS = {
+    ("Name three primary colors.", "Red, yellow and blue"),
+    ("What is the capital of France?", "Paris"),
+    ("Give a synonym for happy.", "Joyful"),
+}
+
+
+def test_cli_pairs_on_the_scripted_model(scripted, tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"instruction": "Translate 'cat' into French.", "response": "Chat."}) + "\n",
+                     encoding="utf-8")
+    result = runner.invoke(app, ["pairs", str(seeds), "-n", "3", "-m", str(scripted("pairs")),
+                                 "--format", "qwen2-response-pairs", "--seed", "0", "--threads", "2", "--ctx", "512",
+                                 "--json"])
+    data = json.loads(result.stdout)
+    got = [(p["instruction"], p["response"]) for p in data["pairs"]]
+    assert got, data
+    assert set(got) <= SCRIPTED_PAIRS and len(set(got)) == len(got), got
+    # One pair per reply: every sample is either a kept pair or exactly one counted rejection.
+    assert data["samples"] == len(got) + sum(data["rejected"].values()), data
+    assert set(data["rejected"]) <= {"duplicate"}, data  # a scripted pair is only ever turned down as drawn again
+    assert data["shortfall"] == 3 - len(got)
+    assert result.exit_code == (0 if len(got) == 3 else 1)
+    assert len(got) == 3 or data["samples"] == 9  # a shortfall only after max(3n, n+4) samples
+
+
+def test_refine_nfc_normalises_the_user_turn(tiny_family: Augmenter, converted, qwen2_tied: Path,
+                                            qwen2_untied: Path) -> None:
+    """README/docs: the runtime NFC-normalises the user turn, as the Qwen2 tokenizer does (llama.cpp's does
+    not). Decomposed input (e + U+0301) must give the prompt and the reply of its composed form, which is
+    what transformers gives for it."""
+    import unicodedata
+
+    from tokenizers import Tokenizer
+
+    nfc = "Décris un café naïf à Zürich, en Ångström."
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc
+    prompt_of = {t: ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"  # Qwen2 ChatML, typed out
+                     f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n") for t in (nfc, nfd)}
+    want_tokens = len(Tokenizer.from_file(str(qwen2_tied / "tokenizer.json")).encode(prompt_of[nfd], add_special_tokens=False).ids)
+    # Without localaug's NFC step llama.cpp would see other tokens: the checks below can fail.
+    engine = tiny_family.engine
+    assert engine.tokenize(prompt_of[nfd]) != engine.tokenize(prompt_of[nfc])
+    assert len(engine.tokenize(prompt_of[nfc])) == want_tokens
+
+    # The API (F32 weights and KV cache): exactly transformers' greedy reply to the decomposed text.
+    new, _ = hf_greedy(qwen2_untied, nfd, 12)
+    for text in (nfd, nfc):
+        _, gen = tiny_family.refine_full(text, temperature=0.0, max_tokens=12)
+        assert gen.prompt_tokens == want_tokens and gen.tokens == new
+
+    # The CLI: both forms make the same prompt and the same reply.
+    model = converted("tied", "F32")
+    got = {}
+    for text in (nfc, nfd):
+        result = runner.invoke(app, ["refine", text, "-m", str(model), "--format", "qwen2-chatml", "--temperature", "0",
+                                     "--max-tokens", "6", "--threads", "2", "--json"])
+        assert result.exit_code == 0, result.output
+        got[text] = json.loads(result.stdout)
+    assert got[nfd]["prompt_tokens"] == got[nfc]["prompt_tokens"] == want_tokens
+    assert got[nfd]["output"] == got[nfc]["output"] and got[nfd]["input"] == nfd
 
 
 def test_cli_usage_errors_exit_2(smollm2: Path) -> None:

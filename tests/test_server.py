@@ -30,36 +30,13 @@ from localaug.engine import Engine, EngineOptions, SamplingParams
 from localaug.server import Limits, ServerConfig, bind, create_app, url_of
 from localaug.serving import CANCELLED, Scheduler, ServedModel, load_model
 
-pytest.importorskip("openai")
-pytest.importorskip("uvicorn")
-
-from openai import APIStatusError, AuthenticationError, OpenAI  # noqa: E402
+from http_fixture import running
+from openai import APIStatusError, AuthenticationError, OpenAI
+from scripted_fixture import SCRIPTS
 
 OPTS = EngineOptions(threads=1, kv_f32=True)
 LIMITS = Limits(max_tokens=256, max_n=4, max_body_bytes=64 * 1024)
 TEXTS = ["Create a travel guide for Hangzhou.", "写一份杭州旅游指南。", "a poem about rain", "how do magnets work"]
-
-
-@contextlib.contextmanager
-def running(models: list[ServedModel], config: ServerConfig) -> Iterator[str]:
-    """The real server (uvicorn) on a free 127.0.0.1 port, in a thread; yields its base URL."""
-    import uvicorn
-
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(models, config), log_level="warning",
-                                           timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +45,15 @@ def tiny_path(converted) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_path: Path, smollm2: Path) -> Iterator[list[ServedModel]]:
+def models(tiny_path: Path, smollm2: Path, scripted) -> Iterator[list[ServedModel]]:
     tiny = load_model(tiny_path, name="tiny", prompt_format="qwen2-chatml", opts=OPTS, parallel=4, n_ctx=512)
     smol = load_model(smollm2, name="smol", opts=EngineOptions(threads=1), parallel=2, n_ctx=1024)
-    yield [tiny, smol]
-    for m in (tiny, smol):
+    # scripted models (tests/scripted_fixture.py): replies known in advance that end
+    pairs = load_model(scripted("pairs"), name="pairs", prompt_format="qwen2-response-pairs", opts=OPTS, parallel=2,
+                       n_ctx=256)
+    expand = load_model(scripted("expand"), name="expand", prompt_format="qwen2-chatml", opts=OPTS, parallel=2, n_ctx=256)
+    yield [tiny, smol, pairs, expand]
+    for m in (tiny, smol, pairs, expand):
         m.close()
 
 
@@ -124,7 +105,7 @@ def assert_error(r: httpx.Response, status: int, fragment: str = "") -> dict:
 
 
 def test_models_list(client: OpenAI) -> None:
-    assert [m.id for m in client.models.list().data] == ["tiny", "smol"]
+    assert [m.id for m in client.models.list().data] == ["tiny", "smol", "pairs", "expand"]
     assert client.models.retrieve("smol").id == "smol"
 
 
@@ -204,6 +185,64 @@ def test_pairs_shape(url: str) -> None:
     assert set(r) >= {"pairs", "samples", "rejected", "shortfall", "usage", "model"}
     assert all(set(p) == {"instruction", "response"} for p in r["pairs"])
     assert len(r["pairs"]) + r["shortfall"] == 1 and r["samples"] >= 1
+    # every sample is either a pair (a teacher reply may hold more than one) or counted as rejected
+    assert r["samples"] <= len(r["pairs"]) + sum(r["rejected"].values())
+
+
+def test_pairs_are_parsed_and_every_sample_is_accounted_for(url: str) -> None:
+    from localaug.prompts import parse_pairs
+
+    script = [{"instruction": p.instruction, "response": p.response} for t in SCRIPTS["pairs"] for p in parse_pairs(t)]
+    body = {"model": "pairs", "n": 2, "max_tokens": 48, "seed": 3, "temperature": 0.8,
+            "seeds": [{"instruction": "Name a fruit.", "response": "Apple."}]}
+    r = httpx.post(f"{url}/v1/pairs", json=body, timeout=60).json()
+    assert len(r["pairs"]) == 2 and r["pairs"][0] != r["pairs"][1] and all(p in script for p in r["pairs"])
+    assert r["samples"] == len(r["pairs"]) + sum(r["rejected"].values()) and r["shortfall"] == 0
+    # a generated pair equal to a seed is an echo, not new data
+    echo = httpx.post(f"{url}/v1/pairs", json={**body, "n": 3, "seeds": [{"instruction": "Name three primary colors.",
+                                                                       "response": "Red."}]}, timeout=60).json()
+    assert "Name three primary colors." not in [p["instruction"] for p in echo["pairs"]]
+    assert echo["rejected"].get("echo", 0) >= 1 and echo["shortfall"] == 3 - len(echo["pairs"]) >= 1
+
+
+def test_sampled_choices_use_seed_plus_k(client: OpenAI, scripted) -> None:
+    messages = [{"role": "user", "content": "Seed: plan a holiday."}]
+    r = client.chat.completions.create(model="expand", messages=messages, max_tokens=32, temperature=0.9, seed=5, n=2)
+    texts = [c.message.content for c in r.choices]
+    assert [c.index for c in r.choices] == [0, 1] and set(texts) <= set(SCRIPTS["expand"])
+    with Engine(scripted("expand"), OPTS) as eng:
+        prompt = prompts.qwen2_chatml(messages)
+        want = [eng.generate(prompt, SamplingParams(temperature=0.9, max_tokens=32, seed=5 + k), prompts.QWEN2_STOP).text
+                for k in range(2)]
+    assert texts == want
+
+
+def test_sampling_defaults_and_top_k_min_p(client: OpenAI, single: Engine) -> None:
+    messages = [{"role": "user", "content": TEXTS[3]}]
+    # no max_tokens: what fits the context, at most the server's --max-tokens (the tiny model never stops)
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0)
+    n_prompt = len(single.tokenize(chat(TEXTS[3])))
+    assert r.usage.completion_tokens == min(LIMITS.max_tokens, 512 - n_prompt) and r.choices[0].finish_reason == "length"
+    greedy = single.generate(chat(TEXTS[3]), SamplingParams(temperature=0, max_tokens=24), prompts.QWEN2_STOP).text
+
+    def sampled(**extra: float) -> str:
+        body = {"model": "tiny", "messages": messages, "max_tokens": 24, "temperature": 1.5, "seed": 1, **extra}
+        return httpx.post(f"{client.base_url}chat/completions", json=body, timeout=60).json()["choices"][0]["message"]["content"]
+
+    assert sampled(top_k=1) == greedy  # only the most likely token survives top_k 1
+    assert sampled(min_p=1.0) == greedy  # ... and min_p 1
+    assert sampled() != greedy  # the defaults (top_k 50, top_p 0.95) at temperature 1.5 do sample
+
+
+def test_default_body_limit_is_one_mib(models: list[ServedModel]) -> None:
+    assert Limits().max_body_bytes == 1 << 20
+    with running(models, ServerConfig()) as base:
+        over = json.dumps({"text": "x" * (1 << 20)}).encode()
+        assert_error(httpx.post(f"{base}/v1/refine", content=over, headers={"Content-Type": "application/json"}), 413,
+                     "limit of 1048576 bytes")
+        under = json.dumps({"model": "tiny", "text": "x " * 200, "max_tokens": 2}).encode()
+        assert httpx.post(f"{base}/v1/refine", content=under, headers={"Content-Type": "application/json"},
+                          timeout=60).status_code == 200
 
 
 # --- batching --------------------------------------------------------------------------------
@@ -277,7 +316,7 @@ def test_api_key(models: list[ServedModel]) -> None:
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
         ok = OpenAI(base_url=f"{base}/v1", api_key="s3cret", max_retries=0)
-        assert [m.id for m in ok.models.list().data] == ["tiny", "smol"]
+        assert [m.id for m in ok.models.list().data] == [m.id for m in models]
 
 
 def test_no_key_when_auth_is_off(url: str) -> None:
@@ -393,6 +432,55 @@ def test_metrics_text(url: str) -> None:
 
 
 # --- the command -------------------------------------------------------------------------------
+
+
+def _start_serve(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str, str]:
+    """`localaug serve` as a child process; (process, base URL, banner) once it listens."""
+    proc = subprocess.Popen([sys.executable, "-m", "localaug.cli", "serve", *args], stderr=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stderr is not None
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "auth:" in line or not line:
+            break
+    banner = "".join(lines)
+    found = re.search(r"(http://[\d.]+:\d+)/v1", banner)
+    assert found, banner
+    return proc, found.group(1), banner
+
+
+def test_cli_serve_sigterm_lets_running_requests_finish(tiny_path: Path) -> None:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc, base, banner = _start_serve(["-m", str(tiny_path), "--host", "127.0.0.1", "--port", "0", "--threads", "1",
+                                       "--parallel", "2", "--ctx", "512"], env)
+    try:
+        assert base.startswith("http://127.0.0.1:") and "auth: off" in banner
+        body = {"messages": [{"role": "user", "content": "Go on."}], "max_tokens": 200, "temperature": 0, "stream": True}
+        chunks = []
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as stream:
+            lines = (line for line in stream.iter_lines() if line)
+            chunks.append(next(lines))
+            proc.send_signal(signal.SIGTERM)  # while this request is decoding
+            chunks += list(lines)
+        assert chunks[-1] == "data: [DONE]"
+        finishes = [json.loads(c[6:])["choices"][0]["finish_reason"] for c in chunks[:-1] if json.loads(c[6:])["choices"]]
+        assert finishes[-1] == "length"  # it ran to its max_tokens: not cut off by the shutdown
+        rest = proc.communicate(timeout=30)[1]
+        assert proc.returncode == 0 and "server stopped" in rest, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serve_host_must_be_an_address_here(tiny_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "localaug.cli", "serve", "-m", str(tiny_path), "--host", "256.1.1.1",
+                        "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not an address of this machine" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_cli_serve_starts_answers_and_stops_on_sigint(smollm2: Path) -> None:

@@ -210,3 +210,61 @@ def test_resolve_passes_gguf_files_through_and_rejects_others(local_store: Path,
 def test_safe_names() -> None:
     assert store.safe_name("alibaba-pai/Qwen2-7B-Instruct-Exp") == "alibaba-pai--Qwen2-7B-Instruct-Exp"
     assert store.safe_name("qwen2-refine:1.5b") == "qwen2-refine_1.5b"
+
+
+def test_pull_of_a_folder_with_only_pickle_weights_is_refused_unloaded(local_store: Path, qwen2_tied: Path,
+                                                                       tmp_path: Path) -> None:
+    """README: "Pickle weights (`*.bin`) are refused, never loaded" -- through `localaug pull` too."""
+    import pickle
+
+    ckpt = tmp_path / "pickled-qwen2"
+    ckpt.mkdir()
+    for f in qwen2_tied.iterdir():
+        if f.suffix != ".safetensors":
+            os.link(f, ckpt / f.name)
+    sentinel = tmp_path / "unpickled"
+
+    class Payload:  # unpickling this creates `sentinel`: proof that the file was loaded
+        def __reduce__(self):
+            return (os.mkdir, (str(sentinel),))
+
+    (ckpt / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    result = runner.invoke(app, ["pull", str(ckpt), "--quant", "Q8_0"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error:") and "pickle" in line and "safetensors" in line, line
+    assert not sentinel.exists(), "the pickle file was loaded"
+    assert not any(p.suffix == ".gguf" or p.name.endswith(".part") for p in local_store.rglob("*"))
+    assert store.list_entries() == []
+
+
+# What Hugging Face repos hold besides the weights conversion reads (file names as on the hub).
+REPO_FILES = [
+    "config.json", "generation_config.json", "model.safetensors", "model-00001-of-00004.safetensors",
+    "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+    "README.md", "LICENSE", ".gitattributes", "pytorch_model.bin", "pytorch_model-00001-of-00002.bin",
+    "pytorch_model.bin.index.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+    "consolidated.00.pth", "original/consolidated.00.pth", "checkpoint-500/pytorch_model.bin",
+    "onnx/model.onnx", "flax_model.msgpack", "tf_model.h5",
+]
+
+
+def test_hub_allow_list_fetches_only_what_conversion_reads() -> None:
+    """README: only config, *.safetensors, tokenizer files and the model card are fetched, never *.bin/*.pt.
+    Checked with fnmatch (the matching huggingface_hub documents for allow_patterns) and with the filter
+    snapshot_download itself applies."""
+    from fnmatch import fnmatch
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from localaug.hub import ALLOW_PATTERNS
+
+    by_fnmatch = [f for f in REPO_FILES if any(fnmatch(f, pat) for pat in ALLOW_PATTERNS)]
+    by_hub = list(filter_repo_objects(REPO_FILES, allow_patterns=ALLOW_PATTERNS))
+    assert by_fnmatch == by_hub == [
+        "config.json", "generation_config.json", "model.safetensors", "model-00001-of-00004.safetensors",
+        "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+        "README.md",
+    ]
+    assert not [f for f in by_hub if f.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
