@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import DEFAULT_MODEL, INSTRUCTIONS, ROOT  # noqa: E402
 
-from localaug import prompts  # noqa: E402
-from localaug.batch import BatchEngine, Request  # noqa: E402
-from localaug.engine import Engine, EngineOptions, SamplingParams  # noqa: E402
+from localaug.family import prompts  # noqa: E402
+from localaug.runtime.batch import BatchEngine, Request  # noqa: E402
+from localaug.runtime.engine import Engine, EngineOptions, SamplingParams  # noqa: E402
 
 
 def margin_at(engine: Engine, prompt: list[int], prefix: list[int]) -> float:

@@ -18,8 +18,8 @@ import statistics
 import time
 from pathlib import Path
 
-from localaug import prompts
-from localaug.engine import Engine, EngineOptions, SamplingParams
+from localaug.family import prompts
+from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path(os.environ.get("LOCALAUG_TEST_MODELS", Path.home() / ".cache" / "localaug-test-models")) / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"

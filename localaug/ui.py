@@ -18,11 +18,11 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from localaug.gguf_info import GGUFInfo
+from localaug.store.gguf_info import GGUFInfo
 
 if TYPE_CHECKING:
-    from localaug.registry import ModelSpec
-    from localaug.store import StoreEntry
+    from localaug.family.registry import ModelSpec
+    from localaug.store.local import StoreEntry
 
 
 def plain(value: object) -> Text:
@@ -213,6 +213,12 @@ def render_models(console: Console, specs: tuple[ModelSpec, ...], entries: list[
     for e in entries:
         stored.add_row(*map(plain, (e.name, e.quant, human_bytes(e.size), e.source.origin(), e.sha256[:12])))
     console.print(stored)
+
+
+def render_removed(console: Console, entries: list[StoreEntry]) -> None:
+    for e in entries:
+        console.print(f"[green]removed[/green] {escape(e.name)} {escape(e.quant)} ({human_bytes(e.size)}, "
+                      f"{escape(str(e.path))})", highlight=False, soft_wrap=True)
 
 
 def render_bundle_exported(console: Console, result: Any) -> None:

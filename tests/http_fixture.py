@@ -7,8 +7,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from localaug.server import ServerConfig, bind, create_app, url_of
-from localaug.serving import ServedModel
+from localaug.serve.app import ServerConfig, bind, create_app, url_of
+from localaug.serve.scheduler import ServedModel
 
 
 @contextlib.contextmanager

@@ -8,9 +8,9 @@ the conversion, not noise. Hidden and FFN sizes are multiples of 256 so K-quants
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
-import importlib.util
 from pathlib import Path
 
 QWEN2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from localaug import prompts
-from localaug.batch import BatchEngine, Request, Result
-from localaug.engine import Engine, EngineOptions, SamplingParams
+from localaug.family import prompts
+from localaug.runtime.batch import BatchEngine, Request, Result
+from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=20)
 SEEDED = SamplingParams(temperature=0.8, top_p=0.95, top_k=50, max_tokens=16, seed=1234)

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from localaug import modelfile, registry, store
-from localaug.bundle import BUNDLE_MANIFEST
-from localaug.cli import app
-from localaug.prompts import Pair
-from localaug.tasks import PromptStyle, build_prompt
+from localaug.cli.main import app
+from localaug.family import registry
+from localaug.family.prompts import Pair
+from localaug.family.styles import PromptStyle, build_prompt
+from localaug.store import local as store
+from localaug.store import modelfile
+from localaug.store.bundle import BUNDLE_MANIFEST
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 REFINE = "qwen2-refine:1.5b"
@@ -285,12 +287,12 @@ def test_a_failure_while_landing_is_undone(bundle: Path, store_a: Path, converte
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import localaug.bundle
+    import localaug.store.bundle
 
     def disk_full(path: Path, data: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(localaug.bundle, "write_json_atomic", disk_full)  # after the GGUF is renamed into place
+    monkeypatch.setattr(localaug.store.bundle, "write_json_atomic", disk_full)  # after the GGUF is renamed into place
     home_b = tmp_path / "store-b"
     _seed_store(home_b)
     before = _listing(home_b)

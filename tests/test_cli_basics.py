@@ -7,12 +7,13 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from localaug import __version__, registry
-from localaug.cli import app
-from localaug.registry import tomllib
+from localaug import __version__
+from localaug.cli.main import app
+from localaug.family import registry
+from localaug.family.registry import tomllib
 
 runner = CliRunner()
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "localaug" / "models"
 
 
 def test_version() -> None:

@@ -24,12 +24,12 @@ import pytest
 from scripted_fixture import SCRIPTS
 from typer.testing import CliRunner
 
-from localaug.cli import app
+from localaug.cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 REFINED = SCRIPTS["refine"][0]
 # The scripted models are family-shaped Qwen2 files with no provenance: force the ChatML format.
-CHATML = ["--format", "qwen2-chatml", "--threads", "2", "--ctx", "512"]
+CHATML = ["--prompt-format", "qwen2-chatml", "--threads", "2", "--ctx", "512"]
 runner = CliRunner()
 
 
@@ -92,7 +92,10 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> No
     assert missing_arg.returncode == 2 and len(missing_arg.stderr.strip().splitlines()) == 1
     assert "--input" in missing_arg.stderr
 
-    debug_usage = child("--debug", "refine", "hi", "--device", "tpu", "-m", missing)  # --debug keeps the exit code
+    ours = child("refine", "hi", "--gpu-layers", "many", "-m", missing)  # a usage error localaug raises itself
+    assert ours.returncode == 2 and ours.stderr.strip().splitlines() == [
+        "error: --gpu-layers 'many': give a number or 'all'"]  # the setting named by its flag
+    debug_usage = child("--debug", "refine", "hi", "--gpu-layers", "many", "-m", missing)  # --debug keeps the exit code
     assert debug_usage.returncode == 2 and "Traceback" in debug_usage.stderr
 
 

@@ -28,7 +28,7 @@ import gguf
 import pytest
 from typer.testing import CliRunner, Result
 
-from localaug.cli import app
+from localaug.cli.main import app
 from localaug.convert import OUTPUT_TYPES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
+import llama_cpp
 import numpy as np
 import pytest
-
-import llama_cpp
 import torch
 
 KINDS = ("tied", "untied")
@@ -669,7 +668,7 @@ def test_bf16_is_written_directly_with_the_source_bytes(qwen2_tied: Path, tmp_pa
     2-D weight is BF16 holding the checkpoint's own bf16 bytes, norms and biases F32 of the same values."""
     from typer.testing import CliRunner
 
-    from localaug.cli import app
+    from localaug.cli.main import app
 
     out = tmp_path / "m.BF16.gguf"
     result = CliRunner().invoke(app, ["convert", str(qwen2_tied), "--quant", "BF16", "-o", str(out)])

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from localaug import filters
-from localaug.filters import DedupFilter, ExactIndex, MinHashIndex, QualityRules, is_refusal, jaccard, rouge_l, shingles
-from localaug.tasks import refine_reason
+from localaug.augment import filters
+from localaug.augment.filters import DedupFilter, ExactIndex, MinHashIndex, QualityRules, is_refusal, jaccard, rouge_l, shingles
+from localaug.augment.tasks import refine_reason
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",

@@ -13,17 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from scripted_fixture import SCRIPTS
-
-from localaug import dataio
-from localaug.errors import JobError, JobLockedError
-from localaug.jobs import run_job
-from localaug.prompts import parse_pairs
-
 import pyarrow as pa
 import pyarrow.json  # noqa: F401  (pa.json)
+import pytest
+from scripted_fixture import SCRIPTS
+
+from localaug.core.errors import JobError, JobLockedError
+from localaug.family.prompts import parse_pairs
+from localaug.jobs import dataio
+from localaug.jobs.run import run_job
 
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
 TINY = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=3, threads=1)  # every reply hits max_tokens
@@ -464,7 +462,7 @@ def test_filters_are_counted_by_reason_in_records_manifest_and_summary(tmp_path,
 
 
 def test_bad_filter_options_are_usage_errors(tmp_path, tiny):
-    from localaug.errors import UsageError
+    from localaug.core.errors import UsageError
 
     src = write_jsonl(tmp_path / "in.jsonl", ROWS[:1])
     for bad in ({"dedup": "fuzzy"}, {"minhash_threshold": 0.0}, {"threshold": 1.5}, {"max_chars": 2, "min_chars": 4}):
@@ -537,7 +535,7 @@ def test_merge_of_pairs_shards_writes_training_files(tmp_path, scripted):
 
 
 def test_merge_removes_items_repeated_across_shards(tmp_path):
-    from localaug.merge import merge_outputs
+    from localaug.jobs.merge import merge_outputs
 
     def rec(key, row, outputs, status="ok"):
         return {"source_id": key, "row": row, "task": "expand", "status": status, "outputs": outputs, "rejected": {},

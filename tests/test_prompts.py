@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from localaug import prompts
-from localaug.gguf_info import read_metadata
-from localaug.prompts import Pair
+from localaug.family import prompts
+from localaug.family.prompts import Pair
+from localaug.store.gguf_info import read_metadata
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Create a travel guide for Hangzhou."}],

@@ -1,4 +1,4 @@
-"""`localaug run --ray` and `localaug.ray.augment`: the same records as `localaug run`, exactly once.
+"""`localaug run --ray` and `localaug.jobs.on_ray.augment`: the same records as `localaug run`, exactly once.
 
 A local Ray instance (2 CPUs) and a real two-node cluster on this machine (ray.cluster_utils),
 both started and stopped here; the tiny Qwen2 fixture with greedy decoding.
@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from localaug import dataio
-from localaug.errors import JobError, ModelNotFoundError, UsageError
-from localaug.jobs import run_job
-
 import ray  # the test extra installs it: a missing Ray is a failure, not a skip
+
+from localaug.core.errors import JobError, ModelNotFoundError, UsageError
+from localaug.jobs import dataio
+from localaug.jobs.run import run_job
 
 TINY = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=3, threads=1)  # replies hit max_tokens
 SCRIPTED = dict(prompt_format="qwen2-chatml", temperature=0.0, max_tokens=64, threads=1)  # replies that end
@@ -31,7 +30,7 @@ ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_single_machine_path_does_not_import_ray():
-    code = "import sys, localaug.cli, localaug.api, localaug.jobs, localaug.worker, localaug.merge; print('ray' in sys.modules)"
+    code = "import sys, localaug.cli, localaug.api, localaug.jobs.run, localaug.jobs.worker, localaug.jobs.merge; print('ray' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
 
@@ -39,7 +38,7 @@ def test_single_machine_path_does_not_import_ray():
 def test_ray_options_need_ray(tmp_path):
     from typer.testing import CliRunner
 
-    from localaug.cli import app
+    from localaug.cli.main import app
 
     r = CliRunner().invoke(app, ["run", "refine", "-i", str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o"), "--actors", "2"])
     assert r.exit_code == 2 and "go with --ray" in r.output
@@ -63,7 +62,7 @@ def part_records(out: Path) -> list[dict]:
 
 def merged(out: Path, tmp_path: Path, n_rows: int) -> list[dict]:
     """OUTDIR merged with localaug merge: exactly one record per input row, in input order."""
-    from localaug.merge import merge_outputs
+    from localaug.jobs.merge import merge_outputs
 
     dest = tmp_path / f"{out.name}.merged.jsonl"
     merge_outputs([out], dest, dedup="none")
@@ -162,14 +161,14 @@ def _kinds_input(kind: str, tmp_path: Path) -> Path:
 class TestLocal:
     @pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet"])
     def test_inputs_read_by_ray_data_parse_as_localaug_run(self, kind, tmp_path):
-        from localaug.ray import read_input
+        from localaug.jobs.on_ray import read_input
 
         src = _kinds_input(kind, tmp_path)
         want = [(r.index, r.record, r.error, r.raw) for r in dataio.read_rows(src)]
         assert [(r.index, r.record, r.error, r.raw) for r in read_input(str(src))] == want
 
     def test_a_folder_of_files_is_one_input_in_order(self, tmp_path):
-        from localaug.ray import read_input
+        from localaug.jobs.on_ray import read_input
 
         folder = tmp_path / "parts"
         folder.mkdir()
@@ -183,7 +182,7 @@ class TestLocal:
     def test_records_equal_localaug_run_row_for_row_and_resume(self, tmp_path, refiner):
         from scripted_fixture import SCRIPTS
 
-        from localaug import ray as lray
+        from localaug.jobs import on_ray as lray
 
         # repeated texts (occurrence numbers), a bad line, a column named like a result field
         src = write_jsonl(tmp_path / "in.jsonl", rows_of(20, distinct=7), "not json\n")
@@ -208,7 +207,7 @@ class TestLocal:
             lray.run_job("refine", src, tmp_path / "o2", model=refiner, fmt="alpaca", **SCRIPTED)
 
     def test_augment_adds_result_columns_to_a_users_dataset(self, tmp_path, refiner):
-        from localaug.ray import augment
+        from localaug.jobs.on_ray import augment
 
         rows = rows_of(10, distinct=4)
         single = tmp_path / "single.jsonl"
@@ -234,7 +233,7 @@ class TestLocal:
     def test_killed_actor_still_gives_one_record_per_row(self, tmp_path, refiner):
         from ray._private import state
 
-        from localaug import ray as lray
+        from localaug.jobs import on_ray as lray
 
         n = 64  # 8 batches over 2 actors: the kill lands mid-run
         src = write_jsonl(tmp_path / "in.jsonl", rows_of(n))
@@ -280,7 +279,7 @@ class TestLocal:
         _, err = proc.communicate(timeout=60)
         done_before = len(part_records(out))
         assert 0 < done_before < n, err
-        from localaug.merge import merge_outputs
+        from localaug.jobs.merge import merge_outputs
 
         partial = merge_outputs([out], tmp_path / "partial.jsonl")  # the folder's manifest says unfinished
         assert partial.rows == done_before and partial.warnings == [f"{out} is unfinished: rerun its command to complete it, then merge again"]
@@ -303,7 +302,7 @@ def two_nodes(tmp_path_factory, qwen2_tied):
     """A head and a worker node; the model is in the head's store only (by name)."""
     from ray.cluster_utils import Cluster
 
-    from localaug import store
+    from localaug.store import local as store
 
     head_home, worker_home = tmp_path_factory.mktemp("head-home"), tmp_path_factory.mktemp("worker-home")
     with _restored_env():
@@ -326,7 +325,7 @@ class TestTwoNodes:
     def test_two_nodes_equal_localaug_run(self, tmp_path, two_nodes):
         from ray._private import state
 
-        from localaug import ray as lray
+        from localaug.jobs import on_ray as lray
 
         src = write_jsonl(tmp_path / "in.jsonl", rows_of(16, distinct=5))
         gguf = two_nodes["path"]  # one path for both nodes: a shared filesystem
@@ -340,7 +339,7 @@ class TestTwoNodes:
         assert len(nodes) == 2  # an actor on each node
 
     def test_a_node_without_the_model_is_named(self, tmp_path, two_nodes, monkeypatch):
-        from localaug import ray as lray
+        from localaug.jobs import on_ray as lray
 
         monkeypatch.setenv("LOCALAUG_HOME", str(two_nodes["home"]))  # the driver's store has it
         src = write_jsonl(tmp_path / "in.jsonl", rows_of(2))
@@ -355,7 +354,7 @@ class TestTwoNodes:
 def test_result_columns_have_one_type_per_task(task):
     import pyarrow as pa
 
-    from localaug.ray import result_schema, with_results
+    from localaug.jobs.on_ray import result_schema, with_results
 
     base = {"task": task, "model": "m", "seed": 0, "source_id": "k", "row": 0, "prompt_tokens": 3, "completion_tokens": 2}
     ok = {**base, "status": "ok", "error": None, "finish_reason": "stop", "rejected": {"duplicate": 2},

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from localaug import prompts
 from localaug.api import Augmenter
-from localaug.engine import Engine, EngineOptions, PromptTooLongError, SamplingParams
+from localaug.core.errors import PromptTooLongError
+from localaug.family import prompts
+from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
 
 GREEDY = dict(temperature=0.0, max_tokens=24)
 
@@ -105,7 +106,7 @@ def test_teacher_expand_returns_distinct_instructions(teacher: Augmenter) -> Non
 
 
 def prompts_norm(text: str) -> str:
-    from localaug.filters import normalize
+    from localaug.augment.filters import normalize
 
     return normalize(text)
 
@@ -116,7 +117,7 @@ import json  # noqa: E402
 
 from typer.testing import CliRunner  # noqa: E402
 
-from localaug.cli import app  # noqa: E402
+from localaug.cli.main import app  # noqa: E402
 
 runner = CliRunner()
 
@@ -124,7 +125,7 @@ runner = CliRunner()
 def test_cli_refine_json_is_exactly_transformers_greedy(converted, qwen2_tied: Path) -> None:
     text = "Write a haiku about the sea."
     _, expected = hf_greedy(qwen2_tied, text, 20)
-    result = runner.invoke(app, ["refine", text, "-m", str(converted("tied", "F32")), "--format", "qwen2-chatml",
+    result = runner.invoke(app, ["refine", text, "-m", str(converted("tied", "F32")), "--prompt-format", "qwen2-chatml",
                                  "--temperature", "0", "--max-tokens", "20", "--threads", "2", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -171,7 +172,7 @@ def test_cli_pairs_on_the_scripted_model(scripted, tmp_path: Path) -> None:
     seeds.write_text(json.dumps({"instruction": "Translate 'cat' into French.", "response": "Chat."}) + "\n",
                      encoding="utf-8")
     result = runner.invoke(app, ["pairs", str(seeds), "-n", "3", "-m", str(scripted("pairs")),
-                                 "--format", "qwen2-response-pairs", "--seed", "0", "--threads", "2", "--ctx", "512",
+                                 "--prompt-format", "qwen2-response-pairs", "--seed", "0", "--threads", "2", "--ctx", "512",
                                  "--json"])
     data = json.loads(result.stdout)
     got = [(p["instruction"], p["response"]) for p in data["pairs"]]
@@ -215,7 +216,7 @@ def test_refine_nfc_normalises_the_user_turn(tiny_family: Augmenter, converted, 
     model = converted("tied", "F32")
     got = {}
     for text in (nfc, nfd):
-        result = runner.invoke(app, ["refine", text, "-m", str(model), "--format", "qwen2-chatml", "--temperature", "0",
+        result = runner.invoke(app, ["refine", text, "-m", str(model), "--prompt-format", "qwen2-chatml", "--temperature", "0",
                                      "--max-tokens", "6", "--threads", "2", "--json"])
         assert result.exit_code == 0, result.output
         got[text] = json.loads(result.stdout)
@@ -225,9 +226,9 @@ def test_refine_nfc_normalises_the_user_turn(tiny_family: Augmenter, converted, 
 
 def test_cli_usage_errors_exit_2(smollm2: Path) -> None:
     result = runner.invoke(app, ["refine", "hi", "-m", str(smollm2), "--device", "tpu"])
-    assert result.exit_code == 2 and "use auto, cpu, cuda or metal" in result.output
-    result = runner.invoke(app, ["refine", "hi", "-m", str(smollm2), "--format", "nope"])
-    assert result.exit_code == 2 and "unknown prompt format" in result.output
+    assert result.exit_code == 2 and "is not one of" in result.output and "'metal'" in result.output  # the choices
+    result = runner.invoke(app, ["refine", "hi", "-m", str(smollm2), "--prompt-format", "nope"])
+    assert result.exit_code == 2 and "is not one of" in result.output and "'teacher'" in result.output
     result = runner.invoke(app, ["pairs", "/nonexistent/seeds.jsonl", "-m", str(smollm2)])
     assert result.exit_code == 2 and "cannot read" in result.output
 

@@ -7,14 +7,12 @@ teacher mode (a real chat template from GGUF metadata).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,17 +20,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from localaug import prompts
-from localaug.api import Augmenter
-from localaug.batch import BatchEngine, Request
-from localaug.engine import Engine, EngineOptions, SamplingParams
-from localaug.server import Limits, ServerConfig, bind, create_app, url_of
-from localaug.serving import CANCELLED, Scheduler, ServedModel, load_model
-
 from http_fixture import running
 from openai import APIStatusError, AuthenticationError, OpenAI
 from scripted_fixture import SCRIPTS
+
+from localaug.api import Augmenter
+from localaug.family import prompts
+from localaug.runtime.batch import BatchEngine, Request
+from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.serve.app import Limits, ServerConfig
+from localaug.serve.scheduler import CANCELLED, Scheduler, ServedModel, load_model
 
 OPTS = EngineOptions(threads=1, kv_f32=True)
 LIMITS = Limits(max_tokens=256, max_n=4, max_body_bytes=64 * 1024)
@@ -190,7 +187,7 @@ def test_pairs_shape(url: str) -> None:
 
 
 def test_pairs_are_parsed_and_every_sample_is_accounted_for(url: str) -> None:
-    from localaug.prompts import parse_pairs
+    from localaug.family.prompts import parse_pairs
 
     script = [{"instruction": p.instruction, "response": p.response} for t in SCRIPTS["pairs"] for p in parse_pairs(t)]
     body = {"model": "pairs", "n": 2, "max_tokens": 48, "seed": 3, "temperature": 0.8,

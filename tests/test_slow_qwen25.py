@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from localaug.api import Augmenter
-from localaug.bench import BENCH_PROMPT, run_bench
-from localaug.tasks import build_prompt
+from localaug.family.styles import build_prompt
+from localaug.runtime.bench import BENCH_PROMPT, run_bench
 
 pytestmark = pytest.mark.slow
 NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"

@@ -19,11 +19,11 @@ from http_fixture import running
 from openai import OpenAI
 from scripted_fixture import SCRIPTS
 
-from localaug import prompts
-from localaug.batch import BatchEngine, Request
-from localaug.engine import Engine, EngineOptions, Generation, SamplingParams
-from localaug.server import Limits, ServerConfig
-from localaug.serving import ServedModel, load_model
+from localaug.family import prompts
+from localaug.runtime.batch import BatchEngine, Request
+from localaug.runtime.engine import Engine, EngineOptions, Generation, SamplingParams
+from localaug.serve.app import Limits, ServerConfig
+from localaug.serve.scheduler import ServedModel, load_model
 
 FULL = SCRIPTS["refine"][0]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=64)

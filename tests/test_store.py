@@ -18,9 +18,9 @@ import gguf
 import pytest
 from typer.testing import CliRunner
 
-from localaug import store
-from localaug.cli import app
-from localaug.errors import GGUFError, ModelNotFoundError, StoreError, UsageError
+from localaug.cli.main import app
+from localaug.core.errors import GGUFError, ModelNotFoundError, StoreError, UsageError
+from localaug.store import local as store
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REFINE_REPO = "alibaba-pai/Qwen2-1.5B-Instruct-Refine"
@@ -258,7 +258,7 @@ def test_hub_allow_list_fetches_only_what_conversion_reads() -> None:
 
     from huggingface_hub.utils import filter_repo_objects
 
-    from localaug.hub import ALLOW_PATTERNS
+    from localaug.store.hub import ALLOW_PATTERNS
 
     by_fnmatch = [f for f in REPO_FILES if any(fnmatch(f, pat) for pat in ALLOW_PATTERNS)]
     by_hub = list(filter_repo_objects(REPO_FILES, allow_patterns=ALLOW_PATTERNS))

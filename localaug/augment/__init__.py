@@ -1,0 +1,2 @@
+"""The tasks (refine, expand, pairs): model resolution, one sampling loop that every front end
+drives, and the quality filters."""

@@ -1,0 +1,5 @@
+"""The ``localaug`` command: a thin Typer shell over the API; rendering lives in ``localaug.ui``."""
+
+from localaug.cli.main import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,5 @@
+"""``python -m localaug.cli``: the ``localaug`` command."""
+
+from localaug.cli.main import main
+
+main()

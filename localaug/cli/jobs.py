@@ -1,0 +1,122 @@
+"""Commands for datasets: run a task over every row (resumable, on one machine or Ray), merge outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from localaug.cli._errors import message
+from localaug.cli.main import app, err_console, handled
+from localaug.cli.options import (
+    CtxOpt,
+    Dedup,
+    Device,
+    DeviceOpt,
+    LayersOpt,
+    MaxTokOpt,
+    MergeDedup,
+    ModelOpt,
+    OutputFormat,
+    PromptFormatOpt,
+    Task,
+    TempOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    gpu_layers,
+    value,
+)
+
+
+@app.command()
+@handled
+def run(
+    task: Annotated[Task, typer.Argument(help="What to do to every row.")],  # type: ignore[valid-type]
+    input: Annotated[str, typer.Option("--input", "-i", help="JSONL, JSON array, CSV, Parquet, or a datasets save_to_disk folder (with --ray also a folder of files or a URI Ray reads, e.g. s3://…).")],  # noqa: A002
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where results go (JSONL records; or the --format training file; with --ray a folder of part files).")],
+    field: Annotated[str, typer.Option("--field", help="The column with the text (dotted path for nested JSON).")] = "instruction",
+    response_field: Annotated[Optional[str], typer.Option("--response-field", help="pairs: the response column (default: response, else output).")] = None,
+    n: Annotated[int, typer.Option("-n", help="expand/pairs: new items per row.")] = 3,
+    model: ModelOpt = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="Sequences decoded together (continuous batching); 1: one at a time.")] = 8,
+    out_format: Annotated[OutputFormat, typer.Option("--format", help="jsonl or parquet (records), or a training file.")] = OutputFormat.jsonl,  # type: ignore[valid-type,attr-defined]
+    prompt_format: PromptFormatOpt = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="i/N: only the rows whose key falls in shard i of N (join with localaug merge).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows (of this shard).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the rows recorded as failed.")] = False,
+    dedup: Annotated[Dedup, typer.Option("--dedup", help="Duplicates across rows: row (within a row only), exact, or minhash near duplicates.")] = Dedup.exact,  # type: ignore[valid-type,attr-defined]
+    minhash_threshold: Annotated[float, typer.Option("--minhash-threshold", help="--dedup minhash: Jaccard similarity counted as a duplicate.")] = 0.8,
+    rouge_l: Annotated[float, typer.Option("--rouge-l", help="Near duplicates within a row: ROUGE-L at or above this.")] = 0.7,
+    echo: Annotated[float, typer.Option("--echo", help="refine: an output this close (ROUGE-L) to its input is an echo.")] = 0.9,
+    min_chars: Annotated[int, typer.Option("--min-chars", help="Drop new texts shorter than this.")] = 4,
+    max_chars: Annotated[Optional[int], typer.Option("--max-chars", help="Drop new texts longer than this.")] = None,
+    keep_refusals: Annotated[bool, typer.Option("--keep-refusals", help="Keep replies that are refusals.")] = False,
+    max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="expand/pairs: samples drawn per row at most (default max(3n, n+4)).")] = None,
+    temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every row (sample k uses seed+k).")] = 0,
+    device: DeviceOpt = Device.auto, layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray", help="Run on Ray: auto, local, or a cluster address; --output is then a folder of part files (needs the ray extra).")] = None,
+    actors: Annotated[Optional[int], typer.Option("--actors", help="--ray: actors, each loading the model once (default: as many as the nodes fit).")] = None,
+    num_cpus: Annotated[Optional[float], typer.Option("--num-cpus", help="--ray: CPUs per actor, and its llama.cpp threads (default: 1 with --num-gpus, else a whole node).")] = None,
+    num_gpus: Annotated[Optional[float], typer.Option("--num-gpus", help="--ray: GPUs per actor (all layers offloaded).")] = None,
+) -> None:
+    """Augment a whole dataset: one record per input row, resumable after any interruption.
+
+    Example: [bold]localaug run refine --input prompts.jsonl --output refined.jsonl --parallel 8[/bold]
+    """
+    from localaug import ui
+    from localaug.core.errors import JobInterrupted, UsageError
+    from localaug.jobs import run as jobs
+
+    run_job: Callable[..., Any] = jobs.run_job
+    extra: dict[str, Any] = {}
+    if ray_address is not None:
+        from localaug.jobs import on_ray  # the same job on Ray, into a folder of parts
+
+        run_job = on_ray.run_job
+        extra = dict(address=ray_address, actors=actors, num_cpus=num_cpus, num_gpus=num_gpus)
+    elif actors is not None or num_cpus is not None or num_gpus is not None:
+        raise UsageError("--actors, --num-cpus and --num-gpus go with --ray")
+
+    console = err_console()
+    try:
+        summary = run_job(
+            value(task), input, output, model=model, field=field, response_field=response_field, n=n, fmt=value(out_format),
+            limit=limit, shard=shard, seed=seed, temperature=temperature, top_p=top_p, top_k=top_k,
+            max_tokens=max_tokens, prompt_format=value(prompt_format), device=value(device), gpu_layers=gpu_layers(layers),
+            threads=threads, n_ctx=ctx, parallel=parallel, retry_failed=retry_failed, dedup=value(dedup),
+            minhash_threshold=minhash_threshold,
+            threshold=rouge_l, echo=echo, min_chars=min_chars, max_chars=max_chars, refusals=not keep_refusals,
+            max_samples=max_samples, progress=ui.job_progress_for(console), **extra,
+        )
+    except JobInterrupted as e:
+        ui.render_interrupted(console, message(e))
+        raise typer.Exit(e.exit_code) from None
+    ui.render_job_summary(console, summary)
+    if ray_address is not None:
+        console.print(f"join the parts into one file: localaug merge {output} -o merged.jsonl", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handled
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(help="Job outputs (or folders of .jsonl parts) to join, e.g. out.*.jsonl.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The merged file.")],
+    out_format: Annotated[OutputFormat, typer.Option("--format", help="jsonl or parquet (records), or a training file.")] = OutputFormat.jsonl,  # type: ignore[valid-type,attr-defined]
+    dedup: Annotated[MergeDedup, typer.Option("--dedup", help="New items repeated across inputs: none, exact, or minhash near duplicates.")] = MergeDedup.exact,  # type: ignore[valid-type,attr-defined]
+    minhash_threshold: Annotated[float, typer.Option("--minhash-threshold", help="--dedup minhash: Jaccard similarity counted as a duplicate.")] = 0.8,
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Join outputs of different runs anyway.")] = False,
+) -> None:
+    """Join shard outputs into one file: one record per row, in input order, duplicates across shards removed.
+
+    Example: [bold]localaug merge out.0.jsonl out.1.jsonl out.2.jsonl -o merged.jsonl[/bold]
+    """
+    from localaug import ui
+    from localaug.jobs.merge import merge_outputs
+
+    summary = merge_outputs(inputs, output, fmt=value(out_format), dedup=value(dedup), minhash_threshold=minhash_threshold,
+                            allow_mixed=allow_mixed)
+    ui.render_merge_summary(err_console(), summary)

@@ -1,0 +1,59 @@
+"""The options the commands share, typed once: choices are enums built from the product's own tables,
+so ``--help`` lists them and the parser refuses a typo (exit 2)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from localaug.family.prompts import FAMILY_FORMATS
+from localaug.family.registry import TASKS
+from localaug.family.styles import TEACHER
+from localaug.jobs import DEDUP_MODES, MERGE_DEDUP
+from localaug.jobs.dataio import EXPORT_FORMATS, RECORD_FORMATS
+from localaug.runtime import DEVICES
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
+
+
+Device = _choices("Device", DEVICES)
+Task = _choices("Task", TASKS)
+PromptFormat = _choices("PromptFormat", (*FAMILY_FORMATS, TEACHER))
+OutputFormat = _choices("OutputFormat", (*RECORD_FORMATS, *EXPORT_FORMATS))
+Dedup = _choices("Dedup", DEDUP_MODES)
+MergeDedup = _choices("MergeDedup", MERGE_DEDUP)
+
+
+def value(choice: Enum | None) -> str | None:
+    """The string an enum option stands for (None stays None)."""
+    return None if choice is None else str(choice.value)
+
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Family name, Hugging Face repo id, GGUF file or checkpoint folder.")]
+PromptFormatOpt = Annotated[Optional[PromptFormat], typer.Option("--prompt-format", help="Force the prompt format (default: the model's family format, else teacher mode).")]  # type: ignore[valid-type]
+TempOpt = Annotated[Optional[float], typer.Option("--temperature", help="0 = greedy (default: the model manifest's, 0.5).")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling (default 0.95).")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Top-k sampling (default 50).")]
+MaxTokOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="New tokens at most (default 2048).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Fixed seed: same output on the same build and device.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs.")]  # type: ignore[valid-type]
+LayersOpt = Annotated[Optional[str], typer.Option("--gpu-layers", help="Layers to offload: a number or 'all' (default: all on a GPU).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
+CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context size (default 4096, grown up to the trained length when needed).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object, no decoration.")]
+QuantOpt = Annotated[Optional[str], typer.Option("--quant", "-q", help="Which quantization, e.g. Q4_K_M (default: the recommended one).")]
+
+
+def gpu_layers(given: str | None) -> int | str | None:
+    """``--gpu-layers``: a number, ``all``, or None (the device's default)."""
+    from localaug.core.errors import UsageError, opt
+
+    if given is None or given == "all":
+        return given
+    if not given.isdigit():
+        raise UsageError(f"{opt('gpu_layers')} {given!r}: give a number or 'all'")
+    return int(given)

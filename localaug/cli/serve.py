@@ -1,0 +1,69 @@
+"""``localaug serve``: the HTTP server for other programs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from localaug.cli.main import app, err_console, handled
+from localaug.cli.options import Device, DeviceOpt, LayersOpt, ThreadsOpt, gpu_layers, value
+
+
+@app.command()
+@handled
+def serve(
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="A model to serve (family name, repo id, GGUF file or checkpoint folder); repeat for several. The first is the default.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (default: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LOCALAUG_API_KEY", help="Require 'Authorization: Bearer KEY' on every endpoint but /health.")] = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="Sequences decoded together per model (continuous batching).")] = 8,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for a slot; past it: 429.")] = 64,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most new tokens one request may ask for.")] = 2048,
+    max_n: Annotated[int, typer.Option("--max-n", help="Most samples (n) one request may ask for.")] = 16,
+    ctx: Annotated[Optional[int], typer.Option("--ctx", help="Context of one sequence, prompt + completion (default 4096); the KV cache holds --parallel of them.")] = None,
+    device: DeviceOpt = Device.auto, layers: LayersOpt = None, threads: ThreadsOpt = None,
+) -> None:
+    """Serve models over HTTP: OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
+    and /v1/refine, /v1/expand, /v1/pairs; /health and /metrics.
+
+    Example: [bold]localaug serve --model qwen2-refine:1.5b --model qwen2-exp:1.5b --port 8000[/bold]
+    """
+    from localaug.api import DEFAULT_MODELS
+    from localaug.core.errors import UsageError
+    from localaug.runtime.engine import EngineOptions
+    from localaug.serve.app import Limits, ServerConfig, bind, run_server, url_of
+    from localaug.serve.scheduler import load_models
+
+    if min(parallel, max_tokens, max_n) < 1 or max_queue < 0:
+        raise UsageError("--parallel, --max-tokens and --max-n must be at least 1, --max-queue at least 0")
+    console = err_console()
+    sock = bind(host, port)  # before loading, so a busy port fails at once
+    try:
+        opts = EngineOptions(device=value(device), gpu_layers=gpu_layers(layers), threads=threads, n_ctx=ctx)  # type: ignore[arg-type]
+        sources = list(dict.fromkeys(model or [DEFAULT_MODELS["refine"]]))
+        console.print(f"loading {', '.join(sources)}…", highlight=False)
+        served = load_models(sources, opts=opts, parallel=parallel, n_ctx=ctx, max_queue=max_queue)
+    except BaseException:
+        sock.close()
+        raise
+    url = url_of(sock)
+    console.print(f"[bold]localaug serve[/bold] on [bold]{url}/v1[/bold]  (OpenAI base_url)", highlight=False)
+    for m in served:
+        console.print(f"  model [bold]{m.id}[/bold]: {m.path} ({m.style.prompt_format}, {parallel} slots x {m.n_ctx} tokens)",
+                      highlight=False, soft_wrap=True)
+    console.print(f"  auth: {'on (Bearer key)' if api_key else 'off'}; limits: max_tokens {max_tokens}, n {max_n}, "
+                  f"queue {max_queue}; Ctrl-C stops", highlight=False)
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[bold yellow]warning:[/bold yellow] listening on {host} without --api-key: anyone who can "
+                      "reach this port can use the models", highlight=False)
+    config = ServerConfig(api_key=api_key or None, limits=Limits(max_tokens=max_tokens, max_n=max_n))
+    try:
+        run_server(served, config, sock)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for m in served:
+            m.close()
+        sock.close()
+    console.print("server stopped", highlight=False)

@@ -1,0 +1,147 @@
+"""The one exception hierarchy of localaug, with structured fields.
+
+Every message is one line that says what went wrong *and what to do next*. A message that asks the
+user to change a setting names it with ``opt("max_tokens")`` instead of a flag: rendered plainly
+(``str(e)``, the API and HTTP wording) it reads ``max_tokens``; the CLI renders it as its flag
+(``--max-tokens``). So no layer below the CLI ever words advice in CLI flags, and HTTP clients are
+told about the JSON fields they can change. Other structured fields (``path``, ``param``, counts)
+travel as keyword arguments in ``e.fields``.
+
+Each class carries the exit code the CLI uses and the HTTP status the server answers with.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+_OPT = re.compile("\x00([A-Za-z_][A-Za-z0-9_]*)\x00")
+
+
+def opt(name: str) -> str:
+    """A setting named in an error message: ``max_tokens`` in the API, ``--max-tokens`` in the CLI."""
+    return f"\x00{name}\x00"
+
+
+class LocalaugError(Exception):
+    """Base class: a failure the user can act on."""
+
+    exit_code: int = 1
+    http_status: int = 500
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+    @property
+    def template(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    @property
+    def params(self) -> list[str]:
+        """The settings the message names, in order."""
+        return _OPT.findall(self.template)
+
+    def render(self, name: Callable[[str], str] = lambda param: param) -> str:
+        """The message with each named setting spelled by ``name``."""
+        return _OPT.sub(lambda m: name(m.group(1)), self.template)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps fields across pickling (Ray workers)
+        return (_rebuild, (type(self), self.template, self.fields))
+
+
+def _rebuild(cls: type[LocalaugError], message: str, fields: dict[str, Any]) -> LocalaugError:
+    return cls(message, **fields)
+
+
+class UsageError(LocalaugError):
+    """Bad arguments or options (exit 2, like a CLI usage error; HTTP 400)."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class CheckpointError(LocalaugError):
+    """A Hugging Face checkpoint directory is missing files or is malformed."""
+
+    http_status = 400
+
+
+class UnsupportedModelError(CheckpointError):
+    """The checkpoint's architecture or tokenizer is not one localaug converts."""
+
+
+class ConversionError(LocalaugError):
+    """Writing or quantizing a GGUF failed (disk full, unwritable path, quantizer error)."""
+
+
+class WriteError(ConversionError):
+    """A file could not be written (missing or read-only folder, disk full); nothing half-written is left."""
+
+
+class ModelNotFoundError(LocalaugError):
+    """A model name, repo or path could not be resolved to a GGUF file."""
+
+    http_status = 404
+
+
+class StoreError(LocalaugError):
+    """The local model store is inconsistent (checksum mismatch, broken manifest)."""
+
+
+class GGUFError(LocalaugError):
+    """A file is not a readable GGUF."""
+
+
+class BundleError(LocalaugError):
+    """A model bundle cannot be imported (damaged, unsafe or conflicting); the store is left as it was."""
+
+
+class DownloadError(LocalaugError):
+    """The Hugging Face hub (or the mirror in HF_ENDPOINT) could not be reached or refused a download."""
+
+    http_status = 502
+
+
+class JobError(LocalaugError):
+    """A batch job cannot start or go on (output of a different run, unreadable ledger)."""
+
+
+class JobLockedError(JobError):
+    """Another process is writing the same job output."""
+
+
+class JobInterrupted(LocalaugError):
+    """A batch job was stopped (Ctrl-C); what finished is saved and the same command resumes it."""
+
+    exit_code = 130
+
+
+class QueueFullError(LocalaugError):
+    """The server's model is busy: every slot decoding and its waiting queue full (HTTP 429)."""
+
+    http_status = 429
+
+
+class EngineError(LocalaugError):
+    """llama.cpp could not load a model or run a step."""
+
+
+class PromptTooLongError(LocalaugError):
+    """Prompt plus max_tokens does not fit the model's context."""
+
+    http_status = 400
+
+
+class ReplyParseError(LocalaugError):
+    """A model reply (or seed data) that does not have the expected shape; reported, never silently dropped."""
+
+    http_status = 400
+
+
+class TemplateRenderError(LocalaugError):
+    """A GGUF chat template that fails to render in the sandbox (the model's fault, not the request's)."""

@@ -1,0 +1,26 @@
+"""Environment-variable settings, read in one place.
+
+``LOCALAUG_HOME``: the local model store and caches (default ``$XDG_CACHE_HOME/localaug``, which is
+``~/.cache/localaug`` when XDG_CACHE_HOME is unset, as huggingface_hub does for its cache).
+Hugging Face's own variables (``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``) are
+honoured by huggingface_hub itself; we only read ``HF_HUB_OFFLINE`` to word errors well.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+
+
+def localaug_home() -> Path:
+    return Path(os.environ.get("LOCALAUG_HOME") or cache_home() / "localaug").expanduser()
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE

@@ -1,0 +1,100 @@
+"""How to prompt one model: a family prompt format, or teacher mode with the model's own template.
+
+A model is either a *family* model (prompted exactly as trained, see ``prompts``) or any other
+instruct model in *teacher* mode. The style is decided once per model from the registry and the
+GGUF's own metadata, never guessed per call. Text only: no llama.cpp here.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from gguf import Keys
+
+from localaug.convert.keys import LocalaugKeys
+from localaug.core.errors import UsageError
+from localaug.family import prompts, registry
+from localaug.family.prompts import Pair
+from localaug.family.registry import ModelSpec
+
+TEACHER = "teacher"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How to prompt one model: a family format id, or teacher mode with the model's template."""
+
+    prompt_format: str  # a prompts.FAMILY_FORMATS id, or "teacher"
+    chat_template: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+    stop: tuple[str, ...] = prompts.QWEN2_STOP
+    family_name: str | None = None
+
+    @property
+    def is_family(self) -> bool:
+        return self.prompt_format != TEACHER
+
+
+def family_spec_from_metadata(meta: dict[str, Any]) -> ModelSpec | None:
+    """The family model a GGUF was converted from, judged by its provenance and name keys."""
+    candidates = [
+        str(meta.get(LocalaugKeys.SOURCE_REPO, "")),
+        str(meta.get(Keys.General.SOURCE_REPO_URL, "")).removeprefix("https://huggingface.co/"),
+        str(meta.get(Keys.General.NAME, "")),
+        "-".join(str(meta[k]) for k in (Keys.General.BASENAME, Keys.General.SIZE_LABEL, Keys.General.FINETUNE) if meta.get(k)),
+    ]
+    for spec in registry.family():
+        tail = spec.repo.split("/")[-1].lower()
+        if any(c and (c.lower() == spec.repo.lower() or c.lower().replace(" ", "-") == tail) for c in candidates):
+            return spec
+    return None
+
+
+def style_for(meta: dict[str, Any], spec: ModelSpec | None = None, prompt_format: str | None = None) -> PromptStyle:
+    if prompt_format is not None and prompt_format not in (*prompts.FAMILY_FORMATS, TEACHER):
+        raise UsageError(f"unknown prompt format {prompt_format!r}; use {', '.join((*prompts.FAMILY_FORMATS, TEACHER))}")
+    if prompt_format in prompts.FAMILY_FORMATS:
+        return PromptStyle(prompt_format, family_name=spec.name if spec else None)
+    spec = spec or family_spec_from_metadata(meta)
+    if spec is not None and prompt_format is None:
+        return PromptStyle(spec.prompt_format, stop=spec.stop, family_name=spec.name)
+    template = meta.get(Keys.Tokenizer.CHAT_TEMPLATE)
+    if not template:
+        raise UsageError("this GGUF has no chat template and is not a family model: use an instruct model")
+    tokens = meta.get(Keys.Tokenizer.LIST) or []
+
+    def tok(key: str) -> str:
+        i = meta.get(key)
+        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else ""
+
+    return PromptStyle(TEACHER, template, tok(Keys.Tokenizer.BOS_ID), tok(Keys.Tokenizer.EOS_ID), stop=())
+
+
+def user_turn(task: str, payload: str | list[Pair]) -> str:
+    """The user turn, NFC-normalised as the Qwen2 tokenizer normalises (llama.cpp's does not)."""
+    if task == "pairs":
+        if isinstance(payload, str) or not payload:
+            raise UsageError("pairs needs at least one seed (instruction, response) pair")
+        return unicodedata.normalize("NFC", prompts.render_pairs(payload))
+    if not isinstance(payload, str) or not payload.strip():
+        raise UsageError(f"{task} needs a non-empty instruction")
+    return unicodedata.normalize("NFC", payload)
+
+
+def build_prompt(style: PromptStyle, task: str, payload: str | list[Pair]) -> str:
+    turn = user_turn(task, payload)
+    if style.is_family:
+        return prompts.family_prompt(style.prompt_format, turn)
+    assert style.chat_template is not None
+    return prompts.render_chat_template(
+        style.chat_template, prompts.teacher_messages(task, turn), bos_token=style.bos_token, eos_token=style.eos_token
+    )
+
+
+def parse_reply(style: PromptStyle, task: str, reply: str) -> str | list[Pair]:
+    if task == "pairs":
+        return prompts.parse_pairs(reply)
+    return reply.strip() if style.is_family else prompts.clean_instruction(reply)

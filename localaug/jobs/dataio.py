@@ -1,0 +1,285 @@
+"""Dataset rows in and training files out, for batch jobs (``jobs.py``).
+
+Readers yield every input row in order, bad ones included (an invalid JSON line is a row with an
+error, never a crash), so a job can record it and carry on. Readers by file type:
+
+- ``.jsonl`` / ``.ndjson`` (one JSON object a line), ``.json`` (an array of objects), ``.csv``
+  (a header row);
+- ``.parquet`` and a ``datasets`` ``save_to_disk`` folder (``state.json`` + ``*.arrow``), both
+  through pyarrow (``pip install 'localaug[parquet]'``).
+
+Writers turn finished job records into what fine-tuning tools load: Alpaca and ShareGPT
+(LLaMA-Factory, axolotl) and ``messages`` (TRL's conversational format); or keep the records
+whole as JSON Lines or Parquet.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+from localaug.core.errors import UsageError
+
+EXPORT_FORMATS = ("alpaca", "sharegpt", "messages")  # training files
+RECORD_FORMATS = ("jsonl", "parquet")  # job records as they are
+
+
+@dataclass
+class InputRow:
+    """One input row: its position, its columns, and an ``error`` when it cannot be used as is."""
+
+    index: int
+    record: dict[str, Any]
+    error: str | None = None
+    raw: str | None = None  # the line as read, when it was not valid JSON
+    key: str = ""  # the job's row key (jobs.py), set once the run is known
+
+
+def chunked(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
+    """``rows`` in lists of ``size`` (the last may be shorter)."""
+    chunk: list[InputRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def get_field(record: dict[str, Any], path: str) -> Any:
+    """``record`` at a dotted path (``a.b``, list indexes as numbers: ``messages.0.content``)."""
+    value: Any = record
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise KeyError(path)
+    return value
+
+
+def _need_pyarrow(what: str) -> Any:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"reading {what} needs pyarrow: pip install 'localaug[parquet]'") from e
+    return pyarrow
+
+
+def input_kind(path: Path) -> str:
+    if path.is_dir():
+        if (path / "state.json").is_file():
+            return "hf-disk"
+        if (path / "dataset_dict.json").is_file():
+            raise UsageError(f"{path} holds several splits: pass one split's folder, e.g. {path / 'train'}")
+        raise UsageError(f"{path} is a folder but not a datasets save_to_disk folder (no state.json)")
+    suffix = path.suffix.lower()
+    kinds = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+    if suffix not in kinds:
+        raise UsageError(f"{path}: unknown input type {suffix or '(none)'}; use .jsonl, .json, .csv, .parquet or a save_to_disk folder")
+    return kinds[suffix]
+
+
+def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
+    """Every row of ``path``, in order."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"input {path} does not exist")
+    kind = input_kind(path)
+    if kind in TEXT_KINDS:
+        with open(path, "rb") as f:
+            yield from text_rows(kind, f, name=str(path))
+    elif kind == "parquet":
+        _need_pyarrow("Parquet")
+        import pyarrow.parquet as pq
+
+        yield from _from_batches(pq.ParquetFile(path).iter_batches(batch_size=1024))
+    else:
+        yield from _read_hf_disk(path)
+
+
+# How each text kind is decoded (as ``open`` would in text mode): a bad byte in a JSONL line only
+# spoils that row; CSV drops a byte-order mark and keeps newlines inside quoted fields.
+TEXT_KINDS: dict[str, dict[str, Any]] = {
+    "jsonl": {"encoding": "utf-8", "errors": "replace"},
+    "json": {"encoding": "utf-8"},
+    "csv": {"encoding": "utf-8-sig", "newline": ""},
+}
+
+
+def text_rows(kind: str, stream: BinaryIO, start: int = 0, name: str = "input") -> Iterator[InputRow]:
+    """The rows of one JSONL, JSON-array or CSV file given as a binary stream, numbered from
+    ``start`` (``read_rows`` for a path; ``localaug.jobs.on_ray`` for bytes read by Ray Data)."""
+    f = io.TextIOWrapper(stream, **TEXT_KINDS[kind])
+    if kind == "jsonl":
+        yield from _read_jsonl(f, start)
+    elif kind == "json":
+        yield from _read_json(f, start, name)
+    else:
+        for i, rec in enumerate(csv.DictReader(f), start):
+            yield InputRow(i, dict(rec))
+
+
+def _read_jsonl(f: TextIO, start: int) -> Iterator[InputRow]:
+    i = start
+    for lineno, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield InputRow(i, {}, f"invalid JSON on line {lineno}: {e.msg}", raw=line.rstrip("\n"))
+        else:
+            yield InputRow(i, rec) if isinstance(rec, dict) else InputRow(i, {}, f"line {lineno} is not a JSON object", raw=line.rstrip("\n"))
+        i += 1
+
+
+def _read_json(f: TextIO, start: int, path: str) -> Iterator[InputRow]:
+    try:
+        data = json.loads(f.read())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); for one object a line, name it .jsonl") from e
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise UsageError(f"{path}: expected a JSON array of objects")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise UsageError(f"{path}: expected a JSON array of objects")
+    for i, rec in enumerate(data):
+        yield InputRow(start + i, rec) if isinstance(rec, dict) else InputRow(start + i, {}, f"item {i} is not a JSON object", raw=json.dumps(rec, ensure_ascii=False))
+
+
+def _from_batches(batches: Iterable[Any], start: int = 0) -> Iterator[InputRow]:
+    i = start
+    for batch in batches:
+        for rec in batch.to_pylist():
+            yield InputRow(i, rec)
+            i += 1
+
+
+def _read_hf_disk(path: Path) -> Iterator[InputRow]:
+    """A ``Dataset.save_to_disk`` folder: Arrow IPC stream files listed in state.json."""
+    _need_pyarrow("a datasets folder")
+    import pyarrow as pa
+
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    files = [path / f["filename"] for f in state.get("_data_files", [])] or sorted(path.glob("*.arrow"))
+    i = 0
+    for file in files:
+        with pa.memory_map(str(file)) as source:
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(source)
+                batches: Iterable[Any] = (reader.get_batch(k) for k in range(reader.num_record_batches))
+            else:
+                batches = reader
+            for row in _from_batches(batches, i):
+                yield row
+                i += 1
+
+
+# --- training formats ----------------------------------------------------------------------------
+
+
+def examples(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (instruction, response) training examples in one ``ok`` job record.
+
+    refine and expand make instructions only (response ""): answer them with your responder
+    model; pairs make whole pairs."""
+    if record.get("status") != "ok":
+        return []
+    task = record.get("task")
+    if task == "refine":
+        return [(record["output"], "")]
+    if task == "expand":
+        return [(text, "") for text in record.get("outputs", [])]
+    return [(p["instruction"], p["response"]) for p in record.get("pairs", [])]
+
+
+def shape(fmt: str, instruction: str, response: str) -> dict[str, Any]:
+    if fmt == "alpaca":
+        return {"instruction": instruction, "input": "", "output": response}
+    if fmt == "sharegpt":
+        turns = [{"from": "human", "value": instruction}]
+        return {"conversations": turns + ([{"from": "gpt", "value": response}] if response else [])}
+    if fmt == "messages":
+        msgs = [{"role": "user", "content": instruction}]
+        return {"messages": msgs + ([{"role": "assistant", "content": response}] if response else [])}
+    raise UsageError(f"unknown output format {fmt!r}: use jsonl, {', '.join(EXPORT_FORMATS)}")
+
+
+def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> int:
+    """Write job records as ``fmt`` atomically (temporary file beside ``path``, then rename) and
+    return how many were written: records for jsonl and parquet, training examples for the
+    training formats (a JSON array if ``path`` ends in .json, else JSON Lines)."""
+    from localaug.core.files import temp_beside
+
+    if fmt not in (*RECORD_FORMATS, *EXPORT_FORMATS):
+        raise UsageError(f"unknown output format {fmt!r}: use {', '.join((*RECORD_FORMATS, *EXPORT_FORMATS))}")
+    with temp_beside(path) as tmp:
+        if fmt == "parquet":
+            n = _write_parquet(list(records), tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                n = (_write_jsonl(records, f) if fmt == "jsonl"
+                     else _write_examples(records, fmt, f, as_array=path.suffix.lower() == ".json"))
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return n
+
+
+def _write_jsonl(records: Iterable[dict[str, Any]], f: Any) -> int:
+    n = 0
+    for rec in records:
+        f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        n += 1
+    return n
+
+
+def _write_examples(records: Iterable[dict[str, Any]], fmt: str, f: Any, as_array: bool) -> int:
+    """The training examples of ``records`` in ``fmt``'s shape."""
+    n = 0
+    if as_array:
+        f.write("[")
+    for rec in records:
+        for instruction, response in examples(rec):
+            line = json.dumps(shape(fmt, instruction, response), ensure_ascii=False)
+            f.write(("," if n else "") + "\n" + line if as_array else line + "\n")
+            n += 1
+    if as_array:
+        f.write("\n]\n")
+    return n
+
+
+def _write_parquet(records: list[dict[str, Any]], path: Path) -> int:
+    pa = _need_pyarrow("Parquet output")
+    import pyarrow.parquet as pq
+
+    columns: dict[str, None] = {}
+    for rec in records:
+        columns.update(dict.fromkeys(rec))
+    rows = [{k: rec.get(k) for k in columns} for rec in records]
+    try:
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        # mixed types in a column (e.g. ids that are numbers in one row, text in another): nested
+        # values become JSON text, scalars text, so every column has one type
+        def text(v: Any) -> str | None:
+            return None if v is None else v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+
+        table = pa.Table.from_pylist([{k: text(v) for k, v in row.items()} for row in rows])
+    pq.write_table(table, str(path))
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    return len(records)

@@ -1,0 +1,102 @@
+"""Row keys: what identifies a row of a run, so that a restart skips what is done and shards split an
+input with no coordination.
+
+A row's key hashes the run id (``config.run_id_of``) with the row's text (or seed pair) and its
+occurrence number, so repeated texts stay distinct rows. ``select_rows`` keys an input's rows in
+order and picks those of a shard and a limit; ``localaug run`` and the Ray path both use it, so
+their outputs merge key for key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+
+from localaug.core.errors import UsageError, opt
+from localaug.family.prompts import Pair
+from localaug.jobs import dataio
+from localaug.jobs.config import JobConfig
+from localaug.jobs.dataio import InputRow
+
+
+def row_payload(cfg: JobConfig, row: InputRow) -> str | list[Pair]:
+    """The text (or seed pair) of a row; raises ValueError with the reason it cannot be used."""
+    if row.error:
+        raise ValueError(row.error)
+    try:
+        text = dataio.get_field(row.record, cfg.field)
+    except KeyError:
+        raise ValueError(f"no field {cfg.field!r} in this row") from None
+    if not isinstance(text, str):
+        raise ValueError(f"field {cfg.field!r} is not text")
+    if not text.strip():
+        raise ValueError("empty text")
+    if cfg.task != "pairs":
+        return text
+    names = [cfg.response_field] if cfg.response_field else ["response", "output"]
+    for name in names:
+        with contextlib.suppress(KeyError):
+            response = dataio.get_field(row.record, name)
+            if isinstance(response, str) and response.strip():
+                return [Pair(text, response)]
+    raise ValueError(f"pairs needs a response: no non-empty {' or '.join(repr(n) for n in names)} field")
+
+
+def row_identity(cfg: JobConfig, row: InputRow) -> str:
+    try:
+        payload = row_payload(cfg, row)
+    except ValueError:
+        return "bad:" + (row.raw if row.raw is not None else json.dumps(row.record, sort_keys=True, ensure_ascii=False, default=str))
+    return payload if isinstance(payload, str) else f"{payload[0].instruction}\0{payload[0].response}"
+
+
+def make_key(run_id: str, identity: str, occurrence: int) -> str:
+    return hashlib.sha256(f"{run_id}\0{identity}\0{occurrence}".encode()).hexdigest()
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is None or isinstance(shard, tuple):
+        return shard
+    i, sep, n = shard.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        raise UsageError(f"{opt('shard')} {shard!r}: give i/N with 0 <= i < N, e.g. 0/4")
+    return int(i), int(n)
+
+
+def select_rows(rows: Iterable[InputRow], cfg: JobConfig, run_id: str, shard: tuple[int, int] | None = None,
+                limit: int | None = None) -> Iterator[InputRow]:
+    """The rows (all of an input, in order) this run covers, each with its key; shared by
+    ``run_job`` and ``localaug.jobs.on_ray``."""
+    keys = RowKeys(cfg, run_id)
+    taken = 0
+    for row in rows:
+        key = keys.key(row)
+        if shard is not None and shard_of(key, shard[1]) != shard[0]:
+            continue
+        if limit is not None and taken >= limit:
+            return
+        taken += 1
+        row.key = key
+        yield row
+
+
+class RowKeys:
+    """Row keys given in input order: the occurrences of a repeated text are counted over the
+    whole input (16 bytes a distinct text), so repeated texts stay distinct rows."""
+
+    def __init__(self, cfg: JobConfig, run_id: str) -> None:
+        self.cfg, self.run_id = cfg, run_id
+        self.seen: dict[bytes, int] = {}
+
+    def key(self, row: InputRow) -> str:
+        ident = row_identity(self.cfg, row)
+        digest = hashlib.blake2b(ident.encode("utf-8", "replace"), digest_size=16).digest()
+        self.seen[digest] = self.seen.get(digest, 0) + 1
+        return make_key(self.run_id, ident, self.seen[digest])
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of a row key: its hash modulo the shard count (stable when the input is reordered)."""
+    return int(key[:16], 16) % shards

@@ -1,0 +1,402 @@
+"""Batch jobs: a dataset in, one augmented record per input row out, never losing work.
+
+One skeleton (``execute``) runs every job, on one machine or on Ray: it validates the options,
+takes the output's lock, resolves the model and the run id, reads the input once to count and key
+its rows, writes the run manifest, reports progress, turns Ctrl-C into a resumable stop, and ends
+with the summary. Two seams vary:
+
+- a *target* is where records go: the ledger of ``localaug run`` (``LedgerTarget``: an
+  append-only JSONL, ``localaug.jobs.ledger``) or a folder of part files on Ray
+  (``localaug.jobs.on_ray``);
+- an *executor* is how pending rows become records: the continuous-batching engine in this process
+  (``LocalExecutor``, through ``localaug.jobs.worker``) or Ray actors.
+
+Every record carries its row key (``source_id``, ``localaug.jobs.keys``): the hash of the run id
+(task, model file sha256, prompt format, sampling, seed, n, filters) and the row's text with its
+occurrence number. A restart with the same arguments skips rows whose key is already in the
+output, so a job killed at any moment (even ``kill -9``) is completed by running the same command
+again. Changing any of those settings is a different run: it is refused on the same output with
+the list of what changed. ``limit`` and ``shard`` only select rows; ``merge`` joins shards.
+
+A bad row (invalid JSON line, empty text, prompt too long, max tokens hit, unparseable reply) is
+recorded with ``status: failed`` and its ``error``; ``retry_failed`` reruns only those, and a
+finished job rewrites the ledger so that a retried row's new record supersedes the old one:
+exactly one record per input row.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from localaug.augment import filters
+from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_style
+from localaug.core.errors import JobError, JobInterrupted, UsageError, opt
+from localaug.core.files import read_json, write_json_atomic
+from localaug.family.registry import TASKS, ModelSpec
+from localaug.family.styles import PromptStyle
+from localaug.jobs import dataio
+from localaug.jobs.config import JobConfig, run_config, run_id_of
+from localaug.jobs.dataio import InputRow
+from localaug.jobs.keys import parse_shard, select_rows
+from localaug.jobs.ledger import (
+    Appender,
+    changed_keys,
+    compact_ledger,
+    iter_ledger,
+    job_paths,
+    model_sha256,
+    output_counts,
+    output_lock,
+    remember,
+    repair_ledger,
+    scan_ledger,
+)
+from localaug.jobs.stats import JobProgress, JobStats, JobSummary
+from localaug.jobs.worker import augment
+from localaug.runtime.batch import open_backend
+from localaug.runtime.engine import EngineOptions, llama_cpp_version
+from localaug.store.gguf_info import file_type_name
+
+__all__ = ["OUTPUT_FORMATS", "JobOptions", "JobPlan", "JobStats", "JobSummary", "execute", "run_job"]
+
+OUTPUT_FORMATS = (*dataio.RECORD_FORMATS, *dataio.EXPORT_FORMATS)
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens")
+_FILTERS = ("max_samples", "threshold", "min_chars", "max_chars", "refusals", "echo", "dedup", "minhash_threshold")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """One job's settings: ``run_job``'s keyword arguments (sampling settings left None take the
+    model manifest's values)."""
+
+    task: str
+    model: str | os.PathLike[str] | None = None
+    field: str = "instruction"
+    response_field: str | None = None
+    n: int = 3
+    limit: int | None = None
+    shard: str | tuple[int, int] | None = None
+    seed: int = 0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    max_tokens: int | None = None
+    quant: str | None = None
+    prompt_format: str | None = None
+    device: str = "auto"
+    gpu_layers: int | str | None = None
+    threads: int | None = None
+    n_ctx: int | None = None
+    parallel: int = 8
+    retry_failed: bool = False
+    max_samples: int | None = None
+    threshold: float = filters.DEFAULT_ROUGE_L
+    min_chars: int = filters.DEFAULT_MIN_CHARS
+    max_chars: int | None = None
+    refusals: bool = True
+    echo: float = filters.DEFAULT_ECHO
+    dedup: str = "exact"
+    minhash_threshold: float = filters.DEFAULT_MINHASH
+
+    def check(self) -> tuple[int, int] | None:
+        """Refuse bad settings before anything is read or written; the parsed shard."""
+        if self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r}: use {', '.join(TASKS)}")
+        if self.n < 1 or self.parallel < 1 or (self.limit is not None and self.limit < 0) or (
+                self.max_samples is not None and self.max_samples < self.n):
+            raise UsageError(f"{opt('n')} and {opt('parallel')} must be at least 1, {opt('limit')} at least 0, "
+                             f"{opt('max_samples')} at least {opt('n')}")
+        self.config(PromptStyle("qwen2-chatml"), None, "").validate()
+        return parse_shard(self.shard)
+
+    def config(self, style: PromptStyle, spec: ModelSpec | None, model_name: str) -> JobConfig:
+        sampling = default_sampling(spec, seed=self.seed, **{k: getattr(self, k) for k in _SAMPLING})
+        return JobConfig(self.task, sampling, self.field, self.response_field, self.n if self.task != "refine" else 1,
+                         model_name, **{k: getattr(self, k) for k in _FILTERS})
+
+    def engine_options(self, threads_default: int | None = None) -> EngineOptions:
+        return EngineOptions(device=self.device, gpu_layers=self.gpu_layers, threads=self.threads or threads_default,  # type: ignore[arg-type]
+                             n_ctx=self.n_ctx)
+
+    def plan(self) -> JobPlan:
+        """Resolve the model (pulling it on first use) and the run it makes."""
+        m = resolve_style(self.model or DEFAULT_MODELS[self.task], self.quant, self.prompt_format)
+        cfg = self.config(m.style, m.spec, m.spec.name if m.spec else m.path.name)
+        cfg.validate()
+        sha = model_sha256(m.path)
+        config = run_config(cfg, sha, m.style)
+        return JobPlan(m.path, m.spec, m.style, m.meta, sha, cfg, config, run_id_of(config))
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A resolved run: the model file and its style, the worker config and the run id."""
+
+    path: Path
+    spec: ModelSpec | None
+    style: PromptStyle
+    meta: dict[str, Any]
+    sha256: str
+    cfg: JobConfig
+    config: dict[str, Any]  # what the run id hashes (in the manifest, to name what changed)
+    run_id: str
+
+    def model_fields(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "quant": file_type_name(self.meta),
+                "family": self.spec.name if self.spec else None}
+
+
+# --- the seams --------------------------------------------------------------------------------------
+
+
+class Target(Protocol):
+    """Where a run's records go, and what is already there."""
+
+    where: Path  # named in messages
+    manifest_path: Path
+    lock: Path
+    statuses: dict[str, str]  # row key -> status of the record that counts (filled by prepare)
+
+    def prepare(self) -> str: ...  # read what is there (repairing it); a note for the start message
+    def records(self) -> Iterator[dict[str, Any]]: ...  # the records that count, one per row key
+    def write(self, records: list[dict[str, Any]]) -> None: ...
+    def close(self) -> None: ...
+    def finish(self) -> int | None: ...  # after the last record: compaction, exports (examples written)
+    def counts(self) -> dict[str, Any]: ...
+    def manifest_fields(self) -> dict[str, Any]: ...
+    def summary(self, run_id: str, stats: JobStats) -> JobSummary: ...
+
+
+class Executor(Protocol):
+    """How pending rows become records."""
+
+    where: str  # " on Ray (4 actors)" or ""
+
+    def plan(self, opts: JobOptions) -> JobPlan: ...
+    def rows(self) -> Iterator[InputRow]: ...  # every row of the input, in order
+    def stage(self, row: InputRow) -> None: ...  # a row to do, met while counting
+    def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]: ...
+    def manifest_fields(self, plan: JobPlan) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+# --- the skeleton -----------------------------------------------------------------------------------
+
+
+def execute(opts: JobOptions, input_name: str, target: Target, executor: Executor,
+            progress: JobProgress | None = None) -> JobSummary:
+    """Run a job (see the module doc); the executor is closed at the end."""
+    shard = opts.check()
+    wall0, started_at = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    try:
+        with output_lock(target.lock):
+            plan = executor.plan(opts)
+            note = target.prepare()
+            _refuse_another_run(target, plan)
+            stats, todo = JobStats(), _todo(target.statuses, opts.retry_failed)
+            for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit):
+                stats.total += 1
+                if todo(row):
+                    executor.stage(row)
+                else:
+                    stats.skipped += 1
+            manifest: dict[str, Any] = {
+                "run_id": plan.run_id, "complete": False, "input": input_name, **target.manifest_fields(),
+                "model": plan.model_fields(), "localaug": _version(), "llama_cpp_python": llama_cpp_version(),
+                "config": plan.config, "shard": list(shard) if shard else None, "limit": opts.limit,
+                "parallel": opts.parallel, "started": started_at, **executor.manifest_fields(plan)}
+
+            def save(complete: bool) -> None:
+                manifest.update(stats.manifest_fields(complete, wall0), counts=target.counts() if complete else None)
+                write_json_atomic(target.manifest_path, manifest)
+
+            save(False)
+            if progress:
+                progress.start(stats, _start_message(plan.run_id, executor.where, stats, opts.retry_failed, note))
+
+            def pending() -> Iterator[InputRow]:
+                return (row for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit) if todo(row))
+
+            _drive(plan, executor, target, stats, pending, progress, save)
+            exported = target.finish()
+            if exported is not None:
+                manifest["exported"] = exported
+            save(stats.remaining == 0)
+            summary = target.summary(plan.run_id, stats)
+            summary.exported, summary.counts = exported, manifest["counts"]
+            return summary
+    finally:
+        executor.close()
+
+
+def _drive(plan: JobPlan, executor: Executor, target: Target, stats: JobStats, pending: Callable[[], Iterator[InputRow]],
+           progress: JobProgress | None, save: Callable[[bool], None]) -> None:
+    """Turn the pending rows into records in the target; Ctrl-C stops with what finished saved."""
+    stats.started = time.monotonic()
+    try:
+        if stats.remaining:
+            for records in executor.run(plan, pending, target):
+                target.write(records)
+                for rec in records:
+                    stats.count(rec)
+                if progress:
+                    progress.update(stats)
+    except KeyboardInterrupt:
+        target.close()
+        save(False)
+        raise JobInterrupted(f"interrupted: {stats.skipped + stats.done} of {stats.total} rows are saved in "
+                             f"{target.where}; run the same command again to finish the rest") from None
+    except BaseException:
+        target.close()
+        save(False)
+        raise
+    finally:
+        target.close()
+        if progress:
+            progress.close()
+
+
+def _todo(statuses: dict[str, str], retry_failed: bool) -> Callable[[InputRow], bool]:
+    def todo(row: InputRow) -> bool:
+        status = statuses.get(row.key)
+        return status is None or (retry_failed and status == "failed")
+
+    return todo
+
+
+def _refuse_another_run(target: Target, plan: JobPlan) -> None:
+    old = read_json(target.manifest_path)
+    if target.statuses and old and old.get("run_id") != plan.run_id:
+        changed = ", ".join(changed_keys(old.get("config", {}), plan.config)) or "the run settings"
+        raise JobError(f"{target.where} holds a different run ({changed} changed): rerun with the same arguments to "
+                       f"resume, or choose another {opt('output')}", path=str(target.where))
+
+
+def _start_message(run_id: str, where: str, stats: JobStats, retry_failed: bool, note: str) -> str:
+    head = f"run {run_id[:12]}{where}"
+    if stats.skipped and retry_failed:
+        message = f"{head}: retrying failed rows, {stats.remaining} of {stats.total} to do"
+    elif stats.skipped:
+        message = f"{head}: resuming, {stats.skipped} of {stats.total} rows already done"
+    else:
+        message = f"{head}: new, {stats.total} rows"
+    return message + note
+
+
+def _version() -> str:
+    from localaug import __version__
+
+    return __version__
+
+
+# --- one machine: a ledger file, the engine in this process ----------------------------------------
+
+
+class LedgerTarget:
+    """The output of ``localaug run``: the ledger (the output itself for jsonl, else OUT.ledger.jsonl
+    beside the training file written at the end), its manifest and its lock."""
+
+    def __init__(self, output: Path, fmt: str) -> None:
+        self.output, self.fmt = output, fmt
+        self.where, self.manifest_path, self.lock = job_paths(output, fmt)
+        self.statuses: dict[str, str] = {}
+        self._superseded = 0
+        self._appender: Appender | None = None
+
+    def prepare(self) -> str:
+        repaired = repair_ledger(self.where)
+        self.statuses, self._superseded = scan_ledger(self.where)
+        return f" (cut a torn last line of {repaired} bytes)" if repaired else ""
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        return iter_ledger(self.where)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if self._appender is None:
+            self._appender = Appender(self.where)
+        for rec in records:
+            self._appender.write(rec)
+            self._superseded += rec["source_id"] in self.statuses
+
+    def close(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
+
+    def finish(self) -> int | None:
+        if self._superseded:
+            compact_ledger(self.where)
+        if self.fmt == "jsonl":
+            return None
+        return dataio.write_records(iter_ledger(self.where, latest_only=False), self.fmt, self.output)
+
+    def counts(self) -> dict[str, Any]:
+        return output_counts(self.where)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"output": str(self.output), "ledger": str(self.where), "format": self.fmt}
+
+    def summary(self, run_id: str, stats: JobStats) -> JobSummary:
+        return JobSummary(self.output, self.where, self.manifest_path, run_id, stats)
+
+
+class LocalExecutor:
+    """Rows read from a local file; records made in this process by the continuous-batching engine
+    (``parallel`` sequences at a time), in chunks of rows so memory stays flat."""
+
+    where = ""
+
+    def __init__(self, input_path: Path, opts: JobOptions) -> None:
+        self.input_path, self.opts = input_path, opts
+
+    def plan(self, opts: JobOptions) -> JobPlan:
+        return opts.plan()
+
+    def rows(self) -> Iterator[InputRow]:
+        return dataio.read_rows(self.input_path)
+
+    def stage(self, row: InputRow) -> None:
+        pass  # read again, lazily, when the run starts
+
+    def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]:
+        backend = open_backend(plan.path, self.opts.engine_options(), self.opts.parallel)
+        try:
+            seen = plan.cfg.new_seen()
+            if seen is not None and target.statuses:
+                remember(seen, target.records())
+            for chunk in dataio.chunked(pending(), max(4 * self.opts.parallel, 8)):
+                for rec in augment(backend, plan.style, plan.cfg, chunk, seen):
+                    yield [rec]
+        finally:
+            backend.close()
+
+    def manifest_fields(self, plan: JobPlan) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str], *,  # noqa: A002 - the CLI's --input
+            fmt: str = "jsonl", progress: JobProgress | None = None, **options: Any) -> JobSummary:
+    """Run ``task`` over every row of ``input`` into ``output`` on this machine; resumable (see the
+    module doc). ``options`` are ``JobOptions``' fields (model, field, n, sampling, filters, parallel…)."""
+    opts = JobOptions(task, **options)
+    if fmt not in OUTPUT_FORMATS:
+        raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")
+    opts.check()
+    input_path, out = Path(input), Path(output)
+    if not input_path.exists():
+        raise UsageError(f"input {input_path} does not exist")
+    dataio.input_kind(input_path)
+    if out.resolve() == input_path.resolve():
+        raise UsageError(f"{opt('output')} must not be the input file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return execute(opts, str(input_path), LedgerTarget(out, fmt), LocalExecutor(input_path, opts), progress)
+

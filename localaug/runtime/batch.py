@@ -1,0 +1,468 @@
+"""Continuous batching: many sequences decoded together in ONE llama.cpp context.
+
+Every ``llama_decode`` call carries one token for each sequence that is generating plus, in the
+room left (``n_batch``), chunks of the prompts of newly admitted sequences. Each sequence has its
+own slot (llama.cpp sequence id), its own native sampler chain and its own stop/detokenisation
+state (``engine.TextStream``, the very code ``Engine`` runs). A slot is refilled from the request
+iterator as soon as its sequence finishes, so requests are pulled lazily and a job of a million
+rows streams through a fixed amount of memory.
+
+A request with ``n > 1`` samples is prefilled once; its samples are forked from that sequence with
+``llama_memory_seq_cp`` (a KV copy, no second prefill). Sample k uses seed + k, like
+``tasks._sample``. When fewer slots are free than samples, the rest start later by copying the
+prompt's KV from a sibling still running (or by rewinding the slot of a sibling that finished),
+re-decoding only the prompt's last token for its logits.
+
+The KV cache is unified (one pool of ``parallel x n_ctx`` cells shared by all slots), so prompt
+chunks and decode tokens of any mix of slots go into one micro-batch.
+
+The run's state lives in ``Slots`` (fill / step / cancel / clear), handed out by
+``BatchEngine.session()``, so the same machinery serves a pulled iterator here and a long-running
+queue in ``localaug.serve.scheduler``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import llama_cpp as L
+
+from localaug.core.errors import EngineError, LocalaugError, opt
+from localaug.family.registry import DEFAULT_CTX
+from localaug.runtime.engine import (
+    Closing,
+    Engine,
+    EngineOptions,
+    Generation,
+    SamplingParams,
+    TextStream,
+    make_sampler,
+    sample_seed,
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    prompt: str | list[int]
+    sampling: SamplingParams
+    stop: tuple[str, ...] = ()
+    n: int = 1
+
+
+@dataclass
+class Result:
+    """One finished sample: ``generation`` or, when the request could not run, ``error``."""
+
+    id: str
+    index: int  # 0..n-1
+    generation: Generation | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def outcome(self) -> Generation | str:
+        """The generation, or why there is none."""
+        return self.generation if self.generation is not None else (self.error or "no generation")
+
+
+class Backend(Protocol):
+    """What runs requests: ``run(requests)`` yields one Result per sample as it finishes (any
+    order); ``close()`` frees what the backend loaded. ``BatchEngine`` decodes many sequences
+    together; ``SequentialBackend`` one at a time on an ``Engine``."""
+
+    def run(self, requests: Iterable[Request]) -> Iterator[Result]: ...
+
+    def close(self) -> None: ...
+
+
+class SequentialBackend(Closing):
+    """One request at a time on one Engine; sample k of a request uses seed + k."""
+
+    def __init__(self, engine: Engine, owns: bool = False) -> None:
+        self.engine, self._owns = engine, owns
+
+    def run(self, requests: Iterable[Request]) -> Iterator[Result]:
+        for req in requests:
+            for k in range(req.n):
+                try:
+                    gen = self.engine.generate(req.prompt, replace(req.sampling, seed=sample_seed(req.sampling.seed, k)), req.stop)
+                except LocalaugError as e:  # a bad row must not stop the others
+                    for j in range(k, req.n):
+                        yield Result(req.id, j, None, str(e))
+                    break
+                yield Result(req.id, k, gen)
+
+    def close(self) -> None:
+        if self._owns and self.engine is not None:
+            self.engine.close()
+            self.engine = None  # type: ignore[assignment]
+
+
+def open_backend(path: str | os.PathLike[str], options: EngineOptions, parallel: int) -> Backend:
+    """Load the GGUF at ``path`` for ``parallel`` sequences at a time (``close()`` frees it)."""
+    if parallel > 1:
+        return BatchEngine(path, options, parallel=parallel, n_ctx=options.n_ctx)
+    return SequentialBackend(Engine(path, options), owns=True)
+
+
+@dataclass
+class _Group:
+    """One admitted request: its prompt tokens and which sample indexes are still to start."""
+
+    request: Request
+    tokens: list[int]
+    started: float
+    next_index: int = 0
+    live: set[int] = field(default_factory=set)  # slots running a sample of this request
+    prefilled: bool = False  # a sibling's KV holds the whole prompt (forks may copy it)
+
+    @property
+    def pending(self) -> int:
+        return self.request.n - self.next_index
+
+
+@dataclass
+class _Seq:
+    group: _Group
+    index: int
+    sampler: object
+    out: TextStream
+    feed: list[int]  # tokens still to decode (prompt chunk(s), or the last sampled token)
+    pos: int  # position of feed[0]
+    started: float
+    prefill_done: float = 0.0
+    first: float = 0.0
+
+
+class BatchEngine(Closing):
+    """``parallel`` sequences at a time on one model.
+
+    ``model`` is a GGUF path (the model is loaded here and freed by ``close``) or a loaded Engine
+    (its model is shared, not copied; keep that Engine open while this one is in use).
+    ``n_ctx`` is the context of ONE sequence (prompt + max_tokens must fit it); None means the
+    options' n_ctx or min(4096, trained context). The context holds ``parallel x n_ctx`` cells.
+
+    ``run(requests)`` drives a whole iterator of requests; ``session()`` hands out the run state
+    (``Slots``) for a caller that feeds requests over time (the server's scheduler).
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | Engine, opts: EngineOptions | None = None, parallel: int = 8,
+                 n_ctx: int | None = None) -> None:
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
+        if isinstance(model, Engine):
+            self.engine, self._owns_engine = model, False
+        else:
+            self.engine, self._owns_engine = Engine(model, opts or EngineOptions(), context=False), True
+        self.opts = self.engine.opts
+        self.parallel = parallel
+        self.n_ctx_seq = min(n_ctx or self.opts.n_ctx or DEFAULT_CTX, self.engine.n_ctx_train)
+        self.lock = threading.Lock()
+        self.ctx = self.engine.new_context(self.n_ctx_seq * parallel, n_seq_max=parallel, kv_unified=True)
+        self.memory = L.llama_get_memory(self.ctx)
+        self.n_batch = L.llama_n_batch(self.ctx)
+        self.llama_batch = L.llama_batch_init(self.n_batch, 0, 1)
+
+    def close(self) -> None:
+        if getattr(self, "llama_batch", None) is not None:
+            L.llama_batch_free(self.llama_batch)
+            self.llama_batch = None
+        if getattr(self, "ctx", None):
+            L.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "_owns_engine", False) and self.engine is not None:
+            self.engine.close()
+            self.engine = None  # type: ignore[assignment]
+
+    @contextlib.contextmanager
+    def session(self, stream: bool = False) -> Iterator[Slots]:
+        """The run state of this engine, from an empty KV cache, held exclusively until the block ends."""
+        with self.lock:
+            L.llama_memory_clear(self.memory, True)
+            state = Slots(self, stream)
+            try:
+                yield state
+            finally:
+                state.close()
+                L.llama_memory_clear(self.memory, True)
+
+    def run(self, requests: Iterable[Request]) -> Iterator[Result]:
+        """Yield one Result per sample of each request as it finishes (any order).
+
+        Requests are pulled from ``requests`` only when a slot is free."""
+        pending = iter(requests)
+        done = False
+
+        def pull() -> Request | None:
+            nonlocal done
+            if not done:
+                request = next(pending, None)
+                if request is not None:
+                    return request
+                done = True
+            return None
+
+        with self.session() as state:
+            while True:
+                # 1. fill free slots: pending samples of admitted requests first, then new requests
+                yield from state.fill(pull)  # type: ignore[misc]
+                if not state.active:
+                    if done:
+                        return
+                    continue
+                # 2. one llama_decode for every active slot; 3. sample where logits came out
+                yield from state.step()  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Streamed text of one sample: new text that no stop string can still cut."""
+
+    id: str
+    index: int
+    text: str
+
+
+class Slots:
+    """The state of one continuous-batching run on a BatchEngine: which sequence holds which slot,
+    which admitted requests still have samples to start, and the step that advances them all.
+
+    ``BatchEngine.run`` drives it from an iterator; ``serve.scheduler.Scheduler`` drives it from a
+    queue fed by other threads, streaming ``Piece``s and cancelling requests between steps. Get one
+    from ``BatchEngine.session()``, which holds the engine for the run."""
+
+    def __init__(self, engine: BatchEngine, stream: bool = False) -> None:
+        self.engine = engine
+        self.stream = stream
+        self.slots: list[_Seq | None] = [None] * engine.parallel
+        self.groups: list[_Group] = []  # admitted requests with samples not yet started
+        self.last_batch_tokens = 0
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def fill(self, pull: Callable[[], Request | None]) -> Iterator[Result]:
+        """Fill free slots: pending samples of admitted requests first, then requests from ``pull``
+        (None: nothing more for now). Yields the error Results of requests that cannot run."""
+        slots, groups = self.slots, self.groups
+        more = True
+        for slot in range(self.engine.parallel):
+            while slots[slot] is None:
+                group = next((g for g in groups if g.prefilled and g.live), None)
+                if group is not None:
+                    self._fork(group, next(iter(group.live)), slot, whole=False)
+                    if not group.pending:
+                        groups.remove(group)
+                    continue
+                request = pull() if more else None
+                if request is None:
+                    more = False
+                    break
+                group, errors = self._admit(request)
+                yield from errors
+                if group is not None:
+                    slots[slot] = self._start(group, slot, group.tokens, 0)
+                    if group.pending:
+                        groups.append(group)
+
+    def step(self) -> Iterator[Result | Piece]:
+        """One llama_decode over every active slot, then sampling where logits came out; yields
+        finished Results (and, when streaming, the text Pieces before them)."""
+        slots, groups = self.slots, self.groups
+        active = [(i, s) for i, s in enumerate(slots) if s is not None]
+        if not active:
+            return
+        outputs = self._decode(active)
+        for slot, seq, idx in outputs:
+            targets = [slot]
+            group = seq.group
+            if not group.prefilled:
+                # the prompt is in: fork the request's other samples into free slots (KV copy)
+                group.prefilled = True
+                for free in range(self.engine.parallel):
+                    if group.pending and slots[free] is None:
+                        self._fork(group, slot, free, whole=True)
+                        targets.append(free)
+                if not group.pending and group in groups:
+                    groups.remove(group)
+            for s in targets:
+                current = slots[s]
+                assert current is not None
+                result = self._sample(current, idx)
+                if result is None:
+                    if self.stream:
+                        text = current.out.safe_piece()
+                        if text:
+                            yield Piece(current.group.request.id, current.index, text)
+                    continue
+                if self.stream:
+                    text = current.out.rest()
+                    if text:
+                        yield Piece(current.group.request.id, current.index, text)
+                yield result
+                self._finish(s)
+
+    def cancel(self, request_id: str) -> int:
+        """Stop every sample of a request (running or still to start); the number of slots freed."""
+        freed = 0
+        for slot, seq in enumerate(self.slots):
+            if seq is not None and seq.group.request.id == request_id:
+                L.llama_sampler_free(seq.sampler)
+                L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
+                seq.group.live.discard(slot)
+                seq.group.next_index = seq.group.request.n
+                self.slots[slot] = None
+                freed += 1
+        self.groups[:] = [g for g in self.groups if g.request.id != request_id]
+        return freed
+
+    def clear(self) -> list[str]:
+        """Drop every sequence (after a failed step); the ids of the requests that were running."""
+        ids = list(dict.fromkeys(s.group.request.id for s in self.slots if s is not None))
+        ids += [g.request.id for g in self.groups if g.request.id not in ids]
+        self.close()
+        self.slots = [None] * self.engine.parallel
+        self.groups.clear()
+        L.llama_memory_clear(self.engine.memory, True)
+        return ids
+
+    def close(self) -> None:
+        for i, seq in enumerate(self.slots):
+            if seq is not None:
+                L.llama_sampler_free(seq.sampler)
+                self.slots[i] = None
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def _admit(self, request: Request) -> tuple[_Group | None, list[Result]]:
+        started = time.monotonic()
+        p = request.sampling
+        try:
+            tokens = self.engine.engine.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+        except Exception as exc:  # noqa: BLE001 - a bad row must not stop the batch
+            return None, _errors(request, f"could not tokenize the prompt: {exc}")
+        if request.n < 1:
+            return None, _errors(request, "n must be at least 1")
+        if not tokens:
+            return None, _errors(request, "empty prompt: give some text")
+        n_ctx = self.engine.n_ctx_seq
+        if len(tokens) + p.max_tokens > n_ctx:
+            return None, _errors(request, (
+                f"prompt of {len(tokens)} tokens + max_tokens {p.max_tokens} exceeds the per-sequence context of "
+                f"{n_ctx} tokens: shorten the input, lower max_tokens or raise the context size"))
+        return _Group(request, tokens, started), []
+
+    def _start(self, group: _Group, slot: int, feed: list[int], pos: int) -> _Seq:
+        k = group.next_index
+        group.next_index += 1
+        group.live.add(slot)
+        sampling = replace(group.request.sampling, seed=sample_seed(group.request.sampling.seed, k))
+        engine = self.engine.engine
+        return _Seq(group, k, make_sampler(sampling, engine.n_vocab), TextStream(engine, group.request.stop), list(feed),
+                    pos, time.monotonic())
+
+    def _fork(self, group: _Group, source: int, slot: int, whole: bool) -> None:
+        """Start the group's next sample in ``slot`` from the prompt KV of ``source``.
+
+        ``whole``: the source has just decoded the prompt and its logits are fresh (the new sample
+        samples from them); otherwise copy all but the prompt's last token and decode that again."""
+        n, memory = len(group.tokens), self.engine.memory
+        L.llama_memory_seq_rm(memory, slot, -1, -1)
+        if whole:
+            L.llama_memory_seq_cp(memory, source, slot, -1, -1)
+            seq = self._start(group, slot, [], n)
+            seq.prefill_done = time.monotonic()
+        else:
+            L.llama_memory_seq_cp(memory, source, slot, 0, n - 1)
+            seq = self._start(group, slot, group.tokens[-1:], n - 1)
+        self.slots[slot] = seq
+
+    def _decode(self, active: list[tuple[int, _Seq]]) -> list[tuple[int, _Seq, int]]:
+        """One llama_decode: a token for each generating slot, then prompt chunks in the room left;
+        (slot, sequence, logits index) of every sequence whose logits came out."""
+        b, room_total = self.engine.llama_batch, self.engine.n_batch
+        n = 0
+        outputs: list[tuple[int, _Seq, int]] = []
+        # generating slots (one token each) first, so they are never starved by a long prompt
+        order = sorted((a for a in active if a[1].feed), key=lambda a: len(a[1].feed) > 1)
+        for slot, seq in order:
+            room = room_total - n
+            if room <= 0:
+                break
+            chunk = seq.feed[:room]
+            for j, tok in enumerate(chunk):
+                b.token[n] = tok
+                b.pos[n] = seq.pos + j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = slot
+                b.logits[n] = 0
+                n += 1
+            seq.feed = seq.feed[len(chunk):]
+            seq.pos += len(chunk)
+            if not seq.feed:
+                b.logits[n - 1] = 1
+                outputs.append((slot, seq, n - 1))
+        b.n_tokens = n
+        self.last_batch_tokens = n
+        rc = L.llama_decode(self.engine.ctx, b)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed (code {rc}) on a batch of {n} tokens: lower {opt('parallel')} or "
+                              f"{opt('n_ctx')}")
+        return outputs
+
+    def _sample(self, seq: _Seq, idx: int) -> Result | None:
+        """Sample the next token of ``seq`` from logits ``idx``; a Result when it is finished."""
+        p = seq.group.request.sampling
+        now = time.monotonic()
+        if not seq.prefill_done:
+            seq.prefill_done = now
+        if len(seq.out.tokens) >= p.max_tokens:  # max_tokens 0
+            seq.out.end_of_length()
+            return _result(seq)
+        tok = L.llama_sampler_sample(seq.sampler, self.engine.ctx, idx)
+        if not seq.first:
+            seq.first = time.monotonic() - seq.started
+        if seq.out.push(tok):
+            return _result(seq)
+        if len(seq.out.tokens) >= p.max_tokens:
+            seq.out.end_of_length()
+            return _result(seq)
+        seq.feed = [tok]
+        return None
+
+    def _finish(self, slot: int) -> None:
+        seq = self.slots[slot]
+        assert seq is not None
+        L.llama_sampler_free(seq.sampler)
+        group = seq.group
+        group.live.discard(slot)
+        self.slots[slot] = None
+        if group.pending and not group.live:
+            # last sibling of a request with samples to go: rewind its KV to the prompt and reuse the slot
+            n = len(group.tokens)
+            L.llama_memory_seq_rm(self.engine.memory, slot, n - 1, -1)
+            self.slots[slot] = self._start(group, slot, group.tokens[-1:], n - 1)
+            if not group.pending and group in self.groups:
+                self.groups.remove(group)
+            return
+        L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
+
+
+def _errors(request: Request, message: str) -> list[Result]:
+    return [Result(request.id, k, None, message) for k in range(max(request.n, 1))]
+
+
+def _result(seq: _Seq) -> Result:
+    gen = seq.out.generation(len(seq.group.tokens), seq.started, seq.first, seq.prefill_done - seq.started)
+    return Result(seq.group.request.id, seq.index, gen)

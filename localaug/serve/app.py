@@ -1,0 +1,303 @@
+"""The HTTP server behind ``localaug serve``: the FastAPI app, its routes and how it runs.
+
+Routes hand each request to ``handlers`` (what the endpoints do: prompt tokens, a
+``runtime.batch.Request`` submitted to the model's scheduler so concurrent requests are decoded
+together, results shaped as the OpenAI API or as the Python API). An outer ASGI ``Gate`` checks the API key and the body size before anything is
+parsed and records every response for /metrics. Every error is one JSON object in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}`` with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
+
+from localaug.core.errors import LocalaugError, UsageError, opt
+from localaug.family.prompts import Pair
+from localaug.serve import handlers, schemas
+from localaug.serve.handlers import ApiError, Limits, ServerConfig
+from localaug.serve.metrics import Metrics
+from localaug.serve.scheduler import ServedModel
+
+__all__ = ["ApiError", "Limits", "ServerConfig", "bind", "create_app", "run_server", "url_of"]
+
+log = logging.getLogger("localaug.serve.app")
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/refine", "/v1/expand", "/v1/pairs",
+             "/health", "/metrics")
+OPEN_PATHS = frozenset({"/health"})
+
+
+# --- the gate: auth, body size, metrics --------------------------------------------------------
+
+
+class Gate:
+    """Outermost ASGI layer: API key and body-size checks before any parsing; metrics for every response."""
+
+    def __init__(self, app: Any, config: ServerConfig, metrics: Metrics) -> None:
+        self.app, self.config, self.metrics = app, config, metrics
+        self._key = config.api_key.encode() if config.api_key else None
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = "/v1/models" if path.startswith("/v1/models/") else path if path in ENDPOINTS else "other"
+        started = time.monotonic()
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._check(scope, path)
+            if refusal is not None:
+                await refusal.response()(scope, receive, send_status)
+                return
+            await self.app(scope, self._limited(receive), send_status)
+        finally:
+            self.metrics.observe(endpoint, status, time.monotonic() - started)
+
+    def _check(self, scope: dict[str, Any], path: str) -> ApiError | None:
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        if self._key is not None and path not in OPEN_PATHS:
+            auth = headers.get("authorization", b"")
+            scheme, _, given = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._key):
+                return ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                                "invalid_request_error", "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.config.limits.max_body_bytes):
+            return _too_large(self.config.limits.max_body_bytes)
+        return None
+
+    def _limited(self, receive: Callable[..., Any]) -> Callable[..., Any]:
+        limit, seen = self.config.limits.max_body_bytes, 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # a chunked body without Content-Length
+                    raise HTTPException(413, _too_large(limit).message)
+            return message
+
+        return limited
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body over this server's limit of {limit} bytes: send less text per request",
+                    code="request_too_large")
+
+
+# --- the app --------------------------------------------------------------------------------------
+
+
+class Models:
+    """The models given at start, by name; nothing else can be named."""
+
+    def __init__(self, models: Sequence[ServedModel]) -> None:
+        if not models:
+            raise UsageError(f"no model to serve: pass {opt('model')}")
+        self.all = list(models)
+        ids = [m.id for m in self.all]
+        if len(set(ids)) != len(ids):
+            raise UsageError(f"two models are named the same ({', '.join(ids)}): give each model once")
+
+    def get(self, name: str | None) -> ServedModel:
+        if not name:
+            return self.all[0]
+        for m in self.all:
+            if name == m.id:
+                return m
+        for m in self.all:
+            if name in m.aliases:
+                return m
+        raise ApiError(404, f"model {name!r} is not served here: use one of {', '.join(m.id for m in self.all)} "
+                            "(GET /v1/models)", code="model_not_found", param="model")
+
+
+def create_app(models: Sequence[ServedModel], config: ServerConfig | None = None, owns_models: bool = False) -> Gate:
+    """The ASGI app serving ``models`` (already loaded, schedulers running). With ``owns_models`` the
+    models are closed when the server shuts down."""
+    config = config or ServerConfig()
+    pool = Models(models)
+    metrics = Metrics()
+    created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_models:
+                for m in pool.all:
+                    m.close()
+
+    app = FastAPI(title="localaug", summary="OpenAI-compatible and task endpoints for the localaug models",
+                  lifespan=lifespan)
+    _errors(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_text() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(pool.all), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(m, created) for m in pool.all]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str) -> dict[str, Any]:
+        return _model_card(pool.get(name), created)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: schemas.ChatBody, http: HTTPRequest) -> Any:
+        return await handlers.chat(pool.get(body.model), body, http, config)
+
+    @app.post("/v1/completions")
+    async def completions(body: schemas.CompletionBody, http: HTTPRequest) -> Any:
+        return await handlers.complete(pool.get(body.model), body, http, config)
+
+    @app.post("/v1/refine")
+    async def refine(body: schemas.RefineBody, http: HTTPRequest) -> dict[str, Any]:
+        return await handlers.refine(pool.get(body.model), body, http, config)
+
+    @app.post("/v1/expand")
+    async def expand(body: schemas.ExpandBody, http: HTTPRequest) -> dict[str, Any]:
+        m = pool.get(body.model)
+        result, usage = await handlers.sample_task(http, m, config, "expand", body.text, body)
+        return {"model": m.id, "input": body.text, "instructions": result.items, **handlers.tally(result), "usage": usage}
+
+    @app.post("/v1/pairs")
+    async def pairs(body: schemas.PairsBody, http: HTTPRequest) -> dict[str, Any]:
+        m = pool.get(body.model)
+        seeds = [Pair(p.instruction, p.response) for p in body.seeds]
+        result, usage = await handlers.sample_task(http, m, config, "pairs", seeds, body)
+        items = [{"instruction": p.instruction, "response": p.response} for p in result.items]
+        return {"model": m.id, "pairs": items, **handlers.tally(result), "usage": usage}
+
+    return Gate(app, config, metrics)
+
+
+def _model_card(m: ServedModel, created: int) -> dict[str, Any]:
+    return {"id": m.id, "object": "model", "created": created, "owned_by": "localaug",
+            "context_length": m.n_ctx, "prompt_format": m.style.prompt_format}
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: HTTPRequest, e: ApiError) -> JSONResponse:
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: HTTPRequest, e: RequestValidationError) -> JSONResponse:
+        return _validation_error(e.errors()).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: HTTPRequest, e: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(e.status_code)
+        message = e.detail if e.status_code != 404 else "no such endpoint: see GET /v1/models and the README"
+        return ApiError(e.status_code, str(message), code=code, headers=getattr(e, "headers", None)).response()
+
+    @app.exception_handler(LocalaugError)
+    async def localaug_error(_: HTTPRequest, e: LocalaugError) -> JSONResponse:
+        # the message names settings as the JSON fields a client sends; a server-side fault is a 5xx
+        kind = "invalid_request_error" if e.http_status < 500 else "server_error"
+        return ApiError(e.http_status, str(e), kind, param=next(iter(e.params), None)).response()
+
+    @app.exception_handler(Exception)
+    async def internal(_: HTTPRequest, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return ApiError(500, "internal server error: see the server log", "server_error").response()
+
+
+def _validation_error(errors: Sequence[Any]) -> ApiError:
+    first = errors[0] if errors else {}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')}):"
+                             " send a JSON object", code="invalid_json")
+    where = ".".join(loc) or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ApiError(400, f"invalid request: {where}: {first.get('msg', 'invalid value')}{more}",
+                    code="invalid_value", param=where)
+
+
+# --- running the server ---------------------------------------------------------------------------
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, made before the models load so a busy port fails fast."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"{opt('host')} {host!r} is not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}): pick another {opt('port')}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: the server has drained and is stopping (an orderly exit, status 0)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def run_server(models: Sequence[ServedModel], config: ServerConfig, sock: socket.socket,
+               shutdown_timeout: float = 10.0) -> None:
+    """Serve until Ctrl-C / SIGTERM; in-flight requests get ``shutdown_timeout`` seconds to finish,
+    then are cancelled, and the models are freed. Returns normally after SIGTERM."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    app = create_app(models, config, owns_models=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=int(shutdown_timeout)))
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found: make that
+    # an orderly return (exit 0, models freed by the caller) instead of death by the signal
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main else None
+    try:
+        server.run(sockets=[sock])
+    except _Terminated:
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)

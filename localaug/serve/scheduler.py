@@ -1,0 +1,324 @@
+"""Serving: one long-running continuous-batching scheduler per loaded model.
+
+A ``Scheduler`` is a background thread that owns a ``BatchEngine`` (its llama.cpp context) for its
+whole life and runs the batching loop of ``batch.Slots``: between two ``llama_decode`` steps it
+takes cancellations, then admits queued requests into free slots, so a new request joins the
+running batch without pausing the sequences already generating. With nothing to do it waits on a
+condition variable (no spinning). Other threads call ``submit`` (thread-safe) and get a ``Handle``:
+text pieces and finished samples arrive through callbacks run on the scheduler thread (keep them
+short: the server only hands them to its event loop), and ``Handle.cancel`` frees the slots.
+The queue of requests not yet admitted is bounded: past it ``submit`` raises ``QueueFullError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localaug.core.errors import EngineError, QueueFullError, UsageError, opt
+from localaug.family.registry import ModelSpec
+from localaug.family.styles import PromptStyle
+from localaug.runtime.batch import BatchEngine, Piece, Request, Result, Slots
+from localaug.runtime.engine import Engine, EngineOptions
+
+log = logging.getLogger("localaug.serve.scheduler")
+
+CANCELLED = "cancelled"
+SHUTTING_DOWN = "the server is shutting down: retry against a running server"
+
+
+@dataclass
+class SchedulerStats:
+    """Counters read by /metrics (plain ints written by the scheduler thread only)."""
+
+    slots: int
+    active: int = 0
+    peak_active: int = 0
+    decode_steps: int = 0
+    batch_tokens: int = 0
+    requests_done: int = 0
+    requests_cancelled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Handle:
+    """One submitted request: its finished samples by index, and a way to stop it."""
+
+    def __init__(self, scheduler: Scheduler, request: Request, on_piece: Callable[[Piece], None] | None,
+                 on_result: Callable[[Result], None] | None) -> None:
+        self.request = request
+        self.results: dict[int, Result] = {}
+        self.done = threading.Event()
+        self.cancelled = False
+        self._scheduler = scheduler
+        self._on_piece = on_piece
+        self._on_result = on_result
+
+    def cancel(self) -> None:
+        """Stop generating (no-op once done); pending samples finish with the error "cancelled"."""
+        if not self.done.is_set():
+            self._scheduler._cancel(self)
+
+    def wait(self, timeout: float | None = None) -> list[Result]:
+        """Block until every sample is finished (or failed, or cancelled); results by index."""
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"request {self.request.id} still running after {timeout}s")
+        return [self.results[k] for k in sorted(self.results)]
+
+    # -- called on the scheduler thread ---------------------------------------------------------
+
+    def _piece(self, piece: Piece) -> None:
+        if self._on_piece is not None:
+            _safely(self._on_piece, piece)
+
+    def _result(self, result: Result) -> bool:
+        """Record one sample; True when the request is complete."""
+        if result.index in self.results:
+            return False
+        self.results[result.index] = result
+        if self._on_result is not None:
+            _safely(self._on_result, result)
+        if len(self.results) >= self.request.n:
+            self.done.set()
+            return True
+        return False
+
+    def _fail(self, message: str) -> None:
+        for k in range(self.request.n):
+            self._result(Result(self.request.id, k, None, message))
+        self.done.set()
+
+
+def _safely(fn: Callable[[Any], None], arg: Any) -> None:
+    # a consumer that went away (closed event loop) must not take the scheduler down
+    try:
+        fn(arg)
+    except Exception:  # noqa: BLE001
+        log.debug("a result callback failed", exc_info=True)
+
+
+class Scheduler:
+    """A thread running continuous batching on ``batch`` for requests submitted from any thread."""
+
+    def __init__(self, batch: BatchEngine, max_queue: int = 64, name: str = "model") -> None:
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        self.batch = batch
+        self.max_queue = max_queue
+        self.stats = SchedulerStats(slots=batch.parallel)
+        self._cond = threading.Condition()
+        self._queue: deque[Handle] = deque()
+        self._cancels: list[Handle] = []
+        self._handles: dict[str, Handle] = {}  # admitted, by request id
+        self._stopping = False
+        self._thread = threading.Thread(target=self._main, name=f"localaug-scheduler-{name}", daemon=True)
+        self._started = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> Scheduler:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def submit(self, request: Request, on_piece: Callable[[Piece], None] | None = None,
+               on_result: Callable[[Result], None] | None = None) -> Handle:
+        """Queue a request (its ``id`` must be unique among running ones); callbacks run on the
+        scheduler thread. Raises QueueFullError past the queue bound."""
+        handle = Handle(self, request, on_piece, on_result)
+        with self._cond:
+            if self._stopping:
+                raise QueueFullError(SHUTTING_DOWN)
+            if len(self._queue) >= self.max_queue:
+                raise QueueFullError(
+                    f"all {self.batch.parallel} slots are busy and {len(self._queue)} requests are waiting: retry later")
+            self._queue.append(handle)
+            self._cond.notify()
+        return handle
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Cancel what is queued or running and end the thread (idempotent)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._started and self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the scheduler thread --------------------------------------------------------------------
+
+    def _cancel(self, handle: Handle) -> None:
+        with self._cond:
+            handle.cancelled = True
+            self._cancels.append(handle)
+            self._cond.notify()
+
+    def _pull(self) -> Request | None:
+        with self._cond:
+            while self._queue:
+                handle = self._queue.popleft()
+                if handle.cancelled:
+                    handle._fail(CANCELLED)
+                    continue
+                self._handles[handle.request.id] = handle
+                return handle.request
+        return None
+
+    def _main(self) -> None:
+        try:
+            with self.batch.session(stream=True) as state:
+                self._loop(state)
+        finally:
+            with self._cond:
+                leftover = list(self._queue) + list(self._handles.values())
+                self._queue.clear()
+                self._handles.clear()
+            for handle in leftover:
+                handle._fail(SHUTTING_DOWN)
+            self.stats.active = 0
+
+    def _loop(self, state: Slots) -> None:
+        stats = self.stats
+        while True:
+            with self._cond:
+                while not (self._stopping or self._queue or self._cancels or state.active):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                cancels, self._cancels = self._cancels, []
+            for handle in cancels:
+                if self._handles.pop(handle.request.id, None) is not None:
+                    state.cancel(handle.request.id)
+                else:  # still queued: free its place in the queue now
+                    with self._cond:
+                        if handle in self._queue:
+                            self._queue.remove(handle)
+                stats.requests_cancelled += not handle.done.is_set()
+                handle._fail(CANCELLED)
+            for result in state.fill(self._pull):
+                self._deliver(result)
+            stats.active = state.active
+            stats.peak_active = max(stats.peak_active, stats.active)
+            if not state.active:
+                continue
+            try:
+                for event in state.step():
+                    self._deliver(event)
+            except Exception as e:  # noqa: BLE001 - fail the running requests, keep serving the next ones
+                log.error("decode step failed: %s", e, exc_info=not isinstance(e, EngineError))
+                message = str(e) if isinstance(e, EngineError) else "internal error while decoding: see the server log"
+                for rid in state.clear():
+                    handle = self._handles.pop(rid, None)
+                    if handle is not None:
+                        handle._fail(message)
+            stats.decode_steps += 1
+            stats.batch_tokens += state.last_batch_tokens
+            stats.active = state.active
+
+    def _deliver(self, event: Result | Piece) -> None:
+        handle = self._handles.get(event.id)
+        if handle is None:
+            return
+        if isinstance(event, Piece):
+            handle._piece(event)
+            return
+        if event.generation is not None:
+            self.stats.completion_tokens += event.generation.completion_tokens
+        if handle._result(event):
+            del self._handles[event.id]
+            self.stats.requests_done += 1
+            first = handle.results.get(0)
+            if first is not None and first.generation is not None:
+                self.stats.prompt_tokens += first.generation.prompt_tokens
+
+
+# --- served models ----------------------------------------------------------------------------
+
+
+@dataclass
+class ServedModel:
+    """One model loaded once for serving: its name(s), prompt style and running scheduler. The HTTP
+    layer uses its interface (``tokenize``, ``submit``, ``n_ctx``, ``style``, ``spec``) and nothing
+    of the engine behind it."""
+
+    id: str
+    path: Path
+    style: PromptStyle
+    spec: ModelSpec | None
+    engine: Engine
+    batch: BatchEngine
+    scheduler: Scheduler
+    aliases: set[str] = field(default_factory=set)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_ctx(self) -> int:
+        """Tokens one sequence may hold (prompt + completion)."""
+        return self.batch.n_ctx_seq
+
+    def tokenize(self, text: str) -> list[int]:
+        """The prompt tokens of ``text`` (special tokens parsed)."""
+        return self.engine.tokenize(text)
+
+    def submit(self, request: Request, on_piece: Callable[[Piece], None] | None = None,
+               on_result: Callable[[Result], None] | None = None) -> Handle:
+        """Queue ``request`` on this model's scheduler (see ``Scheduler.submit``)."""
+        return self.scheduler.submit(request, on_piece, on_result)
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.batch.close()
+        self.engine.close()
+
+
+def model_id(source: str, path: Path, spec: ModelSpec | None) -> str:
+    """The name clients use: the family name, else the file name without .gguf."""
+    if spec is not None:
+        return spec.name
+    if Path(source).suffix == ".gguf" or os.sep in source:
+        return path.name.removesuffix(".gguf")
+    return source
+
+
+def load_model(source: str | os.PathLike[str], *, name: str | None = None, quant: str | None = None,
+               prompt_format: str | None = None, opts: EngineOptions | None = None, parallel: int = 8,
+               n_ctx: int | None = None, max_queue: int = 64) -> ServedModel:
+    """Resolve ``source`` (family name, repo id, GGUF path or checkpoint dir), load it once and start
+    its scheduler. ``n_ctx`` is the context of one sequence; the KV cache holds ``parallel`` of them."""
+    from localaug.augment.resolve import resolve_style
+
+    if parallel < 1:
+        raise UsageError(f"{opt('parallel')} must be at least 1")
+    m = resolve_style(source, quant, prompt_format)
+    engine = Engine(m.path, opts or EngineOptions(), context=False)
+    try:
+        batch = BatchEngine(engine, parallel=parallel, n_ctx=n_ctx)
+    except BaseException:
+        engine.close()
+        raise
+    ident = name or model_id(str(source), m.path, m.spec)
+    aliases = {ident, str(source), m.path.name.removesuffix(".gguf")} | ({m.spec.name} if m.spec else set())
+    scheduler = Scheduler(batch, max_queue, ident).start()
+    return ServedModel(ident, m.path, m.style, m.spec, engine, batch, scheduler, aliases, m.meta)
+
+
+def load_models(sources: list[str], **kwargs: Any) -> list[ServedModel]:
+    """``load_model`` for each source; on a failure the ones already loaded are freed."""
+    loaded: list[ServedModel] = []
+    try:
+        for source in sources:
+            loaded.append(load_model(source, **kwargs))
+    except BaseException:
+        for m in loaded:
+            m.close()
+        raise
+    return loaded
