@@ -354,6 +354,21 @@ def test_lock_refuses_a_second_writer(tmp_path, tiny):
     assert not out.exists()
 
 
+def test_a_second_name_for_the_output_takes_the_same_lock(tmp_path, refiner):
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
+    real = tmp_path / "data" / "out.jsonl"
+    real.parent.mkdir()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    from localaug.jobs.ledger import lock_path, output_lock
+
+    with output_lock(lock_path(real)):  # a run writing out.jsonl under its own name
+        with pytest.raises(JobLockedError):
+            run_job("refine", src, link, model=refiner, **SCRIPTED)
+    run_job("refine", src, link, model=refiner, **SCRIPTED)  # free again: runs, through the link
+    assert [r["status"] for r in records(real)] == ["ok", "ok"]
+
+
 def _cmd(src: Path, out: Path, tiny: Path) -> list[str]:
     return cli("refine", "-i", str(src), "-o", str(out), "-m", str(tiny), "--prompt-format", "qwen2-chatml",
                "--temperature", "0", "--max-tokens", "12", "--threads", "1")

@@ -268,3 +268,22 @@ def test_hub_allow_list_fetches_only_what_conversion_reads() -> None:
         "README.md",
     ]
     assert not [f for f in by_hub if f.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
+
+
+def test_store_follows_xdg_cache_home_then_list_and_rm(tmp_path: Path, hf_home: Path, qwen2_tied: Path) -> None:
+    cache = tmp_path / "xdg-cache"
+    env = {"XDG_CACHE_HOME": str(cache), "LOCALAUG_HOME": ""}  # no LOCALAUG_HOME: the XDG cache decides
+    for quant in ("Q8_0", "F16"):
+        assert _cli(["pull", str(qwen2_tied), "--quant", quant], tmp_path / "unused", hf_home, **env).returncode == 0
+    folder = cache / "localaug" / "models" / "tiny-qwen2-tied"
+    assert sorted(p.name for p in folder.glob("*.gguf")) == ["F16.gguf", "Q8_0.gguf"]
+    listed = _cli(["list", "--json"], tmp_path / "unused", hf_home, **env)
+    assert listed.returncode == 0
+    assert sorted(e["quant"] for e in json.loads(listed.stdout)["store"]) == ["F16", "Q8_0"]
+    removed = _cli(["rm", "tiny-qwen2-tied", "--quant", "q8_0"], tmp_path / "unused", hf_home, **env)
+    assert removed.returncode == 0 and "removed tiny-qwen2-tied Q8_0" in removed.stdout, removed.stderr
+    assert sorted(p.name for p in folder.glob("*.gguf")) == ["F16.gguf"] and list(_manifest(folder)["files"]) == ["F16"]
+    again = _cli(["rm", "tiny-qwen2-tied", "--quant", "Q8_0"], tmp_path / "unused", hf_home, **env)
+    assert again.returncode == 1 and again.stderr.startswith("error: ") and "not in the store" in again.stderr
+    assert _cli(["rm", "tiny-qwen2-tied"], tmp_path / "unused", hf_home, **env).returncode == 0
+    assert not folder.exists()  # the last file gone: the folder too
