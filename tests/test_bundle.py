@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -510,3 +511,67 @@ def test_export_modelfile_refuses_teacher_models_and_unstored_ones(store_a: Path
     missing = _invoke(store_a, "export-modelfile", "qwen2-exp:7b")
     assert missing.exit_code == 1 and "not in the store" in _one_line_error(missing)
     assert not list(tmp_path.iterdir())
+
+
+# -- archives that would fill the disk or exhaust the parser ---------------------------------------
+
+
+def test_a_sparse_member_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """A few KB of tar that declares a 1 GiB member (GNU tar --sparse): refused by its header."""
+    folder = tmp_path / "src"
+    (folder / "models" / FOLDER).mkdir(parents=True)
+    big = folder / "models" / FOLDER / "Q8_0.gguf"
+    with open(big, "wb") as f:  # GGUF magic, then a hole
+        f.write(b"GGUF")
+        f.truncate(1 << 30)
+    manifest = {"format": 1, "models": [{"name": REFINE, "family": REFINE, "files": {"Q8_0": {
+        "file": "Q8_0.gguf", "sha256": hashlib.sha256(b"x").hexdigest(), "size": 1 << 30, "quant": "Q8_0"}}}]}
+    (folder / BUNDLE_MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "--format=pax", "-cf", str(archive), "-C", str(folder), BUNDLE_MANIFEST,
+                    f"models/{FOLDER}/Q8_0.gguf"], check=True)
+    assert archive.stat().st_size < 1 << 20  # the archive is small; what it declares is not
+    with tarfile.open(archive) as tar:
+        assert tar.getmember(f"models/{FOLDER}/Q8_0.gguf").issparse()
+    home = tmp_path / "home"
+    _seed_store(home)
+    before = _listing(home)
+    result = _invoke(home, "bundle", "import", str(archive))
+    assert result.exit_code == 1 and "a sparse file" in _one_line_error(result)
+    assert _listing(home) == before
+
+
+def test_compressed_and_deeply_nested_bundles_are_one_line_errors(bundle: Path, tmp_path: Path) -> None:
+    import gzip
+
+    packed = tmp_path / "models.tar.gz"
+    packed.write_bytes(gzip.compress(bundle.read_bytes(), compresslevel=1))
+    home = tmp_path / "home"
+    _seed_store(home)
+    before = _listing(home)
+    result = _invoke(home, "bundle", "import", str(packed))
+    assert result.exit_code == 1 and "gzip-compressed" in _one_line_error(result)
+    deep = tmp_path / "deep.tar"
+    with tarfile.open(deep, "w", format=tarfile.PAX_FORMAT) as tar:
+        blob = ("[" * 100_000 + "]" * 100_000).encode()
+        info = _tarinfo(BUNDLE_MANIFEST)
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    result = _invoke(home, "bundle", "import", str(deep))
+    assert result.exit_code == 1 and "nested too deep" in _one_line_error(result)
+    assert _listing(home) == before
+
+
+def test_an_import_that_cannot_fit_is_refused_up_front(bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    from collections import namedtuple
+
+    import localaug.store.bundle as bundle_module
+
+    home = tmp_path / "home"
+    _seed_store(home)
+    before = _listing(home)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(bundle_module.shutil, "disk_usage", lambda p: usage(1 << 40, 1 << 40, 10 << 20))  # 10 MiB free
+    result = _invoke(home, "bundle", "import", str(bundle))
+    assert result.exit_code == 1 and "free space" in _one_line_error(result)
+    assert _listing(home) == before

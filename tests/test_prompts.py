@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from localaug.core.errors import ReplyParseError, TemplateRenderError
 from localaug.family import prompts
 from localaug.family.prompts import Pair
 from localaug.store.gguf_info import read_metadata
@@ -63,9 +64,9 @@ def test_gguf_chat_template_renders_in_the_sandbox_like_chatml(converted) -> Non
 
 def test_sandbox_refuses_template_code_execution() -> None:
     evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
-    with pytest.raises(prompts.TemplateRenderError):
+    with pytest.raises(TemplateRenderError):
         prompts.render_chat_template(evil, [{"role": "user", "content": "x"}])
-    with pytest.raises(prompts.TemplateRenderError):
+    with pytest.raises(TemplateRenderError):
         prompts.render_chat_template("{{ raise_exception('no system role') }}", [])
 
 
@@ -84,7 +85,7 @@ def test_pairs_round_trip_and_unparseable_reply_is_reported() -> None:
     seeds = [Pair("Name three primary colors.", "Red, yellow and blue."), Pair("2+2?", "4\n\nIt is four.")]
     assert prompts.parse_pairs(prompts.render_pairs(seeds)) == seeds
     assert prompts.parse_pairs("```\n### Instruction:\nQ\n### Response:\nA\n```") == [Pair("Q", "A")]
-    with pytest.raises(prompts.ReplyParseError, match="no '### Instruction'"):
+    with pytest.raises(ReplyParseError, match="no '### Instruction'"):
         prompts.parse_pairs("Sure! Here is a new pair: what is love?")
 
 

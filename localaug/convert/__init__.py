@@ -23,7 +23,7 @@ from localaug.convert.keys import LocalaugKeys
 from localaug.convert.quantize import QUANT_TYPES, quantize
 from localaug.convert.vocab import load_vocab
 from localaug.core.errors import UsageError
-from localaug.core.files import atomic_output, temp_beside
+from localaug.core.files import atomic_output, refuse_overwriting_inputs, temp_beside
 
 DEFAULT_QUANT = "Q4_K_M"
 OUTPUT_TYPES: tuple[str, ...] = tuple(DIRECT_TYPES) + tuple(q for q in QUANT_TYPES if q not in DIRECT_TYPES)
@@ -153,6 +153,7 @@ def convert_checkpoint(
     dest = Path(out) if out is not None else Path.cwd() / default_output_name(ckpt.path, quant)
     if dest.is_dir():
         dest = dest / default_output_name(ckpt.path, quant)
+    refuse_overwriting_inputs(dest, [p for p in ckpt.path.iterdir() if p.is_file()])
     direct = quant if quant in DIRECT_TYPES else _intermediate_type(ckpt)
     setup = _metadata(ckpt, plans, direct, name, source_repo, source_revision)
     jobs = tensor_jobs(plans, direct)

@@ -2,7 +2,11 @@
 
 - ``temp_beside(dest)``: a fresh temporary name in ``dest``'s folder, always removed afterwards;
   the writer renames it onto ``dest`` when complete (``atomic_output`` does both), so a crash never
-  leaves something that looks finished. OSErrors become one-line ``WriteError``s.
+  leaves something that looks finished. OSErrors become one-line ``WriteError``s. The name holds
+  the writer's pid (``.NAME.PID.RANDOM.part``): a later writer of the same file removes the parts
+  a killed process left. A finished file gets the permissions the umask gives (not mkstemp's
+  0600), and ``dest`` must be a regular file (or absent): a FIFO or device is never replaced.
+- ``refuse_overwriting_inputs``: an output may not be one of the files a command reads.
 - ``write_json_atomic`` / ``read_json``: small JSON files (manifests); a missing or damaged file
   reads as None.
 - ``sha256_file``: the sha256 of a file, read in 8 MiB chunks.
@@ -25,7 +29,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from localaug.core.errors import WriteError, opt
+from localaug.core.errors import UsageError, WriteError, opt
 
 CHUNK = 8 << 20
 
@@ -42,11 +46,18 @@ def temp_beside(dest: Path, param: str = "output") -> Iterator[Path]:
         if parent.exists():
             raise WriteError(f"output folder {parent} is a file, not a folder: pass another {opt(param)}", path=str(dest))
         raise WriteError(f"output folder {parent} does not exist: create it or pass another {opt(param)}", path=str(dest))
+    if dest.exists() and not dest.is_file():
+        raise UsageError(f"{opt(param)} {dest} is not a regular file (a folder, FIFO or device): give a file path",
+                         path=str(dest))
+    sweep_stale_parts(dest)
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dest.name}.", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dest.name}.{os.getpid()}.", suffix=".part")
+        os.fchmod(fd, 0o666 & ~_umask())
     except OSError as e:
         raise WriteError(f"cannot write in {parent}: {e.strerror}; pass a writable {opt(param)} path", path=str(dest)) from e
-    os.close(fd)
+    finally:
+        with contextlib.suppress(UnboundLocalError, OSError):
+            os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -57,6 +68,56 @@ def temp_beside(dest: Path, param: str = "output") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def sweep_stale_parts(dest: Path) -> int:
+    """Remove the temporary files beside ``dest`` that a dead process left (their name holds its
+    pid); the number removed."""
+    removed = 0
+    prefix = f".{dest.name}."
+    with contextlib.suppress(OSError):
+        for part in dest.parent.iterdir():
+            name = part.name
+            if not (name.startswith(prefix) and name.endswith(".part")):
+                continue
+            pid = name[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                    removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's), or we cannot tell: keep its file
+    return True
+
+
+def _umask() -> int:
+    """The process umask (read from /proc where it can be; else set and restored at once)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def refuse_overwriting_inputs(output: Path, inputs: list[Path], param: str = "output") -> None:
+    """A UsageError when ``output`` is one of ``inputs`` (the same file, by any name)."""
+    for path in inputs:
+        with contextlib.suppress(OSError):
+            if output.exists() and os.path.samefile(output, path):
+                raise UsageError(f"{opt(param)} {output} is one of the files this reads ({path}): choose another "
+                                 f"{opt(param)}", path=str(output))
 
 
 @contextlib.contextmanager

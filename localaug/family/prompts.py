@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from localaug.core.errors import LocalaugError, ReplyParseError, TemplateRenderError
+from localaug.core.errors import LocalaugError, ReplyParseError
+from localaug.family import templates
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 QWEN2_STOP = ("<|im_end|>", "<|endoftext|>")
@@ -185,25 +182,12 @@ def example_outputs(task: str) -> list[str]:
     return [assistant for _, assistant in TEACHER_EXAMPLES[task]]
 
 
-def _raise(message: str) -> None:
-    raise TemplateError(message)
-
-
-_SANDBOX = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-_SANDBOX.globals["raise_exception"] = _raise
-_SANDBOX.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-
-
 def render_chat_template(
     template: str, messages: list[Message], *, bos_token: str = "", eos_token: str = "", add_generation_prompt: bool = True
 ) -> str:
-    """Render a chat template from GGUF metadata in an immutable Jinja sandbox."""
-    try:
-        return _SANDBOX.from_string(template).render(
-            messages=messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt
-        )
-    except TemplateError as e:
-        raise TemplateRenderError(f"the model's chat template failed to render ({e}): pass a model with a working template") from e
+    """Render a chat template from GGUF metadata, sandboxed and bounded (``family.templates``)."""
+    return templates.render(template, messages=messages, bos_token=bos_token, eos_token=eos_token,
+                            add_generation_prompt=add_generation_prompt)
 
 
 # --- reply parsing ----------------------------------------------------------------------------

@@ -41,6 +41,17 @@ class InputRow:
     key: str = ""  # the job's row key (jobs.py), set once the run is known
 
 
+def json_line(record: Any) -> str:
+    """One record as one line of JSON: readable UTF-8, except that text which is not valid Unicode
+    (a carried column) is written escaped, so the line is always valid UTF-8."""
+    line = json.dumps(record, ensure_ascii=False, default=str)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record, ensure_ascii=True, default=str)
+    return line
+
+
 def chunked(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
     """``rows`` in lists of ``size`` (the last may be shorter)."""
     chunk: list[InputRow] = []
@@ -94,6 +105,9 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
     if not path.exists():
         raise UsageError(f"input {path} does not exist")
     kind = input_kind(path)
+    if kind == "json" and path.stat().st_size > MAX_JSON_BYTES:
+        raise UsageError(f"{path} is over {MAX_JSON_BYTES >> 30} GiB and a JSON array is read whole: give it as JSON "
+                         "Lines (one object a line, .jsonl)")
     if kind in TEXT_KINDS:
         with open(path, "rb") as f:
             yield from text_rows(kind, f, name=str(path))
@@ -106,13 +120,16 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
         yield from _read_hf_disk(path)
 
 
-# How each text kind is decoded (as ``open`` would in text mode): a bad byte in a JSONL line only
-# spoils that row; CSV drops a byte-order mark and keeps newlines inside quoted fields.
+# How each text kind is decoded. Bytes that are not UTF-8 survive decoding (as surrogates) so that
+# only their row fails, with the reason; CSV drops a byte-order mark and keeps newlines inside
+# quoted fields. A JSON array is read whole, so it is refused past MAX_JSON_BYTES.
 TEXT_KINDS: dict[str, dict[str, Any]] = {
-    "jsonl": {"encoding": "utf-8", "errors": "replace"},
+    "jsonl": {"encoding": "utf-8", "errors": "surrogateescape"},
     "json": {"encoding": "utf-8"},
-    "csv": {"encoding": "utf-8-sig", "newline": ""},
+    "csv": {"encoding": "utf-8-sig", "newline": "", "errors": "surrogateescape"},
 }
+MAX_ROW_CHARS = 64 << 20  # a JSONL line or CSV field longer than this is a failed row, read no further
+MAX_JSON_BYTES = 1 << 30
 
 
 def text_rows(kind: str, stream: BinaryIO, start: int = 0, name: str = "input") -> Iterator[InputRow]:
@@ -124,21 +141,62 @@ def text_rows(kind: str, stream: BinaryIO, start: int = 0, name: str = "input") 
     elif kind == "json":
         yield from _read_json(f, start, name)
     else:
-        for i, rec in enumerate(csv.DictReader(f), start):
-            yield InputRow(i, dict(rec))
+        yield from _read_csv(f, start)
+
+
+def invalid_text(value: Any) -> str | None:
+    """Why a parsed row holds text that is not valid Unicode (None: it does not)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"text that is not valid UTF-8 or Unicode (at character {e.start}): fix or remove the row"
+        return None
+    if isinstance(value, dict):
+        return next(filter(None, (invalid_text(k) or invalid_text(v) for k, v in value.items())), None)
+    if isinstance(value, list):
+        return next(filter(None, map(invalid_text, value)), None)
+    return None
+
+
+def _row(index: int, rec: Any, what: str, raw: str) -> InputRow:
+    if not isinstance(rec, dict):
+        return InputRow(index, {}, f"{what} is not a JSON object", raw=raw)
+    why = invalid_text(rec)
+    return InputRow(index, {}, why, raw=raw) if why else InputRow(index, rec)
+
+
+def _lines(f: TextIO) -> Iterator[tuple[int, str | None]]:
+    """(line number, line) of ``f``; a line over MAX_ROW_CHARS is (number, None), skipped unread."""
+    lineno = 0
+    while line := f.readline(MAX_ROW_CHARS + 1):
+        lineno += 1
+        if len(line) > MAX_ROW_CHARS and not line.endswith("\n"):
+            while (more := f.readline(1 << 20)) and not more.endswith("\n"):
+                pass
+            yield lineno, None
+        else:
+            yield lineno, line
 
 
 def _read_jsonl(f: TextIO, start: int) -> Iterator[InputRow]:
     i = start
-    for lineno, line in enumerate(f, 1):
+    for lineno, line in _lines(f):
+        if line is None:
+            yield InputRow(i, {}, f"line {lineno} is over {MAX_ROW_CHARS} characters: split it or shorten it")
+            i += 1
+            continue
         if not line.strip():
             continue
+        raw = line.rstrip("\n")
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            yield InputRow(i, {}, f"invalid JSON on line {lineno}: {e.msg}", raw=line.rstrip("\n"))
+            yield InputRow(i, {}, f"invalid JSON on line {lineno}: {e.msg}", raw=raw)
+        except RecursionError:
+            yield InputRow(i, {}, f"line {lineno} is nested too deep to read", raw=raw[:1000])
         else:
-            yield InputRow(i, rec) if isinstance(rec, dict) else InputRow(i, {}, f"line {lineno} is not a JSON object", raw=line.rstrip("\n"))
+            yield _row(i, rec, f"line {lineno}", raw)
         i += 1
 
 
@@ -146,7 +204,11 @@ def _read_json(f: TextIO, start: int, path: str) -> Iterator[InputRow]:
     try:
         data = json.loads(f.read())
     except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); for one object a line, name it .jsonl") from e
+        raise UsageError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); for one object a line, name it .jsonl") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text (a bad byte at {e.start}): save it as UTF-8") from None
+    except RecursionError:
+        raise UsageError(f"{path} is nested too deep to read: flatten it, or give one object a line as .jsonl") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -155,7 +217,24 @@ def _read_json(f: TextIO, start: int, path: str) -> Iterator[InputRow]:
     if not isinstance(data, list):
         raise UsageError(f"{path}: expected a JSON array of objects")
     for i, rec in enumerate(data):
-        yield InputRow(start + i, rec) if isinstance(rec, dict) else InputRow(start + i, {}, f"item {i} is not a JSON object", raw=json.dumps(rec, ensure_ascii=False))
+        yield _row(start + i, rec, f"item {i}", json.dumps(rec, ensure_ascii=True)[:100_000])
+
+
+def _read_csv(f: TextIO, start: int) -> Iterator[InputRow]:
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_CHARS))
+    reader = csv.DictReader(f)
+    i = start
+    while True:
+        try:
+            rec = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # a malformed or oversized record fails alone
+            yield InputRow(i, {}, f"bad CSV record near line {reader.line_num}: {e}")
+        else:
+            why = invalid_text(rec)
+            yield InputRow(i, {} if why else dict(rec), why)
+        i += 1
 
 
 def _from_batches(batches: Iterable[Any], start: int = 0) -> Iterator[InputRow]:
@@ -242,7 +321,7 @@ def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> in
 def _write_jsonl(records: Iterable[dict[str, Any]], f: Any) -> int:
     n = 0
     for rec in records:
-        f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        f.write(json_line(rec) + "\n")
         n += 1
     return n
 
@@ -254,7 +333,7 @@ def _write_examples(records: Iterable[dict[str, Any]], fmt: str, f: Any, as_arra
         f.write("[")
     for rec in records:
         for instruction, response in examples(rec):
-            line = json.dumps(shape(fmt, instruction, response), ensure_ascii=False)
+            line = json_line(shape(fmt, instruction, response))
             f.write(("," if n else "") + "\n" + line if as_array else line + "\n")
             n += 1
     if as_array:

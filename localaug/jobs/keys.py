@@ -53,7 +53,8 @@ def row_identity(cfg: JobConfig, row: InputRow) -> str:
 
 
 def make_key(run_id: str, identity: str, occurrence: int) -> str:
-    return hashlib.sha256(f"{run_id}\0{identity}\0{occurrence}".encode()).hexdigest()
+    # surrogatepass: text that is not valid Unicode still has a key (its row then fails, alone)
+    return hashlib.sha256(f"{run_id}\0{identity}\0{occurrence}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -92,7 +93,7 @@ class RowKeys:
 
     def key(self, row: InputRow) -> str:
         ident = row_identity(self.cfg, row)
-        digest = hashlib.blake2b(ident.encode("utf-8", "replace"), digest_size=16).digest()
+        digest = hashlib.blake2b(ident.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         self.seen[digest] = self.seen.get(digest, 0) + 1
         return make_key(self.run_id, ident, self.seen[digest])
 

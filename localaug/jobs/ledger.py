@@ -22,6 +22,7 @@ from typing import Any
 from localaug.augment import filters
 from localaug.core.errors import JobLockedError, LocalaugError, opt
 from localaug.core.files import exclusive_lock, read_json, sha256_file, write_json_atomic
+from localaug.jobs.dataio import json_line
 
 FSYNC_EVERY_S = 1.0
 
@@ -133,7 +134,7 @@ def compact_ledger(ledger: Path) -> None:
     tmp = ledger.with_name(ledger.name + ".compact.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for rec in iter_ledger(ledger):
-            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            f.write(json_line(rec) + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, ledger)
@@ -147,7 +148,7 @@ class Appender:
         self.synced = time.monotonic()
 
     def write(self, rec: dict[str, Any]) -> None:
-        data = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        data = (json_line(rec) + "\n").encode("utf-8")
         while data:
             data = data[os.write(self.fd, data):]
         if time.monotonic() - self.synced >= FSYNC_EVERY_S:
@@ -159,9 +160,11 @@ class Appender:
 
     def close(self) -> None:
         if self.fd >= 0:
-            self.sync()
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from localaug.augment import filters
 from localaug.core.errors import JobError, UsageError, opt
-from localaug.core.files import read_json, write_json_atomic
+from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.jobs import MERGE_DEDUP, dataio
 from localaug.jobs.ledger import best_records, read_at
 
@@ -107,6 +107,7 @@ def merge_outputs(
     sources = ledgers_of(inputs)
     if any(s.path.resolve() == out.resolve() for s in sources):
         raise UsageError(f"{opt('output')} must not be one of the inputs")
+    refuse_overwriting_inputs(out, [s.path for s in sources])
     summary = MergeSummary(out, out.with_name(out.name + ".manifest.json"), [s.path for s in sources])
     _check_runs(sources, summary, allow_mixed)
 

@@ -203,7 +203,7 @@ class _Actor:
                     for i, key, rec, err, raw in zip(col[ROW], col[KEY], col[RECORD], col[ERROR], col[RAW])]
             recs = self.worker.run_rows(rows)
             return pa.table({KEY: pa.array(col[KEY], pa.string()),
-                             RECORD: pa.array([json.dumps(r, ensure_ascii=False, default=str) for r in recs], pa.string())})
+                             RECORD: pa.array([dataio.json_line(r) for r in recs], pa.string())})
         user = batch.drop_columns([ROW, KEY])
         rows = [InputRow(i, rec, key=key) for i, key, rec in zip(col[ROW], col[KEY], user.to_pylist())]
         return with_results(user, self.worker.run_rows(rows), self.job.cfg.task)
@@ -301,7 +301,7 @@ class PartsTarget:
 
     def write(self, records: list[dict[str, Any]]) -> None:
         parts.write_part(self.out, [r["source_id"] for r in records],
-                         [json.dumps(r, ensure_ascii=False, default=str) for r in records])
+                         [dataio.json_line(r) for r in records])
 
     def close(self) -> None:
         pass

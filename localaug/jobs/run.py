@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 from localaug.augment import filters
 from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_style
-from localaug.core.errors import JobError, JobInterrupted, UsageError, opt
-from localaug.core.files import read_json, write_json_atomic
+from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
+from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.family.registry import TASKS, ModelSpec
 from localaug.family.styles import PromptStyle
 from localaug.jobs import dataio
@@ -249,18 +249,25 @@ def _drive(plan: JobPlan, executor: Executor, target: Target, stats: JobStats, p
                 if progress:
                     progress.update(stats)
     except KeyboardInterrupt:
-        target.close()
-        save(False)
+        _quietly(target.close)
+        _quietly(lambda: save(False))
         raise JobInterrupted(f"interrupted: {stats.skipped + stats.done} of {stats.total} rows are saved in "
                              f"{target.where}; run the same command again to finish the rest") from None
     except BaseException:
-        target.close()
-        save(False)
+        _quietly(target.close)  # the error that stopped the run is the one to report, not a second one
+        _quietly(lambda: save(False))
         raise
     finally:
         target.close()
         if progress:
             progress.close()
+
+
+def _quietly(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except (OSError, LocalaugError):
+        pass
 
 
 def _todo(statuses: dict[str, str], retry_failed: bool) -> Callable[[InputRow], bool]:
@@ -313,17 +320,21 @@ class LedgerTarget:
     def prepare(self) -> str:
         repaired = repair_ledger(self.where)
         self.statuses, self._superseded = scan_ledger(self.where)
+        self._appender = Appender(self.where)  # the output exists from here on, even for a run with no rows
         return f" (cut a torn last line of {repaired} bytes)" if repaired else ""
 
     def records(self) -> Iterator[dict[str, Any]]:
         return iter_ledger(self.where)
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        if self._appender is None:
-            self._appender = Appender(self.where)
-        for rec in records:
-            self._appender.write(rec)
-            self._superseded += rec["source_id"] in self.statuses
+        assert self._appender is not None, "prepare() opens the ledger"
+        try:
+            for rec in records:
+                self._appender.write(rec)
+                self._superseded += rec["source_id"] in self.statuses
+        except OSError as e:  # disk full, a volume gone: what was appended stays, the same command resumes
+            raise JobError(f"could not append to {self.where} ({e.strerror or e}): free space (or fix the disk) and "
+                           "run the same command again; the rows written so far are kept", path=str(self.where)) from None
 
     def close(self) -> None:
         if self._appender is not None:
@@ -398,5 +409,8 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
     if out.resolve() == input_path.resolve():
         raise UsageError(f"{opt('output')} must not be the input file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return execute(opts, str(input_path), LedgerTarget(out, fmt), LocalExecutor(input_path, opts), progress)
+    target = LedgerTarget(out, fmt)
+    for written in (out, target.where, target.manifest_path):
+        refuse_overwriting_inputs(written, [input_path] if input_path.is_file() else list(input_path.glob("*")))
+    return execute(opts, str(input_path), target, LocalExecutor(input_path, opts), progress)
 

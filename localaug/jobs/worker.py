@@ -52,6 +52,8 @@ def augment(backend: Backend, style: PromptStyle, cfg: JobConfig, rows: Iterable
             runs[row.key] = _RowRun(row, cfg.draw(style, row_payload(cfg, row), seen))
         except (ValueError, LocalaugError) as e:
             yield _record(cfg, row, "failed", str(e))
+        except Exception as e:  # noqa: BLE001 - whatever a row does to its prompt, it fails alone
+            yield _record(cfg, row, "failed", f"{type(e).__name__}: {e}")
     todo = list(runs.values())
     while todo:
         requests = []

@@ -33,7 +33,7 @@ from typing import Protocol
 
 import llama_cpp as L
 
-from localaug.core.errors import EngineError, LocalaugError, opt
+from localaug.core.errors import EngineError, opt
 from localaug.family.registry import DEFAULT_CTX
 from localaug.runtime.engine import (
     Closing,
@@ -96,7 +96,7 @@ class SequentialBackend(Closing):
             for k in range(req.n):
                 try:
                     gen = self.engine.generate(req.prompt, replace(req.sampling, seed=sample_seed(req.sampling.seed, k)), req.stop)
-                except LocalaugError as e:  # a bad row must not stop the others
+                except Exception as e:  # noqa: BLE001 - a bad row must not stop the others
                     for j in range(k, req.n):
                         yield Result(req.id, j, None, str(e))
                     break
@@ -125,6 +125,7 @@ class _Group:
     next_index: int = 0
     live: set[int] = field(default_factory=set)  # slots running a sample of this request
     prefilled: bool = False  # a sibling's KV holds the whole prompt (forks may copy it)
+    finished: set[int] = field(default_factory=set)  # sample indexes whose Result was given
 
     @property
     def pending(self) -> int:
@@ -254,27 +255,48 @@ class Slots:
 
     def fill(self, pull: Callable[[], Request | None]) -> Iterator[Result]:
         """Fill free slots: pending samples of admitted requests first, then requests from ``pull``
-        (None: nothing more for now). Yields the error Results of requests that cannot run."""
+        (None: nothing more for now). Yields the error Results of requests that cannot run; a
+        request that fails to start (whatever the exception) fails alone, its slots freed."""
         slots, groups = self.slots, self.groups
         more = True
         for slot in range(self.engine.parallel):
             while slots[slot] is None:
                 group = next((g for g in groups if g.prefilled and g.live), None)
                 if group is not None:
-                    self._fork(group, next(iter(group.live)), slot, whole=False)
-                    if not group.pending:
+                    try:
+                        self._fork(group, next(iter(group.live)), slot, whole=False)
+                    except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                        yield from self._abort(group, f"could not start a sample: {exc}")
+                        continue
+                    if not group.pending and group in groups:
                         groups.remove(group)
                     continue
                 request = pull() if more else None
                 if request is None:
                     more = False
                     break
-                group, errors = self._admit(request)
-                yield from errors
-                if group is not None:
-                    slots[slot] = self._start(group, slot, group.tokens, 0)
-                    if group.pending:
-                        groups.append(group)
+                yield from self._begin(request, slot)
+
+    def _begin(self, request: Request, slot: int) -> Iterator[Result]:
+        """Admit ``request`` into the free ``slot`` (or yield why it cannot run)."""
+        group, errors = self._admit(request)
+        yield from errors
+        if group is None:
+            return
+        try:
+            self.slots[slot] = self._start(group, slot, group.tokens, 0)
+        except Exception as exc:  # noqa: BLE001 - e.g. sampling a binding refuses: fail this request only
+            yield from self._abort(group, f"could not start: {exc}")
+            return
+        if group.pending:
+            self.groups.append(group)
+
+    def _abort(self, group: _Group, message: str) -> list[Result]:
+        """Stop a request: free its running samples, forget its pending ones; an error Result for
+        every sample not finished yet."""
+        self.cancel(group.request.id)
+        group.next_index = group.request.n
+        return [Result(group.request.id, k, None, message) for k in range(group.request.n) if k not in group.finished]
 
     def step(self) -> Iterator[Result | Piece]:
         """One llama_decode over every active slot, then sampling where logits came out; yields
@@ -290,10 +312,14 @@ class Slots:
             if not group.prefilled:
                 # the prompt is in: fork the request's other samples into free slots (KV copy)
                 group.prefilled = True
-                for free in range(self.engine.parallel):
-                    if group.pending and slots[free] is None:
-                        self._fork(group, slot, free, whole=True)
-                        targets.append(free)
+                try:
+                    for free in range(self.engine.parallel):
+                        if group.pending and slots[free] is None:
+                            self._fork(group, slot, free, whole=True)
+                            targets.append(free)
+                except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                    yield from self._abort(group, f"could not start a sample: {exc}")
+                    continue
                 if not group.pending and group in groups:
                     groups.remove(group)
             for s in targets:
@@ -310,15 +336,20 @@ class Slots:
                     text = current.out.rest()
                     if text:
                         yield Piece(current.group.request.id, current.index, text)
+                current.group.finished.add(current.index)
                 yield result
-                self._finish(s)
+                try:
+                    self._finish(s)
+                except Exception as exc:  # noqa: BLE001 - a later sample of this request could not start
+                    yield from self._abort(current.group, f"could not start a sample: {exc}")
 
     def cancel(self, request_id: str) -> int:
         """Stop every sample of a request (running or still to start); the number of slots freed."""
         freed = 0
         for slot, seq in enumerate(self.slots):
             if seq is not None and seq.group.request.id == request_id:
-                L.llama_sampler_free(seq.sampler)
+                if seq.sampler is not None:
+                    L.llama_sampler_free(seq.sampler)
                 L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
                 seq.group.live.discard(slot)
                 seq.group.next_index = seq.group.request.n
@@ -348,6 +379,11 @@ class Slots:
     def _admit(self, request: Request) -> tuple[_Group | None, list[Result]]:
         started = time.monotonic()
         p = request.sampling
+        n_ctx = self.engine.n_ctx_seq
+        if isinstance(request.prompt, str) and self.engine.engine.surely_too_long(request.prompt, n_ctx - p.max_tokens):
+            return None, _errors(request, (
+                f"the prompt ({len(request.prompt)} characters) + max_tokens {p.max_tokens} cannot fit the "
+                f"per-sequence context of {n_ctx} tokens: shorten the input, lower max_tokens or raise the context size"))
         try:
             tokens = self.engine.engine.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
         except Exception as exc:  # noqa: BLE001 - a bad row must not stop the batch
@@ -356,7 +392,6 @@ class Slots:
             return None, _errors(request, "n must be at least 1")
         if not tokens:
             return None, _errors(request, "empty prompt: give some text")
-        n_ctx = self.engine.n_ctx_seq
         if len(tokens) + p.max_tokens > n_ctx:
             return None, _errors(request, (
                 f"prompt of {len(tokens)} tokens + max_tokens {p.max_tokens} exceeds the per-sequence context of "
@@ -364,13 +399,15 @@ class Slots:
         return _Group(request, tokens, started), []
 
     def _start(self, group: _Group, slot: int, feed: list[int], pos: int) -> _Seq:
+        """The group's next sample in ``slot`` (nothing of the group changes if this raises)."""
         k = group.next_index
-        group.next_index += 1
-        group.live.add(slot)
         sampling = replace(group.request.sampling, seed=sample_seed(group.request.sampling.seed, k))
         engine = self.engine.engine
-        return _Seq(group, k, make_sampler(sampling, engine.n_vocab), TextStream(engine, group.request.stop), list(feed),
-                    pos, time.monotonic())
+        out = TextStream(engine, group.request.stop)
+        sampler = make_sampler(sampling, engine.n_vocab, engine.vocab)
+        group.next_index += 1
+        group.live.add(slot)
+        return _Seq(group, k, sampler, out, list(feed), pos, time.monotonic())
 
     def _fork(self, group: _Group, source: int, slot: int, whole: bool) -> None:
         """Start the group's next sample in ``slot`` from the prompt KV of ``source``.
@@ -379,13 +416,17 @@ class Slots:
         samples from them); otherwise copy all but the prompt's last token and decode that again."""
         n, memory = len(group.tokens), self.engine.memory
         L.llama_memory_seq_rm(memory, slot, -1, -1)
-        if whole:
-            L.llama_memory_seq_cp(memory, source, slot, -1, -1)
-            seq = self._start(group, slot, [], n)
-            seq.prefill_done = time.monotonic()
-        else:
-            L.llama_memory_seq_cp(memory, source, slot, 0, n - 1)
-            seq = self._start(group, slot, group.tokens[-1:], n - 1)
+        try:
+            if whole:
+                L.llama_memory_seq_cp(memory, source, slot, -1, -1)
+                seq = self._start(group, slot, [], n)
+                seq.prefill_done = time.monotonic()
+            else:
+                L.llama_memory_seq_cp(memory, source, slot, 0, n - 1)
+                seq = self._start(group, slot, group.tokens[-1:], n - 1)
+        except BaseException:
+            L.llama_memory_seq_rm(memory, slot, -1, -1)  # the slot stays free and empty
+            raise
         self.slots[slot] = seq
 
     def _decode(self, active: list[tuple[int, _Seq]]) -> list[tuple[int, _Seq, int]]:
@@ -452,7 +493,11 @@ class Slots:
             # last sibling of a request with samples to go: rewind its KV to the prompt and reuse the slot
             n = len(group.tokens)
             L.llama_memory_seq_rm(self.engine.memory, slot, n - 1, -1)
-            self.slots[slot] = self._start(group, slot, group.tokens[-1:], n - 1)
+            try:
+                self.slots[slot] = self._start(group, slot, group.tokens[-1:], n - 1)
+            except BaseException:
+                L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)  # the slot stays free and empty
+                raise
             if not group.pending and group in self.groups:
                 self.groups.remove(group)
             return

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import functools
+import json
 import logging
 import os
 import threading
@@ -17,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import llama_cpp as L
 
@@ -46,6 +48,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     max_tokens: int = 2048
     seed: int | None = None  # None: a random seed
+    grammar: str | None = None  # a GBNF grammar (root rule "root") the reply must follow, e.g. JSON
 
 
 def sample_seed(base: int | None, k: int) -> int | None:
@@ -106,10 +109,41 @@ def _resolve_layers(opts: EngineOptions) -> int:
 REPEAT_LAST_N = 64  # tokens a repeat penalty looks back over (llama.cpp's default)
 
 
-def make_sampler(p: SamplingParams, n_vocab: int):
-    """llama.cpp's native sampler chain for ``p`` (the caller frees it with ``llama_sampler_free``)."""
+def grammar_sampler(vocab: object, grammar: str):
+    """llama.cpp's grammar sampler for a GBNF text; a UsageError when llama.cpp cannot parse it."""
+    try:
+        sampler = L.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    except UnicodeEncodeError:
+        sampler = None
+    if not sampler:
+        raise UsageError("the grammar (response_format) could not be parsed by llama.cpp: simplify the JSON schema")
+    return sampler
+
+
+def json_grammar(schema: dict[str, Any] | None = None) -> str:
+    """A GBNF grammar for any JSON object (``schema`` None) or for JSON that matches ``schema``
+    (llama-cpp-python's JSON-schema converter); a UsageError for a schema it cannot convert."""
+    from llama_cpp import llama_grammar
+
+    if schema is None:
+        return llama_grammar.JSON_GBNF
+    try:
+        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    except (Exception, RecursionError) as e:  # noqa: BLE001 - the converter raises anything on odd schemas
+        raise UsageError(f"the JSON schema cannot be turned into a grammar ({type(e).__name__}: {e}): simplify it") from None
+
+
+def make_sampler(p: SamplingParams, n_vocab: int, vocab: object = None):
+    """llama.cpp's native sampler chain for ``p`` (the caller frees it with ``llama_sampler_free``);
+    ``vocab`` is needed when ``p.grammar`` is set."""
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731
+    if p.grammar:
+        try:
+            add(grammar_sampler(vocab, p.grammar))  # first: every later sampler sees only allowed tokens
+        except BaseException:
+            L.llama_sampler_free(chain)
+            raise
     if p.repeat_penalty and p.repeat_penalty != 1.0:
         add(L.llama_sampler_init_penalties(n_vocab, REPEAT_LAST_N, p.repeat_penalty, 0.0, 0.0))
     if p.temperature <= 0:
@@ -296,7 +330,10 @@ class Engine(Closing):
     # -- tokens ---------------------------------------------------------------------------------
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UsageError(f"the text holds an unpaired surrogate at character {e.start} (not valid Unicode): fix it") from None
         cap = len(data) + 16
         buf = (L.llama_token * cap)()
         n = L.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
@@ -314,8 +351,25 @@ class Engine(Closing):
             n = L.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
+    @functools.cached_property
+    def max_piece_bytes(self) -> int:
+        """The most bytes one token stands for (the bound used to refuse a huge text untokenized)."""
+        return max(len(self.piece(t, special=True)) for t in range(self.n_vocab))
+
+    def surely_too_long(self, text: str, n_tokens: int) -> bool:
+        """Whether ``text`` cannot fit in ``n_tokens`` tokens, told without tokenizing it: a 50 MB
+        row is refused at once, instead of costing gigabytes of token buffers first."""
+        if len(text) <= 4 * max(n_tokens, 0):
+            return False  # the common case costs nothing
+        return len(text.encode("utf-8", "surrogatepass")) > max(n_tokens, 0) * self.max_piece_bytes
+
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", "replace")
+
+    @property
+    def vocab(self) -> object:
+        """The llama.cpp vocabulary handle (for samplers that need it)."""
+        return self._vocab
 
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self._vocab, token))
@@ -328,9 +382,10 @@ class Engine(Closing):
         ids: dict[int, str] = {}
         for s in stop:
             try:
-                toks = self.tokenize(s, special=True)
+                s.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate: no token can produce it
                 continue
+            toks = self.tokenize(s, special=True)
             if len(toks) == 1 and self.piece(toks[0]) != s.encode("utf-8"):
                 ids[toks[0]] = s
         return ids
@@ -338,7 +393,11 @@ class Engine(Closing):
     # -- sampling -------------------------------------------------------------------------------
 
     def _sampler(self, p: SamplingParams):
-        return make_sampler(p, self.n_vocab)
+        return make_sampler(p, self.n_vocab, self._vocab)
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise a UsageError when llama.cpp cannot parse ``grammar`` (nothing is kept)."""
+        L.llama_sampler_free(grammar_sampler(self._vocab, grammar))
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -377,6 +436,9 @@ class Engine(Closing):
         self, prompt: str | Sequence[int], p: SamplingParams, stop: Sequence[str], ignore_eog: bool
     ) -> Iterator[str | Generation]:
         started = time.monotonic()
+        if isinstance(prompt, str) and self.surely_too_long(prompt, self.n_ctx_train - p.max_tokens):
+            raise PromptTooLongError(f"the prompt ({len(prompt)} characters) + {opt('max_tokens')} {p.max_tokens} cannot "
+                                     f"fit the model's context of {self.n_ctx_train} tokens: shorten the input")
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise UsageError("empty prompt: give some text")

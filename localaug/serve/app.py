@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
-from localaug.core.errors import LocalaugError, UsageError, opt
+from localaug.core.errors import EngineError, LocalaugError, UsageError, opt
 from localaug.family.prompts import Pair
 from localaug.serve import handlers, schemas
 from localaug.serve.handlers import ApiError, Limits, ServerConfig
@@ -155,7 +156,10 @@ def create_app(models: Sequence[ServedModel], config: ServerConfig | None = None
     _errors(app)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> Any:
+        down = unhealthy(pool.all)
+        if down:
+            return JSONResponse({"status": "error", "models": down}, 503)
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -197,6 +201,11 @@ def create_app(models: Sequence[ServedModel], config: ServerConfig | None = None
         return {"model": m.id, "pairs": items, **handlers.tally(result), "usage": usage}
 
     return Gate(app, config, metrics)
+
+
+def unhealthy(models: Sequence[ServedModel]) -> dict[str, str]:
+    """Models whose scheduler stopped for good, and why."""
+    return {m.id: m.scheduler.failure or "its scheduler thread is not running" for m in models if not m.scheduler.healthy}
 
 
 def _model_card(m: ServedModel, created: int) -> dict[str, Any]:
@@ -283,7 +292,6 @@ def run_server(models: Sequence[ServedModel], config: ServerConfig, sock: socket
     """Serve until Ctrl-C / SIGTERM; in-flight requests get ``shutdown_timeout`` seconds to finish,
     then are cancelled, and the models are freed. Returns normally after SIGTERM."""
     import signal
-    import threading
 
     import uvicorn
 
@@ -294,10 +302,38 @@ def run_server(models: Sequence[ServedModel], config: ServerConfig, sock: socket
     # an orderly return (exit 0, models freed by the caller) instead of death by the signal
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main else None
+    watchdog = _Watchdog(models, server)
     try:
         server.run(sockets=[sock])
     except _Terminated:
         pass
     finally:
+        watchdog.stop()
         if main:
             signal.signal(signal.SIGTERM, previous)
+    if watchdog.down:
+        name, why = next(iter(watchdog.down.items()))
+        raise EngineError(f"model {name} stopped serving ({why}): the server exited so that a supervisor restarts it")
+
+
+class _Watchdog:
+    """Stops the server when a model's scheduler gives up, so the process exits non-zero and a
+    supervisor (systemd, Kubernetes) restarts it; /health says 503 meanwhile."""
+
+    def __init__(self, models: Sequence[ServedModel], server: Any, every: float = 0.5) -> None:
+        self.models, self.server, self.every = models, server, every
+        self.down: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="localaug-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self.down = unhealthy(self.models)
+            if self.down:
+                log.error("stopping: %s", "; ".join(f"{k}: {v}" for k, v in self.down.items()))
+                self.server.should_exit = True
+                return
+
+    def stop(self) -> None:
+        self._stop.set()

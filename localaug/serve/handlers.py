@@ -26,9 +26,9 @@ from localaug.core.errors import QueueFullError
 from localaug.family import prompts, styles
 from localaug.family.prompts import Pair
 from localaug.runtime.batch import Piece, Request, Result
-from localaug.runtime.engine import SamplingParams
+from localaug.runtime.engine import SamplingParams, json_grammar
 from localaug.serve import schemas
-from localaug.serve.scheduler import SHUTTING_DOWN, Handle, ServedModel
+from localaug.serve.scheduler import SHUTTING_DOWN, STOPPED, Handle, ServedModel
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,9 @@ def chat_prompt(m: ServedModel, messages: list[dict[str, str]]) -> str:
 
 
 async def task_tokens(m: ServedModel, task: str, payload: str | list[Pair]) -> list[int]:
-    prompt = styles.build_prompt(m.style, task, payload)  # UsageError (empty input) -> 400
-    return await anyio.to_thread.run_sync(lambda: m.tokenize(prompt))
+    """The prompt tokens of a task input, built off the event loop (a teacher prompt renders the GGUF's
+    template, bounded in time but not free). An empty input is a UsageError (400)."""
+    return await anyio.to_thread.run_sync(lambda: m.tokenize(styles.build_prompt(m.style, task, payload)))
 
 
 def check_openai(body: schemas.OpenAIBody, limits: Limits) -> None:
@@ -117,6 +118,16 @@ def sampling_for(m: ServedModel, body: schemas.Sampling, n_prompt: int, limits: 
     return replace(base, max_tokens=_max_tokens(m, n_prompt, requested, base.max_tokens, limits))
 
 
+async def with_format(m: ServedModel, body: schemas.OpenAIBody, sampling: SamplingParams) -> SamplingParams:
+    """``sampling`` under the grammar ``response_format`` asks for (JSON), checked against the model."""
+    rf = body.response_format
+    if rf is None or rf.type == "text":
+        return sampling
+    grammar = json_grammar(rf.json_schema["schema"] if rf.type == "json_schema" and rf.json_schema else None)
+    await anyio.to_thread.run_sync(lambda: m.check_grammar(grammar))
+    return replace(sampling, grammar=grammar)
+
+
 def task_sampling(m: ServedModel, body: schemas.Sampling, n_prompt: int, limits: Limits) -> SamplingParams:
     return sampling_for(m, body, n_prompt, limits, body.max_tokens)
 
@@ -149,6 +160,8 @@ def _submit(m: ServedModel, reqs: list[Request], config: ServerConfig,
             h.cancel()
         if str(e) == SHUTTING_DOWN:
             raise ApiError(503, str(e), "server_error", "shutting_down") from None
+        if str(e) == STOPPED:
+            raise ApiError(503, str(e), "server_error", "model_unavailable") from None
         raise ApiError(429, str(e), "rate_limit_error", "queue_full",
                        headers={"Retry-After": str(config.retry_after_s)}) from None
     return events, handles
@@ -157,6 +170,8 @@ def _submit(m: ServedModel, reqs: list[Request], config: ServerConfig,
 def failed(result: Result) -> ApiError:
     if result.error == SHUTTING_DOWN:
         return ApiError(503, result.error, "server_error", "shutting_down")
+    if result.error == STOPPED:
+        return ApiError(503, result.error, "server_error", "model_unavailable")
     return ApiError(500, f"generation failed: {result.error}", "server_error")
 
 
@@ -288,7 +303,8 @@ async def chat(m: ServedModel, body: schemas.ChatBody, http: HTTPRequest, config
     check_openai(body, config.limits)
     messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()} for x in body.messages]
     tokens = await anyio.to_thread.run_sync(lambda: m.tokenize(chat_prompt(m, messages)))
-    sampling = sampling_for(m, body, len(tokens), config.limits, body.max_completion_tokens or body.max_tokens)
+    sampling = await with_format(m, body, sampling_for(m, body, len(tokens), config.limits,
+                                                       body.max_completion_tokens or body.max_tokens))
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     reqs = [Request(rid, tokens, sampling, tuple(dict.fromkeys((*m.style.stop, *body.stops()))), body.n)]
     if body.stream:
@@ -307,9 +323,12 @@ async def complete(m: ServedModel, body: schemas.CompletionBody, http: HTTPReque
     if not texts or len(texts) * body.n > config.limits.max_n:
         raise ApiError(400, f"give 1 to {config.limits.max_n} prompts x n in one request (got {len(texts)} x "
                             f"{body.n}): split it", param="prompt")
+    if any(not t for t in texts):
+        raise ApiError(400, "a prompt is empty: give some text", param="prompt")
     token_lists = await anyio.to_thread.run_sync(lambda: [m.tokenize(t) for t in texts])
     longest = max(len(t) for t in token_lists)
-    sampling = sampling_for(m, body, longest, config.limits, body.max_completion_tokens or body.max_tokens)
+    sampling = await with_format(m, body, sampling_for(m, body, longest, config.limits,
+                                                       body.max_completion_tokens or body.max_tokens))
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"
     reqs = [Request(f"{rid}-{i}", toks, sampling, body.stops(), body.n) for i, toks in enumerate(token_lists)]
     prefix = {r.id: (texts[i] if body.echo else "") for i, r in enumerate(reqs)}

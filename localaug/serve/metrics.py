@@ -79,6 +79,8 @@ class Metrics:
             ("localaug_batch_tokens_total", "counter", "Tokens decoded over all llama_decode calls.", "batch_tokens"),
             ("localaug_requests_finished_total", "counter", "Requests whose every sample finished.", "requests_done"),
             ("localaug_requests_cancelled_total", "counter", "Requests cancelled (client gone).", "requests_cancelled"),
+            ("localaug_requests_failed_total", "counter", "Requests failed by an internal error.", "requests_failed"),
+            ("localaug_scheduler_restarts_total", "counter", "Scheduler loop restarts after internal errors.", "restarts"),
         ]
         models = list(models)
         for name, kind, help_text, attr in per_model:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ log = logging.getLogger("localaug.serve.scheduler")
 
 CANCELLED = "cancelled"
 SHUTTING_DOWN = "the server is shutting down: retry against a running server"
+STOPPED = "this model's scheduler stopped after repeated internal errors: restart the server"
+MAX_RESTARTS = 5  # within RESTART_WINDOW_S; past it the scheduler gives up (health 503, the server exits)
+RESTART_WINDOW_S = 60.0
 
 
 @dataclass
@@ -44,6 +48,8 @@ class SchedulerStats:
     batch_tokens: int = 0
     requests_done: int = 0
     requests_cancelled: int = 0
+    requests_failed: int = 0  # requests failed by an internal error (not the client's)
+    restarts: int = 0  # the scheduler loop was restarted after an internal error
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -120,10 +126,16 @@ class Scheduler:
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name=f"localaug-scheduler-{name}", daemon=True)
         self._started = False
+        self.failure: str | None = None  # why the scheduler stopped for good (None: running, or stopped on request)
 
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def healthy(self) -> bool:
+        """The scheduler thread runs (or was never started) and has not given up."""
+        return self.failure is None and (not self._started or self._thread.is_alive() or self._stopping)
 
     def start(self) -> Scheduler:
         if not self._started:
@@ -137,6 +149,8 @@ class Scheduler:
         scheduler thread. Raises QueueFullError past the queue bound."""
         handle = Handle(self, request, on_piece, on_result)
         with self._cond:
+            if self.failure is not None:
+                raise QueueFullError(STOPPED)
             if self._stopping:
                 raise QueueFullError(SHUTTING_DOWN)
             if len(self._queue) >= self.max_queue:
@@ -174,17 +188,40 @@ class Scheduler:
         return None
 
     def _main(self) -> None:
+        """Run the loop; after an internal error fail the requests it held and start again from an
+        empty KV cache, unless it keeps failing (then give up: ``failure`` says why)."""
+        failures: deque[float] = deque(maxlen=MAX_RESTARTS + 1)
+        message = SHUTTING_DOWN
         try:
-            with self.batch.session(stream=True) as state:
-                self._loop(state)
+            while True:
+                try:
+                    with self.batch.session(stream=True) as state:
+                        self._loop(state)
+                    return
+                except Exception as e:  # noqa: BLE001 - keep serving: fail what was admitted, start again
+                    log.error("the scheduler loop failed: %s", e, exc_info=True)
+                    self._fail_admitted("internal error while decoding: see the server log")
+                    failures.append(time.monotonic())
+                    if len(failures) > MAX_RESTARTS and failures[-1] - failures[0] < RESTART_WINDOW_S:
+                        self.failure, message = f"{type(e).__name__}: {e}", STOPPED
+                        return
+                    self.stats.restarts += 1
         finally:
             with self._cond:
                 leftover = list(self._queue) + list(self._handles.values())
                 self._queue.clear()
                 self._handles.clear()
             for handle in leftover:
-                handle._fail(SHUTTING_DOWN)
+                handle._fail(message)
             self.stats.active = 0
+
+    def _fail_admitted(self, message: str) -> None:
+        with self._cond:
+            admitted = list(self._handles.values())
+            self._handles.clear()
+        for handle in admitted:
+            self.stats.requests_failed += not handle.done.is_set()
+            handle._fail(message)
 
     def _loop(self, state: Slots) -> None:
         stats = self.stats
@@ -219,6 +256,7 @@ class Scheduler:
                 for rid in state.clear():
                     handle = self._handles.pop(rid, None)
                     if handle is not None:
+                        stats.requests_failed += 1
                         handle._fail(message)
             stats.decode_steps += 1
             stats.batch_tokens += state.last_batch_tokens
@@ -268,6 +306,10 @@ class ServedModel:
     def tokenize(self, text: str) -> list[int]:
         """The prompt tokens of ``text`` (special tokens parsed)."""
         return self.engine.tokenize(text)
+
+    def check_grammar(self, grammar: str) -> None:
+        """A UsageError when llama.cpp cannot parse ``grammar`` against this model's vocabulary."""
+        self.engine.check_grammar(grammar)
 
     def submit(self, request: Request, on_piece: Callable[[Piece], None] | None = None,
                on_result: Callable[[Result], None] | None = None) -> Handle:

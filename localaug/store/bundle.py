@@ -43,7 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from localaug._version import __version__
 from localaug.core.errors import BundleError, LocalaugError, ModelNotFoundError, StoreError, UsageError, opt
-from localaug.core.files import CHUNK, temp_beside, write_json_atomic
+from localaug.core.files import CHUNK, refuse_overwriting_inputs, temp_beside, write_json_atomic
 from localaug.family import registry
 from localaug.store.local import (
     GGUF_MAGIC,
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 BUNDLE_MANIFEST = "localaug-bundle.json"
 BUNDLE_FORMAT = 1
 _MAX_MANIFEST = 16 << 20
+_SPARE = 64 << 20  # bytes left free after an import
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _QUANT = re.compile(r"[A-Z0-9_]{1,32}")
 # Store names a bundle may carry: family names, repo ids, checkpoint folder names. No control
@@ -121,6 +122,7 @@ def export_bundle(
     out = Path(output).expanduser()
     if out.is_dir():
         raise UsageError(f"{out} is a folder: pass a file name for the bundle, such as {out / 'models.tar'}")
+    refuse_overwriting_inputs(out, [e.path for e in entries])
     for entry in entries:
         _raise_if_damaged(entry, None, deep=False)  # cheap size check first; the sha256 is checked while copying
     manifest = json.dumps(_manifest(entries), indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
@@ -221,8 +223,9 @@ def import_bundle(archive: Path, *, force: bool = False, progress: ConvertProgre
     archive = Path(archive).expanduser()
     if not archive.is_file():
         raise BundleError(f"{archive} does not exist: pass the .tar file written by `localaug bundle export`")
+    _refuse_compressed(archive)
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with tarfile.open(archive, "r:") as tar:
             files, members = _plan(archive, tar)
             _check_conflicts(files, force)
             return _land(archive, tar, files, members, force, progress)
@@ -235,6 +238,20 @@ def import_bundle(archive: Path, *, force: bool = False, progress: ConvertProgre
         raise BundleError(
             f"importing {archive} failed ({e.strerror or e}); the store is unchanged: fix that and retry"
         ) from e
+
+
+# Magic bytes of compressed archives: a bundle is a plain tar (GGUF weights do not compress), and a
+# compressed one could expand far beyond its size on disk before any check.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def _refuse_compressed(archive: Path) -> None:
+    with open(archive, "rb") as f:
+        head = f.read(8)
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise BundleError(f"{archive} is {kind}-compressed: import the plain .tar that `localaug bundle export` "
+                              "writes (decompress it first)", path=str(archive))
 
 
 class _UndoFailed(BundleError):
@@ -259,8 +276,9 @@ def _plan(archive: Path, tar: tarfile.TarFile) -> tuple[list[BundleFile], dict[s
     assert f is not None
     try:
         data = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _refuse(archive, f"has an unreadable {BUNDLE_MANIFEST} ({e})") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = "nested too deep" if isinstance(e, RecursionError) else e
+        raise _refuse(archive, f"has an unreadable {BUNDLE_MANIFEST} ({reason})") from None
     files = _files_from_manifest(archive, data)
     expected = {bf.member: bf for bf in files}
     seen: dict[str, tarfile.TarInfo] = {}
@@ -285,6 +303,8 @@ def _member_problem(m: tarfile.TarInfo, expected: dict[str, BundleFile], seen: d
         return "a link"
     if m.type not in _REGULAR:
         return "not a regular file (a folder, device or FIFO)"
+    if m.issparse():
+        return "a sparse file (it would expand beyond its size in the archive)"
     if name in seen or name == BUNDLE_MANIFEST:
         return "a duplicate member"
     if name not in expected:
@@ -363,6 +383,11 @@ def _land(
     force: bool, progress: ConvertProgress | None,
 ) -> ImportResult:
     base = root()
+    need = sum(bf.entry.size for bf in files)
+    free = shutil.disk_usage(next(p for p in (base, *base.parents) if p.exists())).free
+    if need + _SPARE > free:
+        raise BundleError(f"{archive} needs {need} bytes and {base} has {free} free: free space and import again",
+                          path=str(archive))
     made = _mkdirs(base)
     stage = Path(tempfile.mkdtemp(dir=base, prefix=".bundle-import-"))
     try:
@@ -374,7 +399,7 @@ def _land(
             assert src is not None
             staged = stage / bf.folder / f"{bf.entry.quant}.gguf"
             staged.parent.mkdir(exist_ok=True)
-            digest = _copy_hashing(src, staged, progress, f"{bf.entry.name} {bf.entry.quant}")
+            digest = _copy_hashing(src, staged, progress, f"{bf.entry.name} {bf.entry.quant}", bf.entry.size)
             if digest != bf.entry.sha256:
                 raise _refuse(archive, f"is damaged: {bf.member} fails its sha256 check "
                                        f"(the manifest says {bf.entry.sha256[:12]}…, the file is {digest[:12]}…)")
@@ -395,10 +420,15 @@ def _land(
     return result
 
 
-def _copy_hashing(src: IO[bytes], dest: Path, progress: ConvertProgress | None, item: str) -> str:
+def _copy_hashing(src: IO[bytes], dest: Path, progress: ConvertProgress | None, item: str, limit: int) -> str:
+    """Copy at most ``limit`` bytes (the size the manifest declares) while hashing them."""
     sha = hashlib.sha256()
+    written = 0
     with open(dest, "wb") as out:
         while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise BundleError(f"{item} holds more than the {limit} bytes its manifest declares: refusing the bundle")
             sha.update(chunk)
             out.write(chunk)
             if progress:

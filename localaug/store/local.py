@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localaug._version import __version__
-from localaug.core import settings
 from localaug.convert import DEFAULT_QUANT
+from localaug.core import settings
 from localaug.core.errors import GGUFError, ModelNotFoundError, StoreError, UsageError
 from localaug.core.files import locked, sha256_file, temp_beside, write_json_atomic
 from localaug.family import registry

@@ -140,11 +140,12 @@ def write(modelfile: Modelfile, output: Path) -> None:
     """Write the Modelfile whole or not at all (temp name beside ``output``, then rename)."""
     import os
 
-    from localaug.core.files import temp_beside
+    from localaug.core.files import refuse_overwriting_inputs, temp_beside
 
     out = Path(output).expanduser()
     if out.is_dir():
         raise UsageError(f"{out} is a folder: pass a file name, such as {out / 'Modelfile'}")
+    refuse_overwriting_inputs(out, [modelfile.gguf])
     with temp_beside(out) as tmp:
         tmp.write_text(modelfile.text, encoding="utf-8")
         os.replace(tmp, out)
