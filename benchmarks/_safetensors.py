@@ -1,4 +1,4 @@
-"""Write a single-file bf16 safetensors checkpoint tensor by tensor, as save_pretrained lays it out."""
+"""Write a single-file bf16 (or fp16) safetensors checkpoint tensor by tensor, as save_pretrained lays it out."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import BinaryIO
 import numpy as np
 
 
-def write_bf16(path: Path, shapes: dict[str, tuple[int, ...]], fill: Callable[[str, tuple[int, ...], BinaryIO], None]) -> int:
-    """Header for ``shapes`` (names sorted, all BF16), then ``fill(name, shape, f)`` writes each tensor's bytes.
+def write_bf16(path: Path, shapes: dict[str, tuple[int, ...]], fill: Callable[[str, tuple[int, ...], BinaryIO], None],
+               dtype: str = "BF16") -> int:
+    """Header for ``shapes`` (names sorted, all ``dtype``: BF16 or F16), then ``fill(name, shape, f)`` writes each
+    tensor's bytes.
 
     Returns the data size in bytes.
     """
@@ -19,7 +21,7 @@ def write_bf16(path: Path, shapes: dict[str, tuple[int, ...]], fill: Callable[[s
     offset = 0
     for name in sorted(shapes):
         nbytes = int(np.prod(shapes[name])) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": dtype, "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)

@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
 """Benchmark ``localaug convert`` against llama.cpp's own ``convert_hf_to_gguf.py``.
 
-    python benchmarks/convert.py [--shape 1.5b|tiny] [--out benchmarks/out] [--reps 2]
-                                 [--llama-cpp-dir DIR] [--keep-gguf]
+    python benchmarks/convert.py [--shape 1.5b|tiny] [--dtype bf16|f16] [--quant F16|BF16]
+                                 [--out benchmarks/out] [--reps 2] [--llama-cpp-dir DIR] [--keep-gguf]
 
-1. Writes (once; cached in the out dir) a random-weight bf16 ``Qwen2ForCausalLM`` checkpoint at the
+1. Writes (once; cached in the out dir) a random-weight bf16 (``--dtype f16``: fp16)
+   ``Qwen2ForCausalLM`` checkpoint at the
    real Qwen2-1.5B-Instruct shape (28 layers, hidden 1536, FFN 8960, 12/2 heads, vocab 151936, tied
    embeddings; ~3.1 GB) with the real Qwen2 tokenizer files (``tests/qwen2_fixture.write_tokenizer``).
    The safetensors file is streamed out by hand, tensor by tensor -- no torch model is ever built --
    but names, dtypes, shapes, ordering and the ``{"format": "pt"}`` metadata are what
    ``Qwen2ForCausalLM.save_pretrained`` writes (tied ``lm_head.weight`` omitted).
-2. Runs both converters to F16, each in its own subprocess, alternating the order over ``--reps``
+2. Runs both converters to ``--quant`` (default: the checkpoint's own type, F16 for fp16, BF16 for bf16 --
+   the case where the weights pass through unchanged), each in its own subprocess, alternating the order over ``--reps``
    repetitions, measuring wall time and peak memory: (a) the peak over time of the summed RSS of the
    process tree (psutil, polled every 50 ms) and (b) the kernel's ``ru_maxrss`` of the child
    (``os.wait4``: the largest single process, exact, no polling gaps).
 3. Compares the two outputs with ``gguf.GGUFReader``: tensor names/types/shapes/bytes (sha256 of
    each tensor's data) and metadata (keys only on one side, keys with different values or types;
    big arrays compared by hash).
-4. Prints a report and writes ``convert-<shape>.json`` and ``convert-<shape>.md`` to the out dir.
+4. Prints a report and writes ``convert-<shape>-<dtype>-<quant>.json`` and ``.md`` to the out dir.
 
 llama.cpp's converter is not vendored here: pass ``--llama-cpp-dir`` (the folder holding
 ``convert_hf_to_gguf.py``), or the script fetches the llama-cpp-python sdist of the installed version
@@ -85,7 +87,7 @@ def hf_tensors(s: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def hf_config(s: dict) -> dict:
+def hf_config(s: dict, dtype: str = "bf16") -> dict:
     """config.json as Qwen/Qwen2-1.5B-Instruct ships it (with this shape)."""
     return {
         "architectures": ["Qwen2ForCausalLM"],
@@ -106,7 +108,7 @@ def hf_config(s: dict) -> dict:
         "rope_theta": 1000000.0,
         "sliding_window": 32768,
         "tie_word_embeddings": True,
-        "torch_dtype": "bfloat16",
+        "torch_dtype": {"bf16": "bfloat16", "f16": "float16"}[dtype],
         "transformers_version": "4.40.1",
         "use_cache": True,
         "use_sliding_window": False,
@@ -120,7 +122,7 @@ def _bf16(x: np.ndarray) -> np.ndarray:
     return ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype("<u2")
 
 
-def _random_bf16(name: str, shape: tuple[int, ...], rng: np.random.Generator, out) -> None:
+def _random(name: str, shape: tuple[int, ...], rng: np.random.Generator, out, dtype: str) -> None:
     n = int(np.prod(shape))
     chunk = 1 << 22
     for start in range(0, n, chunk):
@@ -132,10 +134,10 @@ def _random_bf16(name: str, shape: tuple[int, ...], rng: np.random.Generator, ou
             x *= 0.1
         else:
             x *= 0.02
-        out.write(_bf16(x).tobytes())
+        out.write((_bf16(x) if dtype == "bf16" else x.astype("<f2")).tobytes())
 
 
-def write_checkpoint(dst: Path, shape: str, seed: int = 0) -> Path:
+def write_checkpoint(dst: Path, shape: str, seed: int = 0, dtype: str = "bf16") -> Path:
     """Write the checkpoint once; a complete one (marker file) is reused."""
     marker = dst / ".complete"
     if marker.is_file():
@@ -149,8 +151,9 @@ def write_checkpoint(dst: Path, shape: str, seed: int = 0) -> Path:
     t0 = time.monotonic()
     total = sum(int(np.prod(v)) * 2 for v in tensors.values())
     print(f"writing {shape} checkpoint ({total / 1e9:.2f} GB) to {dst} ...", flush=True)
-    write_bf16(dst / "model.safetensors", tensors, lambda name, shp, f: _random_bf16(name, shp, rng, f))
-    (dst / "config.json").write_text(json.dumps(hf_config(s), indent=2) + "\n")
+    write_bf16(dst / "model.safetensors", tensors, lambda name, shp, f: _random(name, shp, rng, f, dtype),
+               dtype={"bf16": "BF16", "f16": "F16"}[dtype])
+    (dst / "config.json").write_text(json.dumps(hf_config(s, dtype), indent=2) + "\n")
     (dst / "generation_config.json").write_text(json.dumps({
         "bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643], "pad_token_id": 151643,
         "repetition_penalty": 1.1, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "transformers_version": "4.40.1",
@@ -341,10 +344,10 @@ def machine() -> dict:
 def markdown(rep: dict) -> str:
     s = rep["summary"]
     lines = [
-        f"# localaug convert vs llama.cpp convert_hf_to_gguf.py ({rep['shape']}, F16)",
+        f"# localaug convert vs llama.cpp convert_hf_to_gguf.py ({rep['shape']}, {rep['dtype']} -> {rep['quant']})",
         "",
         f"Machine: {rep['machine']['cpu']}, {rep['machine']['cores']} cores, {rep['machine']['ram_gib']} GiB RAM. "
-        f"Checkpoint: {rep['checkpoint_gb']:.2f} GB bf16. Repetitions: {rep['reps']} (order alternated).",
+        f"Checkpoint: {rep['checkpoint_gb']:.2f} GB {rep['dtype']}. Load average at start: {rep['loadavg']}. Repetitions: {rep['reps']} (order alternated).",
         "",
         "| | localaug | llama.cpp | ratio (localaug / llama.cpp) |",
         "|---|---:|---:|---:|",
@@ -387,22 +390,26 @@ def main() -> int:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1.5b")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     ap.add_argument("--reps", type=int, default=2, help="repetitions per tool (order alternates)")
+    ap.add_argument("--dtype", choices=("bf16", "f16"), default="bf16", help="the checkpoint's weight type")
+    ap.add_argument("--quant", choices=("F16", "BF16"), default=None, help="output type (default: the checkpoint's)")
     ap.add_argument("--llama-cpp-dir", help="folder with llama.cpp's convert_hf_to_gguf.py (default: pip download)")
     ap.add_argument("--keep-gguf", action="store_true", help="keep the two GGUF outputs")
     args = ap.parse_args()
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = write_checkpoint(out / f"qwen2-{args.shape}-random-bf16", args.shape)
+    quant = args.quant or args.dtype.upper()
+    loadavg = [round(x, 2) for x in os.getloadavg()]
+    ckpt = write_checkpoint(out / f"qwen2-{args.shape}-random-{args.dtype}", args.shape, dtype=args.dtype)
     ref = llama_cpp_dir(args.llama_cpp_dir, out).resolve()
     ckpt_gb = sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e9
 
-    a_out, b_out = out / f"localaug-{args.shape}.F16.gguf", out / f"llamacpp-{args.shape}.F16.gguf"
+    a_out, b_out = out / f"localaug-{args.shape}.{quant}.gguf", out / f"llamacpp-{args.shape}.{quant}.gguf"
     localaug_bin = shutil.which("localaug", path=str(Path(sys.executable).parent)) or shutil.which("localaug")
     cmds = {
-        "localaug": ([localaug_bin, "convert", str(ckpt), "--quant", "F16", "-o", str(a_out)] if localaug_bin else
-                     [sys.executable, "-m", "localaug.cli", "convert", str(ckpt), "--quant", "F16", "-o", str(a_out)]),
-        "llama.cpp": [sys.executable, str(ref / "convert_hf_to_gguf.py"), str(ckpt), "--outtype", "f16", "--outfile", str(b_out)],
+        "localaug": ([localaug_bin, "convert", str(ckpt), "--quant", quant, "-o", str(a_out)] if localaug_bin else
+                     [sys.executable, "-m", "localaug.cli", "convert", str(ckpt), "--quant", quant, "-o", str(a_out)]),
+        "llama.cpp": [sys.executable, str(ref / "convert_hf_to_gguf.py"), str(ckpt), "--outtype", quant.lower(), "--outfile", str(b_out)],
     }
     envs = {"localaug": dict(os.environ), "llama.cpp": dict(os.environ)}
     envs["llama.cpp"]["PYTHONPATH"] = os.pathsep.join([str(ref / "gguf-py")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
@@ -442,6 +449,9 @@ def main() -> int:
     comparison = compare(a_out, b_out)
     report = {
         "shape": args.shape,
+        "dtype": args.dtype,
+        "quant": quant,
+        "loadavg": loadavg,
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "checkpoint": str(ckpt),
@@ -455,9 +465,10 @@ def main() -> int:
         "summary": summary,
         "compare": comparison,
     }
-    (out / f"convert-{args.shape}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    name = f"convert-{args.shape}-{args.dtype}-{quant}"
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
     md = markdown(report)
-    (out / f"convert-{args.shape}.md").write_text(md)
+    (out / f"{name}.md").write_text(md)
     print(md)
     if not args.keep_gguf:
         a_out.unlink(missing_ok=True)

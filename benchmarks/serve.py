@@ -18,6 +18,13 @@ and latency p50/p95. The baseline is `python -m llama_cpp.server` (needs the pac
 `pip install "llama-cpp-python[server]"`); it is skipped, with the reason recorded, when it does not
 start. Writes benchmarks/out/serve.json and benchmarks/out/serve.md. Default model: Qwen2.5-Coder-1.5B-Instruct
 Q4_K_M (the Qwen2-1.5B stand-in fetched by fetch-test-models).
+
+    python benchmarks/serve.py --ttft [--pairs 3] [--no-baseline]
+
+measures the prompt cache instead: time to the first streamed token of a chat request with a new
+~300-token system prompt, then of a second request with the same system prompt and another user
+turn (one client, greedy, 8 new tokens), for --pairs different system prompts; reported per
+server: both times and their ratio (median over the pairs). Writes serve-ttft.json / serve-ttft.md.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -161,6 +169,65 @@ def measure(base: str, model: str, texts: list[str], clients: int, args: argpars
                    errors[0] if errors else None)
 
 
+SYSTEM = ("You are the writing assistant of team {k}. Follow this style guide in every answer. Write in "
+          "plain, direct sentences; prefer the active voice; define every technical term the first time you "
+          "use it; keep paragraphs under five sentences; use numbered lists for procedures and bullet lists "
+          "for options; give units with every number; write dates as YYYY-MM-DD; never invent citations, "
+          "statistics or quotations; when a request is ambiguous, say which reading you chose and why; when a "
+          "request cannot be answered safely, say so in one sentence and offer a safe alternative; do not "
+          "apologise more than once; do not repeat the question; end with a one-line summary only when the "
+          "answer is longer than three paragraphs. For code: name the language, keep functions short, handle "
+          "errors explicitly, add a usage example, and never hard-code secrets. For translations: keep names, "
+          "numbers and formatting, and note idioms that do not carry over. For summaries: keep the author's "
+          "claims apart from your own comments, and keep the original order of the arguments. Audience: "
+          "engineers and analysts at a mid-sized company who read on phones between meetings, so put the "
+          "most useful sentence first. Tone: friendly, calm, never sarcastic, no exclamation marks, no emoji. "
+          "Spelling: British English unless the user writes in another language, then answer in that language.")
+
+
+def ttft(http: httpx.Client, base: str, model: str, system: str, user: str, args: argparse.Namespace) -> float:
+    """Seconds from sending a streamed chat request to its first content chunk."""
+    body = {"model": model, "stream": True, "max_tokens": 8, "temperature": 0.0,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+    t0 = time.monotonic()
+    with http.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=args.request_timeout) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {r.read()[:200]!r}")
+        first = None
+        for line in r.iter_lines():
+            if first is None and line.startswith("data: ") and line != "data: [DONE]":
+                delta = json.loads(line[6:])["choices"][0].get("delta", {})
+                if delta.get("content"):
+                    first = time.monotonic() - t0
+        if first is None:
+            raise RuntimeError("no content streamed")
+    return first
+
+
+def bench_ttft(name: str, cmd: list[str], base: str, ready: str, model_id: str, args: argparse.Namespace,
+               log: Path) -> dict:
+    out: dict = {"server": name, "command": cmd, "pairs": []}
+    print(f"[{name}] starting: {' '.join(cmd)}", file=sys.stderr)
+    try:
+        with child(cmd, ready, args.startup_timeout, log), httpx.Client() as http:
+            ttft(http, base, model_id, "Warm-up.", "Say hi.", args)
+            for k in range(args.pairs):
+                system = SYSTEM.format(k=k + 1)
+                first = ttft(http, base, model_id, system, INSTRUCTIONS[2 * k % len(INSTRUCTIONS)], args)
+                second = ttft(http, base, model_id, system, INSTRUCTIONS[(2 * k + 1) % len(INSTRUCTIONS)], args)
+                out["pairs"].append({"first_s": round(first, 3), "second_s": round(second, 3),
+                                     "ratio": round(second / first, 3)})
+                print(f"[{name}] first {first:.2f}s second {second:.2f}s ratio {second / first:.2f}", file=sys.stderr)
+    except RuntimeError as e:
+        out["note"] = str(e)
+        print(f"[{name}] {e}", file=sys.stderr)
+    if out["pairs"]:
+        out["median_first_s"] = statistics.median(p["first_s"] for p in out["pairs"])
+        out["median_second_s"] = statistics.median(p["second_s"] for p in out["pairs"])
+        out["median_ratio"] = statistics.median(p["ratio"] for p in out["pairs"])
+    return out
+
+
 def bench_server(name: str, cmd: list[str], base: str, ready: str, model_id: str, texts: list[str],
                  args: argparse.Namespace, log: Path) -> ServerRun:
     run = ServerRun(name, cmd, False)
@@ -224,6 +291,8 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip llama-cpp-python's server")
     ap.add_argument("--startup-timeout", type=float, default=180)
     ap.add_argument("--request-timeout", type=float, default=1800)
+    ap.add_argument("--ttft", action="store_true", help="measure the prompt cache (see the module docstring)")
+    ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = ap.parse_args()
     if not args.model.is_file():
@@ -232,6 +301,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     texts = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(args.requests)]
     servers: list[ServerRun] = []
+    if args.ttft:
+        return main_ttft(args)
 
     port = free_port()
     cmd = [sys.executable, "-m", "localaug.cli", "serve", "--model", str(args.model), "--port", str(port),
@@ -266,6 +337,41 @@ def main() -> None:
     (args.out / "serve.md").write_text(markdown(summary), encoding="utf-8")
     print(markdown(summary))
     print(f"wrote {args.out / 'serve.json'} and {args.out / 'serve.md'}", file=sys.stderr)
+
+
+def main_ttft(args: argparse.Namespace) -> None:
+    """localaug serve with its default (calibrated) --parallel, next to llama_cpp.server."""
+    import llama_cpp
+
+    results = []
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "localaug.cli", "serve", "--model", str(args.model), "--port", str(port),
+           "--threads", str(args.threads), "--ctx", str(args.ctx)]
+    results.append(bench_ttft("localaug serve", cmd, base, f"{base}/health", re.sub(r"\.gguf$", "", args.model.name),
+                              args, args.out / "serve-ttft-localaug.log"))
+    if not args.no_baseline:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(args.model), "--host", "127.0.0.1",
+               "--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+               "--n_ctx", str(args.ctx)]
+        results.append(bench_ttft("llama_cpp.server", cmd, base, f"{base}/v1/models", str(args.model), args,
+                                  args.out / "serve-ttft-llama-cpp.log"))
+    lines = ["| server | first request TTFT (s) | second request TTFT (s) | ratio |", "|---|---:|---:|---:|"]
+    for r in results:
+        if "median_ratio" in r:
+            lines.append(f"| {r['server']} | {r['median_first_s']:.2f} | {r['median_second_s']:.2f} | "
+                         f"{r['median_ratio']:.2f} |")
+        else:
+            lines.append(f"| {r['server']} | — | — | {r.get('note', '')} |")
+    summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+                           "llama-cpp-python": llama_cpp.__version__},
+               "servers": results}
+    (args.out / "serve-ttft.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    (args.out / "serve-ttft.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

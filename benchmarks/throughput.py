@@ -1,22 +1,33 @@
-"""Batch throughput: `localaug run refine --parallel N` (continuous batching) vs a plain loop over
-llama-cpp-python, side by side in one run on the same GGUF and prompts (default model:
-Qwen2.5-Coder-1.5B-Instruct Q4_K_M, the Qwen2-1.5B stand-in fetched by fetch-test-models).
+"""Batch throughput: `localaug run refine` with its DEFAULT flags vs a plain loop over
+llama-cpp-python, side by side in one run on the same GGUF and the same prompt strings (default
+model: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, the Qwen2-1.5B stand-in fetched by fetch-test-models).
 
-    python benchmarks/throughput.py [--model PATH] [--rows 64] [--max-tokens 64] [--parallel 8] [--threads 2] [--rounds 2]
+    python benchmarks/throughput.py [--model PATH] [--mode family teacher] [--rows 64] [--max-tokens 64]
+                                    [--threads 2] [--rounds 2] [--parallel N ...]
 
-Both sides answer the same rows (64 realistic instructions, English and Chinese) with the same
-prompt string (the family's Qwen2 ChatML refine prompt, which `localaug run --prompt-format
-qwen2-chatml` builds), the same sampling (temperature 0.5, top_p 0.95, top_k 50, min_p 0, fixed
-seeds) and the same limit of new tokens, stopping at end of turn.
+Two modes, each its own comparison:
+
+- family: the family's Qwen2 ChatML refine prompt (`localaug run --prompt-format qwen2-chatml`);
+- teacher: what every user without the family weights runs: the model's own chat template with
+  localaug's teacher instructions and in-context examples (~350 tokens shared by every row). The
+  loop gets localaug's own teacher prompt string (``styles.build_prompt``), so both sides answer the
+  same prompt; llama-cpp-python reuses the prefix it decoded last, as localaug does.
+
+Both sides use the same sampling (temperature 0.5, top_p 0.95, top_k 50, min_p 0, fixed seeds) and
+the same limit of new tokens, stopping at end of turn.
 
 - baseline: one `llama_cpp.Llama` and a loop of `create_completion` over the rows, in this process;
-- localaug: the real command, `localaug run refine --input rows.jsonl --output out.jsonl --parallel N`,
-  as a child process: its wall time includes start-up and model load, its tokens come from the
-  run manifest, its CPU time from the child's rusage.
+- localaug: the real command, `localaug run refine --input rows.jsonl --output out.jsonl` with no
+  `--parallel` (the batch size calibrated for the machine, as a user gets it), as a child process:
+  its wall time includes start-up and model load, its tokens come from the run manifest, its CPU
+  time from the child's rusage. The calibration runs once before the rounds (as on a user's first
+  run) and its time is reported apart. `--parallel N` adds sides with a fixed batch size.
 
 Rounds alternate the order (baseline first, then localaug first, ...) so drift of a shared machine
 hits both. Reported per side (median over rounds): rows/s, output tokens/s and CPU utilisation =
-CPU time / wall / cores. Writes benchmarks/out/throughput.json.
+CPU time / wall / cores; and llama.cpp's raw batched-decode ceiling (bare llama_decode, B
+sequences, no sampling) at the batch size localaug chose, measured in this run, with localaug's
+share of it. Writes benchmarks/out/throughput.json.
 """
 
 from __future__ import annotations
@@ -33,7 +44,6 @@ import sys
 import time
 from pathlib import Path
 
-from localaug.family import prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path(os.environ.get("LOCALAUG_TEST_MODELS", Path.home() / ".cache" / "localaug-test-models")) / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -124,36 +134,60 @@ def result(wall: float, cpu: float, rows: int, tokens: int) -> dict[str, float]:
             "cpu_s": cpu, "cpu_utilisation": cpu / wall / cores}
 
 
-def run_baseline(args: argparse.Namespace, rows: list[str]) -> dict[str, float]:
+def prompt_strings(args: argparse.Namespace, mode: str, rows: list[str]) -> tuple[list[str], list[str]]:
+    """The prompt string of every row as localaug builds it in ``mode``, and the stop strings."""
+    from localaug.augment.resolve import resolve_style
+    from localaug.family.styles import build_prompt
+
+    style = resolve_style(args.model, prompt_format="qwen2-chatml" if mode == "family" else "teacher").style
+    return [build_prompt(style, "refine", text) for text in rows], list(style.stop)
+
+
+def run_baseline(args: argparse.Namespace, texts: list[str], stop: list[str]) -> dict[str, float]:
     import llama_cpp
 
     c0, t0 = cpu_self(), time.monotonic()
-    llm = llama_cpp.Llama(str(args.model), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    # every layer on the GPU when llama.cpp was built with one (as localaug's --device auto does)
+    llm = llama_cpp.Llama(str(args.model), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads,
+                          n_gpu_layers=-1, verbose=False)
     tokens = 0
-    for i, text in enumerate(rows):
-        prompt = prompts.family_prompt("qwen2-chatml", text)
-        out = llm.create_completion(prompt, max_tokens=args.max_tokens, stop=list(prompts.QWEN2_STOP), seed=args.seed + i,
-                                    **SAMPLING)
+    for i, prompt in enumerate(texts):
+        out = llm.create_completion(prompt, max_tokens=args.max_tokens, stop=stop, seed=args.seed + i, **SAMPLING)
         tokens += out["usage"]["completion_tokens"]
     del llm
-    return result(time.monotonic() - t0, cpu_self() - c0, len(rows), tokens)
+    return result(time.monotonic() - t0, cpu_self() - c0, len(texts), tokens)
 
 
-def run_localaug(args: argparse.Namespace, src: Path, work: Path, parallel: int) -> dict[str, float]:
-    out = work / f"out-{parallel}.jsonl"
-    for p in work.glob(f"out-{parallel}.jsonl*"):
+def run_localaug(args: argparse.Namespace, mode: str, src: Path, work: Path, parallel: int | None) -> dict[str, float]:
+    """``localaug run refine`` as a user types it: no --parallel unless ``parallel`` is given."""
+    out = work / f"out-{mode}-{parallel or 'default'}.jsonl"
+    for p in work.glob(out.name + "*"):
         p.unlink()
     cmd = [sys.executable, "-m", "localaug.cli", "run", "refine", "--input", str(src), "--output", str(out),
-           "--model", str(args.model), "--prompt-format", "qwen2-chatml", "--parallel", str(parallel),
-           "--threads", str(args.threads), "--max-tokens", str(args.max_tokens), "--seed", str(args.seed),
-           "--temperature", "0.5", "--top-p", "0.95", "--top-k", "50", "--ctx", "1024"]
+           "--model", str(args.model), "--threads", str(args.threads), "--max-tokens", str(args.max_tokens),
+           "--seed", str(args.seed), "--temperature", "0.5", "--top-p", "0.95", "--top-k", "50"]
+    cmd += ["--prompt-format", "qwen2-chatml"] if mode == "family" else []
+    cmd += ["--parallel", str(parallel)] if parallel else []
+    env = {k: v for k, v in os.environ.items() if k != "LOCALAUG_PARALLEL"}
     c0, t0 = cpu_children(), time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LOCALAUG_HOME": str(work / "home")})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "LOCALAUG_HOME": str(work / "home")})
     wall, cpu = time.monotonic() - t0, cpu_children() - c0
     if proc.returncode != 0:
         raise SystemExit(f"localaug run failed: {proc.stderr.strip()}")
     manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
-    return result(wall, cpu, manifest["counts"]["rows"], manifest["tokens"])
+    r = result(wall, cpu, manifest["counts"]["rows"], manifest["tokens"])
+    r["parallel"] = manifest["parallel"]
+    r["calibration_s"] = manifest.get("calibration_s", 0.0)
+    return r
+
+
+def raw_ceiling(args: argparse.Namespace, prompt: str, parallel: int) -> float:
+    """llama.cpp's bare batched llama_decode at ``parallel`` sequences after ``prompt`` (tokens/s)."""
+    from localaug.runtime.bench import raw_batch_rate
+    from localaug.runtime.engine import Engine, EngineOptions
+
+    with Engine(args.model, EngineOptions(threads=args.threads), context=False) as engine:
+        return raw_batch_rate(engine, parallel, engine.tokenize(prompt), args.max_tokens)
 
 
 def main() -> None:
@@ -161,8 +195,9 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--parallel", type=int, nargs="+", default=[8])
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--mode", nargs="+", choices=("family", "teacher"), default=["family", "teacher"])
+    ap.add_argument("--parallel", type=int, nargs="*", default=[], help="extra sides with a fixed batch size")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (baseline first, then localaug first, ...)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
@@ -177,38 +212,68 @@ def main() -> None:
     src = work / "rows.jsonl"
     src.write_text("".join(json.dumps({"instruction": t}, ensure_ascii=False) + "\n" for t in rows), encoding="utf-8")
 
-    sides = ["llama-cpp-python loop", *(f"localaug run --parallel {p}" for p in args.parallel)]
-    runs: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
-    for rnd in range(args.rounds):
-        order = sides if rnd % 2 == 0 else sides[::-1]
-        for side in order:
-            if side == sides[0]:
-                r = run_baseline(args, rows)
-            else:
-                r = run_localaug(args, src, work, int(side.rsplit(" ", 1)[1]))
-            r["loadavg_1min_after"] = os.getloadavg()[0]  # other work on the machine shows here
-            runs[side].append(r)
-            print(f"round {rnd + 1} {side}: {r['tokens_per_s']:.1f} tok/s, {r['rows_per_s']:.3f} rows/s, "
-                  f"CPU {r['cpu_utilisation']:.0%}, {r['wall_s']:.1f} s", flush=True)
-
-    med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
-    base = med[sides[0]]["tokens_per_s"]
-    for s in sides:
-        med[s]["speedup_tokens_per_s"] = med[s]["tokens_per_s"] / base
-        med[s]["speedups_per_round"] = [r["tokens_per_s"] / b["tokens_per_s"] for r, b in zip(runs[s], runs[sides[0]])]
-    summary = {
+    summary: dict[str, object] = {
         "model": str(args.model), "rows": args.rows, "max_tokens": args.max_tokens, "threads": args.threads,
         "cores": os.cpu_count(), "machine": platform.processor() or platform.machine(), "rounds": args.rounds,
-        "sampling": {**SAMPLING, "seed": args.seed}, "median": med, "runs": runs,
+        "sampling": {**SAMPLING, "seed": args.seed}, "loadavg_1min_before": os.getloadavg()[0], "modes": {},
     }
+    # the first run on a machine calibrates the batch size (cached in LOCALAUG_HOME); as a user's
+    # first run pays it once, it is measured apart, on a few rows
+    warm = work / "warm.jsonl"
+    warm.write_text("".join(json.dumps({"instruction": t}, ensure_ascii=False) + "\n" for t in rows[:2]), encoding="utf-8")
+    first = run_localaug(args, "family", warm, work, None)
+    summary["calibration"] = {"seconds": first["calibration_s"], "parallel": first["parallel"]}
+    print(f"calibration: batch size {first['parallel']} in {first['calibration_s']:.1f} s", flush=True)
+
+    table = []
+    for mode in args.mode:
+        texts, stop = prompt_strings(args, mode, rows)
+        sides = ["llama-cpp-python loop", "localaug run (defaults)", *(f"localaug run --parallel {p}" for p in args.parallel)]
+        runs: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
+        for rnd in range(args.rounds):
+            order = sides if rnd % 2 == 0 else sides[::-1]
+            for side in order:
+                if side == sides[0]:
+                    r = run_baseline(args, texts, stop)
+                else:
+                    r = run_localaug(args, mode, src, work, None if side == sides[1] else int(side.rsplit(" ", 1)[1]))
+                r["loadavg_1min_after"] = os.getloadavg()[0]  # other work on the machine shows here
+                runs[side].append(r)
+                print(f"{mode} round {rnd + 1} {side}: {r['tokens_per_s']:.1f} tok/s, {r['rows_per_s']:.3f} rows/s, "
+                      f"CPU {r['cpu_utilisation']:.0%}, {r['wall_s']:.1f} s", flush=True)
+        med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+        base = med[sides[0]]["tokens_per_s"]
+        for s in sides:
+            med[s]["speedup_tokens_per_s"] = med[s]["tokens_per_s"] / base
+            med[s]["speedups_per_round"] = [r["tokens_per_s"] / b["tokens_per_s"] for r, b in zip(runs[s], runs[sides[0]])]
+        chosen = int(med[sides[1]]["parallel"])
+        ceiling = raw_ceiling(args, texts[0], chosen)
+        for s in sides[1:]:
+            med[s]["raw_ceiling_tokens_per_s"] = ceiling if int(med[s]["parallel"]) == chosen else raw_ceiling(args, texts[0], int(med[s]["parallel"]))
+            med[s]["share_of_raw_ceiling"] = med[s]["tokens_per_s"] / med[s]["raw_ceiling_tokens_per_s"]
+        prompt_tokens = len(_tokenize(args, texts[0]))
+        summary["modes"][mode] = {"prompt_tokens_row0": prompt_tokens, "median": med, "runs": runs}  # type: ignore[index]
+        table += [(mode, name, r) for name, r in med.items()]
+
+    summary["loadavg_1min_after"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    print("| side | rows/s | output tok/s | vs loop (per round) | CPU util | wall s | tokens |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in med.items():
+    print(f"load average (1 min) before {summary['loadavg_1min_before']:.2f}, after {summary['loadavg_1min_after']:.2f}")
+    print("| mode | side | B | rows/s | output tok/s | vs loop (per round) | of raw llama_decode at B | CPU util | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode, name, r in table:
         per = ", ".join(f"{x:.2f}" for x in r["speedups_per_round"])
-        print(f"| {name} | {r['rows_per_s']:.3f} | {r['tokens_per_s']:.1f} | {r['speedup_tokens_per_s']:.2f}x ({per}) | "
-              f"{r['cpu_utilisation']:.0%} | {r['wall_s']:.1f} | {r['tokens']:.0f} |")
+        share = f"{r['share_of_raw_ceiling']:.0%} of {r['raw_ceiling_tokens_per_s']:.1f}" if "share_of_raw_ceiling" in r else "-"
+        b = f"{r['parallel']:.0f}" if "parallel" in r else "1"
+        print(f"| {mode} | {name} | {b} | {r['rows_per_s']:.3f} | {r['tokens_per_s']:.1f} | {r['speedup_tokens_per_s']:.2f}x ({per}) | "
+              f"{share} | {r['cpu_utilisation']:.0%} | {r['wall_s']:.1f} |")
+
+
+def _tokenize(args: argparse.Namespace, text: str) -> list[int]:
+    from localaug.runtime.engine import Engine, EngineOptions
+
+    with Engine(args.model, EngineOptions(threads=1), context=False) as engine:
+        return engine.tokenize(text)
 
 
 if __name__ == "__main__":

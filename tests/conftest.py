@@ -12,6 +12,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from qwen2_fixture import build_checkpoint  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _batch_size_without_calibration():
+    """Jobs and servers in the tests run at a fixed batch size (tests/test_calibration.py measures)."""
+    import os
+
+    old = os.environ.get("LOCALAUG_PARALLEL")
+    os.environ["LOCALAUG_PARALLEL"] = "4"
+    yield
+    if old is None:
+        os.environ.pop("LOCALAUG_PARALLEL", None)
+    else:
+        os.environ["LOCALAUG_PARALLEL"] = old
+
+
 @pytest.fixture(scope="session")
 def qwen2_tied(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tied embeddings (like the 1.5B models), one model.safetensors file."""

@@ -150,3 +150,50 @@ def test_batch_engine_loads_its_own_model(converted) -> None:
     with BatchEngine(path, opts, parallel=2, n_ctx=256) as batch:
         got = list(batch.run([Request("x", chat(TEXTS[0]), GREEDY, prompts.QWEN2_STOP)]))
     assert [r.generation.tokens for r in got] == [want]
+
+
+# --- shared prefixes ---------------------------------------------------------------------------------
+
+SYSTEM = ("You rewrite instructions so that an AI assistant answers them in more detail and more truthfully. "
+          "Keep the user's intent, language and all given facts; make the request specific. ") * 3
+
+
+def system_chat(text: str) -> str:
+    return prompts.qwen2_chatml([{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}])
+
+
+def test_a_shared_prefix_is_decoded_once_and_changes_nothing(engine: Engine) -> None:
+    """Requests that share a long system turn: the prefix's KV is decoded once and copied, and the
+    greedy tokens are those of decoding every prompt whole, alone (F32 KV)."""
+    texts = TEXTS[:8]
+    want = {t: engine.generate(system_chat(t), GREEDY, prompts.QWEN2_STOP).tokens for t in texts}
+    n_system = len(engine.tokenize(system_chat("")[: system_chat("").index("<|im_start|>user")]))
+    for share in (True, False):
+        with BatchEngine(engine, parallel=3, n_ctx=1024, share_prefix=share) as batch:
+            got = run_all(batch, [Request(str(i), system_chat(t), GREEDY, prompts.QWEN2_STOP) for i, t in enumerate(texts)])
+            stats = batch.prefix_stats
+        for i, t in enumerate(texts):
+            assert got[(str(i), 0)].generation.tokens == want[t], (share, t)
+        total = sum(len(engine.tokenize(system_chat(t))) for t in texts)
+        assert stats.decoded + stats.reused == total
+        if share:
+            # the first three start together, before any prompt is decoded; every later one takes the
+            # system turn (and more) from the holder
+            assert stats.reused >= (len(texts) - 3) * n_system
+            cached = [got[(str(i), 0)].generation.stats["cached_prompt_tokens"] for i in range(len(texts))]
+            assert cached[:3] == [0, 0, 0] and min(cached[3:]) >= n_system
+        else:
+            assert stats.reused == 0
+
+
+def test_the_single_engine_reuses_the_prompt_it_decoded_last(converted) -> None:
+    path = converted("tied", "F32")
+    opts = EngineOptions(threads=1, n_ctx=1024, kv_f32=True)
+    with Engine(path, opts) as warm, Engine(path, opts) as cold:
+        for text in ("a poem about rain", "a poem about snow", "a poem about snow"):
+            cold.forget()
+            want = cold.generate(system_chat(text), GREEDY, prompts.QWEN2_STOP)
+            got = warm.generate(system_chat(text), GREEDY, prompts.QWEN2_STOP)
+            assert got.tokens == want.tokens and want.stats["cached_prompt_tokens"] == 0
+        n = len(warm.tokenize(system_chat("a poem about snow")))
+        assert got.stats["cached_prompt_tokens"] == n  # the same prompt again: nothing decoded, same tokens

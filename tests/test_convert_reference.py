@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -663,23 +664,32 @@ def test_tensor_types_in_every_output_type(kind, ckpts, converted) -> None:
 # --------------------------------------------------------------------------- 7. BF16 and the other quantizer types
 
 
-def test_bf16_is_written_directly_with_the_source_bytes(qwen2_tied: Path, tmp_path: Path) -> None:
-    """`localaug convert --quant BF16`: written straight from the safetensors (no quantizer run); every
-    2-D weight is BF16 holding the checkpoint's own bf16 bytes, norms and biases F32 of the same values."""
+@pytest.mark.parametrize("dtype", ["BF16", "F16"])
+def test_same_type_is_written_with_the_source_bytes(dtype: str, qwen2_tied: Path, tmp_path: Path) -> None:
+    """`localaug convert --quant BF16` of a bf16 checkpoint, `--quant F16` of an fp16 one: written
+    straight from the safetensors (no quantizer run, no float32 round trip); every 2-D weight holds
+    the checkpoint's own bytes, norms and biases are F32 of the same values."""
+    from transformers import Qwen2ForCausalLM
     from typer.testing import CliRunner
 
     from localaug.cli.main import app
 
-    out = tmp_path / "m.BF16.gguf"
-    result = CliRunner().invoke(app, ["convert", str(qwen2_tied), "--quant", "BF16", "-o", str(out)])
+    torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16}[dtype]
+    src_dir = qwen2_tied
+    if dtype == "F16":  # the same model saved in fp16 by transformers, beside its tokenizer files
+        src_dir = tmp_path / "fp16"
+        shutil.copytree(qwen2_tied, src_dir, ignore=shutil.ignore_patterns("*.safetensors*"))
+        Qwen2ForCausalLM.from_pretrained(qwen2_tied, torch_dtype=torch.float16).save_pretrained(src_dir, safe_serialization=True)
+    out = tmp_path / f"m.{dtype}.gguf"
+    result = CliRunner().invoke(app, ["convert", str(src_dir), "--quant", dtype, "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "writing BF16" in result.stderr and "quantizing" not in result.stderr, result.stderr
+    assert f"writing {dtype}" in result.stderr and "quantizing" not in result.stderr, result.stderr
     kv, tensors, offsets, start = _read_header(out)
-    assert kv["general.file_type"] == gguf.LlamaFileType.MOSTLY_BF16
+    assert kv["general.file_type"] == getattr(gguf.LlamaFileType, f"MOSTLY_{dtype}")
     blob = out.read_bytes()
     seen = set()
-    for hf_name, src in _source_tensors(qwen2_tied):
-        assert src.dtype == torch.bfloat16
+    for hf_name, src in _source_tensors(src_dir):
+        assert src.dtype == torch_dtype
         name = _gguf_name(hf_name)
         dims, ttype = tensors[name]
         seen.add(name)
@@ -687,7 +697,7 @@ def test_bf16_is_written_directly_with_the_source_bytes(qwen2_tied: Path, tmp_pa
         if src.ndim == 1:
             want, want_type = src.float().numpy().tobytes(), GGML.F32
         else:
-            want, want_type = src.contiguous().view(torch.int16).numpy().tobytes(), GGML.BF16
+            want, want_type = src.contiguous().view(torch.int16).numpy().tobytes(), getattr(GGML, dtype)
         assert ttype == want_type, (name, GGML(ttype).name)
         at = start + offsets[name]
         assert blob[at : at + len(want)] == want, name

@@ -209,20 +209,44 @@ def bench(
     model: ModelOpt = None,
     tokens: Annotated[int, typer.Option("--tokens", help="Tokens to generate per run.")] = 64,
     repeats: Annotated[int, typer.Option("--repeats", help="Runs; the median is reported.")] = 3,
+    batch: Annotated[bool, typer.Option("--batch", help="Measure generated tokens/s at batch sizes 1, 2, 4, ... (localaug's continuous batching next to a bare llama_decode loop) and say which batch size localaug picks.")] = False,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto, layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
 ) -> None:
     """Measure load time, time to first token, prefill and decode tokens/s, next to raw llama.cpp decode.
 
-    Example: [bold]localaug bench --model qwen2-refine:1.5b --tokens 128[/bold]
+    Example: [bold]localaug bench --model qwen2-refine:1.5b --tokens 128[/bold] or [bold]localaug bench --batch[/bold]
     """
     from localaug import ui
     from localaug.family import styles
     from localaug.runtime.bench import BENCH_PROMPT, run_bench
 
     with _load("refine", model, None, device, layers, threads, ctx) as aug:
-        result = run_bench(aug.engine, styles.build_prompt(aug.style, "refine", BENCH_PROMPT), tokens, repeats)
-    if as_json:
+        if batch:
+            curve = _batch_curve(aug, min(tokens, 32))
+        else:
+            result = run_bench(aug.engine, styles.build_prompt(aug.style, "refine", BENCH_PROMPT), tokens, repeats)
+    if batch:
+        if as_json:
+            ui.print_json(out_console(), curve)
+        else:
+            ui.render_batch_curve(out_console(), curve)
+    elif as_json:
         ui.print_json(out_console(), result.to_dict())
     else:
         ui.render_bench(out_console(), result)
+
+
+def _batch_curve(aug: Any, tokens: int) -> dict[str, Any]:
+    from localaug.augment.calibrate import CALIBRATION_PROMPT, affordable
+    from localaug.family.registry import DEFAULT_CTX
+    from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, batch_curve, fastest
+
+    engine = aug.engine
+    sizes = affordable(engine, engine.opts.n_ctx or DEFAULT_CTX, GPU_BATCH_SIZES if engine.gpu_layers else BATCH_SIZES)
+    points = batch_curve(engine, engine.tokenize(CALIBRATION_PROMPT), sizes, tokens)
+    return {"model": str(engine.path), "threads": engine.threads, "gpu_layers": engine.gpu_layers, "tokens": tokens,
+            "curve": [{"parallel": p.parallel, "tokens_per_s": round(p.tokens_per_s, 2),
+                       "raw_tokens_per_s": round(p.raw_tokens_per_s or 0, 2),
+                       "vs_raw": round(p.vs_raw or 0, 3)} for p in points],
+            "chosen": fastest(points)}

@@ -41,7 +41,7 @@ def run(
     response_field: Annotated[Optional[str], typer.Option("--response-field", help="pairs: the response column (default: response, else output).")] = None,
     n: Annotated[int, typer.Option("-n", help="expand/pairs: new items per row.")] = 3,
     model: ModelOpt = None,
-    parallel: Annotated[int, typer.Option("--parallel", help="Sequences decoded together (continuous batching); 1: one at a time.")] = 8,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", help="Sequences decoded together (continuous batching); 1: one at a time (default: the fastest for this machine, measured once and cached).")] = None,
     out_format: Annotated[OutputFormat, typer.Option("--format", help="jsonl or parquet (records), or a training file.")] = OutputFormat.jsonl,  # type: ignore[valid-type,attr-defined]
     prompt_format: PromptFormatOpt = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/N: only the rows whose key falls in shard i of N (join with localaug merge).")] = None,
@@ -65,7 +65,7 @@ def run(
 ) -> None:
     """Augment a whole dataset: one record per input row, resumable after any interruption.
 
-    Example: [bold]localaug run refine --input prompts.jsonl --output refined.jsonl --parallel 8[/bold]
+    Example: [bold]localaug run refine --input prompts.jsonl --output refined.jsonl[/bold]
     """
     from localaug import ui
     from localaug.core.errors import JobInterrupted, UsageError

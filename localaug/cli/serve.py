@@ -17,7 +17,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (default: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LOCALAUG_API_KEY", help="Require 'Authorization: Bearer KEY' on every endpoint but /health.")] = None,
-    parallel: Annotated[int, typer.Option("--parallel", help="Sequences decoded together per model (continuous batching).")] = 8,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", help="Sequences decoded together per model (continuous batching; default: the fastest for this machine, measured once and cached).")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for a slot; past it: 429.")] = 64,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most new tokens one request may ask for.")] = 2048,
     max_n: Annotated[int, typer.Option("--max-n", help="Most samples (n) one request may ask for.")] = 16,
@@ -35,7 +35,7 @@ def serve(
     from localaug.serve.app import Limits, ServerConfig, bind, run_server, url_of
     from localaug.serve.scheduler import load_models
 
-    if min(parallel, max_tokens, max_n) < 1 or max_queue < 0:
+    if min(parallel or 1, max_tokens, max_n) < 1 or max_queue < 0:
         raise UsageError("--parallel, --max-tokens and --max-n must be at least 1, --max-queue at least 0")
     console = err_console()
     sock = bind(host, port)  # before loading, so a busy port fails at once
@@ -50,7 +50,7 @@ def serve(
     url = url_of(sock)
     console.print(f"[bold]localaug serve[/bold] on [bold]{url}/v1[/bold]  (OpenAI base_url)", highlight=False)
     for m in served:
-        console.print(f"  model [bold]{m.id}[/bold]: {m.path} ({m.style.prompt_format}, {parallel} slots x {m.n_ctx} tokens)",
+        console.print(f"  model [bold]{m.id}[/bold]: {m.path} ({m.style.prompt_format}, {m.batch.parallel} slots x {m.n_ctx} tokens)",
                       highlight=False, soft_wrap=True)
     console.print(f"  auth: {'on (Bearer key)' if api_key else 'off'}; limits: max_tokens {max_tokens}, n {max_n}, "
                   f"queue {max_queue}; Ctrl-C stops", highlight=False)

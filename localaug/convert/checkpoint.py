@@ -202,6 +202,25 @@ def iter_rows_f32(ref: TensorRef, chunk_bytes: int = 1024 * 1024) -> Iterator[np
             done += take
 
 
+def iter_raw(ref: TensorRef, chunk_bytes: int = 8 * 1024 * 1024) -> Iterator[memoryview]:
+    """Yield the tensor's bytes as they are stored, in chunks of one reused buffer (a pass-through
+    when the output type is the stored type: no float32 round trip, memory bounded by the chunk)."""
+    buf = bytearray(min(chunk_bytes, max(ref.nbytes, 1)))
+    left = ref.nbytes
+    with open(ref.path, "rb", buffering=0) as f:
+        f.seek(ref.offset)
+        while left:
+            view = memoryview(buf)[: min(len(buf), left)]
+            got = 0
+            while got < len(view):
+                more = f.readinto(view[got:])
+                if not more:
+                    raise CheckpointError(f"{ref.path.name} was truncated while reading {ref.name!r}: re-download it")
+                got += more
+            left -= got
+            yield view
+
+
 def to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Exact widening to float32 (bf16 is the top half of an f32)."""
     if dtype == "BF16":

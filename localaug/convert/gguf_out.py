@@ -9,14 +9,14 @@ included, removes it, so a finished-looking file is a finished file.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 
-from localaug.convert.checkpoint import iter_rows_f32
+from localaug.convert.checkpoint import iter_raw, iter_rows_f32
 from localaug.convert.qwen2 import TensorPlan
 from localaug.core.errors import ConversionError
 
@@ -65,6 +65,21 @@ def tensor_jobs(plans: list[TensorPlan], outtype: str) -> list[TensorJob]:
 Progress = Callable[[str, int], None]  # (tensor name, bytes just written)
 
 
+# Stored dtype -> the GGUF type that holds the same bytes: such tensors are copied, not converted.
+SAME_BYTES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}
+
+
+def _tensor_bytes(job: TensorJob) -> Iterator[memoryview]:
+    """The bytes of one output tensor: the stored bytes themselves when the output type is the
+    stored type (F16 -> F16, BF16 -> BF16, F32 -> F32), else rows widened to float32 and encoded."""
+    ref = job.plan.source
+    if SAME_BYTES.get(ref.dtype) == job.qtype:
+        yield from iter_raw(ref)
+        return
+    for rows in iter_rows_f32(ref):
+        yield np.ascontiguousarray(_encode(rows, job.qtype)).data
+
+
 def write_gguf(
     path: Path,
     setup: Callable[[gguf.GGUFWriter], None],
@@ -86,9 +101,8 @@ def write_gguf(
         for job in jobs:
             out.write(bytes(gguf.GGUFWriter.ggml_pad(out.tell(), align) - out.tell()))
             written = 0
-            for rows in iter_rows_f32(job.plan.source):
-                data = _encode(rows, job.qtype)
-                out.write(np.ascontiguousarray(data).data)
+            for data in _tensor_bytes(job):
+                out.write(data)
                 written += data.nbytes
                 if progress:
                     progress(job.plan.name, data.nbytes)

@@ -30,6 +30,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from localaug.core.errors import UsageError, WriteError, opt
+from localaug.core.settings import localaug_home
 
 CHUNK = 8 << 20
 
@@ -153,6 +154,21 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def cached_sha256(path: Path) -> str:
+    """A (model) file's sha256, hashed once and cached by (path, size, mtime) in LOCALAUG_HOME."""
+    st = path.stat()
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = localaug_home() / "sha256-cache.json"
+    cache = read_json(cache_file) or {}
+    if ident in cache:
+        return str(cache[ident])
+    cache[ident] = digest = sha256_file(path)
+    with contextlib.suppress(OSError, WriteError, UsageError):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache_file, cache)
+    return digest
 
 
 @contextlib.contextmanager

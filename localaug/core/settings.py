@@ -4,6 +4,7 @@
 ``~/.cache/localaug`` when XDG_CACHE_HOME is unset, as huggingface_hub does for its cache).
 Hugging Face's own variables (``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``) are
 honoured by huggingface_hub itself; we only read ``HF_HUB_OFFLINE`` to word errors well.
+``LOCALAUG_PARALLEL``: a batch size to use instead of the calibrated one (see augment.calibrate).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ def cache_home() -> Path:
 
 def localaug_home() -> Path:
     return Path(os.environ.get("LOCALAUG_HOME") or cache_home() / "localaug").expanduser()
+
+
+def default_parallel() -> int | None:
+    """``LOCALAUG_PARALLEL``: the batch size to use when none is given, instead of calibrating."""
+    value = os.environ.get("LOCALAUG_PARALLEL", "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else None
 
 
 def hf_offline() -> bool:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from localaug.augment import filters
-from localaug.core.errors import JobLockedError, LocalaugError, opt
-from localaug.core.files import exclusive_lock, read_json, sha256_file, write_json_atomic
+from localaug.core.errors import JobLockedError, opt
+from localaug.core.files import exclusive_lock
 from localaug.jobs.dataio import json_line
 
 FSYNC_EVERY_S = 1.0
@@ -31,23 +31,6 @@ def job_paths(output: Path, fmt: str) -> tuple[Path, Path, Path]:
     """(ledger, manifest, lock) for an output: the ledger is the output itself for jsonl."""
     ledger = output if fmt == "jsonl" else output.with_name(output.name + ".ledger.jsonl")
     return ledger, output.with_name(output.name + ".manifest.json"), lock_path(output)
-
-def model_sha256(path: Path) -> str:
-    """The GGUF's sha256, hashed once and cached by (path, size, mtime) in LOCALAUG_HOME."""
-    from localaug.core.settings import localaug_home
-
-    st = path.stat()
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    cache_file = localaug_home() / "sha256-cache.json"
-    cache = read_json(cache_file) or {}
-    if ident in cache:
-        return str(cache[ident])
-    cache[ident] = digest = sha256_file(path)
-    with contextlib.suppress(OSError, LocalaugError):
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cache_file, cache)
-    return digest
-
 
 def lock_path(output: Path) -> Path:
     """The lock of an output, beside its real path: a symlink to it takes the same lock."""

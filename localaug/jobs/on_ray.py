@@ -51,12 +51,13 @@ except ImportError as e:  # pragma: no cover - the optional extra
 from localaug.augment.resolve import DEFAULT_MODELS
 from localaug.core import errors
 from localaug.core.errors import JobError, LocalaugError, ModelNotFoundError, opt
+from localaug.core.files import cached_sha256
 from localaug.family.styles import PromptStyle
 from localaug.jobs import dataio, parts
 from localaug.jobs.config import JobConfig
 from localaug.jobs.dataio import InputRow
 from localaug.jobs.keys import RowKeys
-from localaug.jobs.ledger import lock_path, model_sha256, record_counts
+from localaug.jobs.ledger import lock_path, record_counts
 from localaug.jobs.run import JobOptions, JobPlan, JobProgress, JobStats, JobSummary, Target, execute
 from localaug.jobs.worker import RESULT_KEYS, Worker
 from localaug.runtime.engine import EngineOptions
@@ -86,7 +87,7 @@ class ActorJob:
     cfg: JobConfig
     style: PromptStyle
     options: EngineOptions
-    parallel: int
+    parallel: int | None  # None: each actor calibrates for its node (cached in the node's store)
     records: bool  # True: whole records as JSON text (run_job); False: result columns (augment)
 
 
@@ -147,7 +148,7 @@ def locate_model(model: str, is_path: bool, sha256: str) -> Path:
         if not path.is_file():
             raise ModelNotFoundError(f"{model} is not on node {node_name()}: put the GGUF on a filesystem every node mounts "
                                      "at the same path, or import it into each node's store (localaug bundle import) and pass its name")
-        if model_sha256(path) != sha256:
+        if cached_sha256(path) != sha256:
             raise ModelNotFoundError(f"{model} on node {node_name()} is not the driver's file (sha256 differs): "
                                      "give every node the same file")
         return path
@@ -240,7 +241,7 @@ def _map(ds: ray.data.Dataset, job: ActorJob, res: Resources, actors: int) -> ra
 
 
 def _batch_size(job: ActorJob, res: Resources) -> int:
-    return res.batch_size or max(4 * job.parallel, 8)
+    return res.batch_size or max(4 * (job.parallel or 8), 8)
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -329,6 +330,7 @@ class RayExecutor:
         self.refs: list[Any] = []
         self.started = False
         self.where = ""
+        self.note = ""
         self._job: ActorJob | None = None
 
     def plan(self, opts: JobOptions) -> JobPlan:
@@ -374,7 +376,8 @@ class RayExecutor:
         return {"ray": ray.__version__,
                 "cluster": {"nodes": sum(1 for n in ray.nodes() if n.get("Alive")), "actors": actors,
                             "num_cpus": self.res.num_cpus, "num_gpus": self.res.num_gpus,
-                            "batch_size": _batch_size(self._job, self.res)}}
+                            "batch_size": _batch_size(self._job, self.res)},
+                "parallel": self._job.parallel, "parallel_chosen": "given" if self._job.parallel else "per actor"}
 
     def close(self) -> None:
         if self.started:

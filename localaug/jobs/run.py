@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localaug.augment import filters
+from localaug.augment.calibrate import Parallel, choose_parallel
 from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_style
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
-from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
-from localaug.family.registry import TASKS, ModelSpec
+from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
+from localaug.family.registry import DEFAULT_CTX, TASKS, ModelSpec
 from localaug.family.styles import PromptStyle
 from localaug.jobs import dataio
 from localaug.jobs.config import JobConfig, run_config, run_id_of
@@ -49,7 +50,6 @@ from localaug.jobs.ledger import (
     compact_ledger,
     iter_ledger,
     job_paths,
-    model_sha256,
     output_counts,
     output_lock,
     remember,
@@ -59,7 +59,7 @@ from localaug.jobs.ledger import (
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
 from localaug.runtime.batch import open_backend
-from localaug.runtime.engine import EngineOptions, llama_cpp_version
+from localaug.runtime.engine import Engine, EngineOptions, llama_cpp_version
 from localaug.store.gguf_info import file_type_name
 
 __all__ = ["OUTPUT_FORMATS", "JobOptions", "JobPlan", "JobStats", "JobSummary", "execute", "run_job"]
@@ -94,7 +94,7 @@ class JobOptions:
     gpu_layers: int | str | None = None
     threads: int | None = None
     n_ctx: int | None = None
-    parallel: int = 8
+    parallel: int | None = None  # sequences decoded together; None: calibrated for the machine
     retry_failed: bool = False
     max_samples: int | None = None
     threshold: float = filters.DEFAULT_ROUGE_L
@@ -109,7 +109,7 @@ class JobOptions:
         """Refuse bad settings before anything is read or written; the parsed shard."""
         if self.task not in TASKS:
             raise UsageError(f"unknown task {self.task!r}: use {', '.join(TASKS)}")
-        if self.n < 1 or self.parallel < 1 or (self.limit is not None and self.limit < 0) or (
+        if self.n < 1 or (self.parallel is not None and self.parallel < 1) or (self.limit is not None and self.limit < 0) or (
                 self.max_samples is not None and self.max_samples < self.n):
             raise UsageError(f"{opt('n')} and {opt('parallel')} must be at least 1, {opt('limit')} at least 0, "
                              f"{opt('max_samples')} at least {opt('n')}")
@@ -130,7 +130,7 @@ class JobOptions:
         m = resolve_style(self.model or DEFAULT_MODELS[self.task], self.quant, self.prompt_format)
         cfg = self.config(m.style, m.spec, m.spec.name if m.spec else m.path.name)
         cfg.validate()
-        sha = model_sha256(m.path)
+        sha = cached_sha256(m.path)
         config = run_config(cfg, sha, m.style)
         return JobPlan(m.path, m.spec, m.style, m.meta, sha, cfg, config, run_id_of(config))
 
@@ -178,6 +178,7 @@ class Executor(Protocol):
     """How pending rows become records."""
 
     where: str  # " on Ray (4 actors)" or ""
+    note: str  # what the start message adds about the executor ("batch size 16, calibrated ...") or ""
 
     def plan(self, opts: JobOptions) -> JobPlan: ...
     def rows(self) -> Iterator[InputRow]: ...  # every row of the input, in order
@@ -211,7 +212,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
                 "run_id": plan.run_id, "complete": False, "input": input_name, **target.manifest_fields(),
                 "model": plan.model_fields(), "localaug": _version(), "llama_cpp_python": llama_cpp_version(),
                 "config": plan.config, "shard": list(shard) if shard else None, "limit": opts.limit,
-                "parallel": opts.parallel, "started": started_at, **executor.manifest_fields(plan)}
+                "started": started_at, **executor.manifest_fields(plan)}
 
             def save(complete: bool) -> None:
                 manifest.update(stats.manifest_fields(complete, wall0), counts=target.counts() if complete else None)
@@ -219,6 +220,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
 
             save(False)
             if progress:
+                note += f" ({executor.note})" if executor.note else ""
                 progress.start(stats, _start_message(plan.run_id, executor.where, stats, opts.retry_failed, note))
 
             def pending() -> Iterator[InputRow]:
@@ -359,15 +361,24 @@ class LedgerTarget:
 
 class LocalExecutor:
     """Rows read from a local file; records made in this process by the continuous-batching engine
-    (``parallel`` sequences at a time), in chunks of rows so memory stays flat."""
+    (``parallel`` sequences at a time: given, or calibrated for this machine), in chunks of rows so
+    memory stays flat."""
 
     where = ""
 
     def __init__(self, input_path: Path, opts: JobOptions) -> None:
         self.input_path, self.opts = input_path, opts
+        self.engine: Engine | None = None
+        self.parallel: Parallel | None = None
+        self.note = ""
 
     def plan(self, opts: JobOptions) -> JobPlan:
-        return opts.plan()
+        plan = opts.plan()
+        options = opts.engine_options()
+        self.engine = Engine(plan.path, options, context=False)
+        self.parallel = choose_parallel(self.engine, plan.sha256, options.n_ctx or DEFAULT_CTX, opts.parallel)
+        self.note = self.parallel.describe() if self.parallel.source in ("calibrated", "cached") else ""
+        return plan
 
     def rows(self) -> Iterator[InputRow]:
         return dataio.read_rows(self.input_path)
@@ -376,22 +387,30 @@ class LocalExecutor:
         pass  # read again, lazily, when the run starts
 
     def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]:
-        backend = open_backend(plan.path, self.opts.engine_options(), self.opts.parallel)
+        assert self.engine is not None and self.parallel is not None, "plan() loads the model"
+        engine, self.engine = self.engine, None  # the backend owns it now
+        backend = open_backend(engine, self.opts.engine_options(), self.parallel.value)
         try:
             seen = plan.cfg.new_seen()
             if seen is not None and target.statuses:
                 remember(seen, target.records())
-            for chunk in dataio.chunked(pending(), max(4 * self.opts.parallel, 8)):
+            for chunk in dataio.chunked(pending(), max(4 * self.parallel.value, 8)):
                 for rec in augment(backend, plan.style, plan.cfg, chunk, seen):
                     yield [rec]
         finally:
             backend.close()
 
     def manifest_fields(self, plan: JobPlan) -> dict[str, Any]:
-        return {}
+        assert self.parallel is not None
+        fields: dict[str, Any] = {"parallel": self.parallel.value, "parallel_chosen": self.parallel.source}
+        if self.parallel.source == "calibrated":
+            fields["calibration_s"] = round(self.parallel.seconds, 2)
+        return fields
 
     def close(self) -> None:
-        pass
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
 def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str], *,  # noqa: A002 - the CLI's --input

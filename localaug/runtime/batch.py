@@ -13,8 +13,17 @@ A request with ``n > 1`` samples is prefilled once; its samples are forked from 
 prompt's KV from a sibling still running (or by rewinding the slot of a sibling that finished),
 re-decoding only the prompt's last token for its logits.
 
-The KV cache is unified (one pool of ``parallel x n_ctx`` cells shared by all slots), so prompt
-chunks and decode tokens of any mix of slots go into one micro-batch.
+The KV cache is unified (one pool of ``(parallel + 1) x n_ctx`` cells shared by all slots), so
+prompt chunks and decode tokens of any mix of slots go into one micro-batch.
+
+Shared prefixes are decoded once. One more sequence id (``parallel``) holds the KV of a cached
+prefix: after a prompt is decoded, the holder keeps the part it shares with the previous cached
+prompt (or, with nothing useful cached, this prompt); a new prompt that starts with at least
+``MIN_SHARE`` tokens of it copies their KV (``llama_memory_seq_cp``: cells are shared, nothing is
+recomputed) and prefills only its own suffix. So the system turn, teacher-mode instructions and
+examples, Response-Exp seed pairs or a client's system prompt are decoded once per engine, for
+every row of a job and across the requests of a server. The holder survives sessions; with F32
+weights and KV the results are token-identical to decoding every prompt whole.
 
 The run's state lives in ``Slots`` (fill / step / cancel / clear), handed out by
 ``BatchEngine.session()``, so the same machinery serves a pulled iterator here and a long-running
@@ -54,6 +63,7 @@ class Request:
     sampling: SamplingParams
     stop: tuple[str, ...] = ()
     n: int = 1
+    ignore_eog: bool = False  # decode exactly max_tokens (benchmarks)
 
 
 @dataclass
@@ -108,11 +118,14 @@ class SequentialBackend(Closing):
             self.engine = None  # type: ignore[assignment]
 
 
-def open_backend(path: str | os.PathLike[str], options: EngineOptions, parallel: int) -> Backend:
-    """Load the GGUF at ``path`` for ``parallel`` sequences at a time (``close()`` frees it)."""
+def open_backend(model: str | os.PathLike[str] | Engine, options: EngineOptions, parallel: int) -> Backend:
+    """A backend for ``parallel`` sequences at a time on ``model`` (a GGUF path, loaded here, or a
+    loaded Engine, which the backend then owns); ``close()`` frees it."""
+    engine = model if isinstance(model, Engine) else Engine(model, options, context=False)
     if parallel > 1:
-        return BatchEngine(path, options, parallel=parallel, n_ctx=options.n_ctx)
-    return SequentialBackend(Engine(path, options), owns=True)
+        return BatchEngine(engine, parallel=parallel, n_ctx=options.n_ctx, owns_engine=True)
+    engine.ensure_context()
+    return SequentialBackend(engine, owns=True)
 
 
 @dataclass
@@ -126,6 +139,7 @@ class _Group:
     live: set[int] = field(default_factory=set)  # slots running a sample of this request
     prefilled: bool = False  # a sibling's KV holds the whole prompt (forks may copy it)
     finished: set[int] = field(default_factory=set)  # sample indexes whose Result was given
+    shared: int = 0  # prompt tokens taken from the cached prefix
 
     @property
     def pending(self) -> int:
@@ -145,31 +159,55 @@ class _Seq:
     first: float = 0.0
 
 
+MIN_SHARE = 8  # prompt tokens a request must share with the cached prefix to start from it
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@dataclass
+class PrefixStats:
+    """Prompt tokens decoded, and prompt tokens whose KV came from the cached prefix instead."""
+
+    decoded: int = 0
+    reused: int = 0
+
+
 class BatchEngine(Closing):
     """``parallel`` sequences at a time on one model.
 
     ``model`` is a GGUF path (the model is loaded here and freed by ``close``) or a loaded Engine
-    (its model is shared, not copied; keep that Engine open while this one is in use).
+    (its model is shared, not copied; keep that Engine open while this one is in use, unless
+    ``owns_engine`` hands it over: then ``close`` frees it too).
     ``n_ctx`` is the context of ONE sequence (prompt + max_tokens must fit it); None means the
-    options' n_ctx or min(4096, trained context). The context holds ``parallel x n_ctx`` cells.
+    options' n_ctx or min(4096, trained context). The context holds ``(parallel + 1) x n_ctx``
+    cells: one sequence more than ``parallel`` holds the cached shared prefix (``share_prefix``).
 
     ``run(requests)`` drives a whole iterator of requests; ``session()`` hands out the run state
     (``Slots``) for a caller that feeds requests over time (the server's scheduler).
     """
 
     def __init__(self, model: str | os.PathLike[str] | Engine, opts: EngineOptions | None = None, parallel: int = 8,
-                 n_ctx: int | None = None) -> None:
+                 n_ctx: int | None = None, share_prefix: bool = True, owns_engine: bool = False) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
         if isinstance(model, Engine):
-            self.engine, self._owns_engine = model, False
+            self.engine, self._owns_engine = model, owns_engine
         else:
             self.engine, self._owns_engine = Engine(model, opts or EngineOptions(), context=False), True
         self.opts = self.engine.opts
         self.parallel = parallel
         self.n_ctx_seq = min(n_ctx or self.opts.n_ctx or DEFAULT_CTX, self.engine.n_ctx_train)
         self.lock = threading.Lock()
-        self.ctx = self.engine.new_context(self.n_ctx_seq * parallel, n_seq_max=parallel, kv_unified=True)
+        self.share_prefix = share_prefix
+        self.holder = parallel  # the sequence id of the cached prefix
+        self.prefix: list[int] = []  # the tokens whose KV the holder keeps
+        self.prefix_stats = PrefixStats()
+        self.ctx = self.engine.new_context(self.n_ctx_seq * (parallel + 1), n_seq_max=parallel + 1, kv_unified=True)
         self.memory = L.llama_get_memory(self.ctx)
         self.n_batch = L.llama_n_batch(self.ctx)
         self.llama_batch = L.llama_batch_init(self.n_batch, 0, 1)
@@ -187,15 +225,25 @@ class BatchEngine(Closing):
 
     @contextlib.contextmanager
     def session(self, stream: bool = False) -> Iterator[Slots]:
-        """The run state of this engine, from an empty KV cache, held exclusively until the block ends."""
+        """The run state of this engine, held exclusively until the block ends: every slot empty,
+        the cached prefix kept."""
         with self.lock:
-            L.llama_memory_clear(self.memory, True)
+            self._clear_slots()
             state = Slots(self, stream)
             try:
                 yield state
             finally:
                 state.close()
-                L.llama_memory_clear(self.memory, True)
+                self._clear_slots()
+
+    def _clear_slots(self) -> None:
+        for slot in range(self.parallel):
+            L.llama_memory_seq_rm(self.memory, slot, -1, -1)
+
+    def forget_prefix(self) -> None:
+        """Drop the cached prefix (after a failed step, or to measure cold prompts)."""
+        L.llama_memory_seq_rm(self.memory, self.holder, -1, -1)
+        self.prefix = []
 
     def run(self, requests: Iterable[Request]) -> Iterator[Result]:
         """Yield one Result per sample of each request as it finishes (any order).
@@ -278,18 +326,53 @@ class Slots:
                 yield from self._begin(request, slot)
 
     def _begin(self, request: Request, slot: int) -> Iterator[Result]:
-        """Admit ``request`` into the free ``slot`` (or yield why it cannot run)."""
+        """Admit ``request`` into the free ``slot`` (or yield why it cannot run); a prompt that
+        starts with the cached prefix takes that prefix's KV and prefills only the rest."""
         group, errors = self._admit(request)
         yield from errors
         if group is None:
             return
+        shared = group.shared = self._shared(group.tokens)
         try:
-            self.slots[slot] = self._start(group, slot, group.tokens, 0)
+            if shared:
+                L.llama_memory_seq_cp(self.engine.memory, self.engine.holder, slot, 0, shared)
+            self.slots[slot] = self._start(group, slot, group.tokens[shared:], shared)
         except Exception as exc:  # noqa: BLE001 - e.g. sampling a binding refuses: fail this request only
+            L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
             yield from self._abort(group, f"could not start: {exc}")
             return
+        stats = self.engine.prefix_stats
+        stats.reused += shared
+        stats.decoded += len(group.tokens) - shared
         if group.pending:
             self.groups.append(group)
+
+    def _shared(self, tokens: list[int]) -> int:
+        """How many leading tokens of ``tokens`` to take from the cached prefix (0: none); never
+        the last one, whose logits the request needs."""
+        eng = self.engine
+        if not eng.share_prefix:
+            return 0
+        shared = min(_common(eng.prefix, tokens), len(tokens) - 1)
+        return shared if shared >= MIN_SHARE else 0
+
+    def _remember(self, slot: int, tokens: list[int]) -> None:
+        """A prompt has just been decoded in ``slot``: keep in the holder what it shares with the
+        cached prefix, or, when that is too little, this prompt (all but its last token)."""
+        eng = self.engine
+        if not eng.share_prefix:
+            return
+        common = _common(eng.prefix, tokens)
+        if common >= MIN_SHARE:
+            if common < len(eng.prefix):
+                L.llama_memory_seq_rm(eng.memory, eng.holder, common, -1)
+                del eng.prefix[common:]
+            return
+        if len(tokens) - 1 < MIN_SHARE:
+            return  # too short to be worth a cached copy
+        L.llama_memory_seq_rm(eng.memory, eng.holder, -1, -1)
+        L.llama_memory_seq_cp(eng.memory, slot, eng.holder, 0, len(tokens) - 1)
+        eng.prefix = tokens[:-1]
 
     def _abort(self, group: _Group, message: str) -> list[Result]:
         """Stop a request: free its running samples, forget its pending ones; an error Result for
@@ -312,6 +395,7 @@ class Slots:
             if not group.prefilled:
                 # the prompt is in: fork the request's other samples into free slots (KV copy)
                 group.prefilled = True
+                self._remember(slot, group.tokens)
                 try:
                     for free in range(self.engine.parallel):
                         if group.pending and slots[free] is None:
@@ -366,6 +450,7 @@ class Slots:
         self.slots = [None] * self.engine.parallel
         self.groups.clear()
         L.llama_memory_clear(self.engine.memory, True)
+        self.engine.prefix = []
         return ids
 
     def close(self) -> None:
@@ -403,7 +488,7 @@ class Slots:
         k = group.next_index
         sampling = replace(group.request.sampling, seed=sample_seed(group.request.sampling.seed, k))
         engine = self.engine.engine
-        out = TextStream(engine, group.request.stop)
+        out = TextStream(engine, group.request.stop, group.request.ignore_eog)
         sampler = make_sampler(sampling, engine.n_vocab, engine.vocab)
         group.next_index += 1
         group.live.add(slot)
@@ -509,5 +594,6 @@ def _errors(request: Request, message: str) -> list[Result]:
 
 
 def _result(seq: _Seq) -> Result:
-    gen = seq.out.generation(len(seq.group.tokens), seq.started, seq.first, seq.prefill_done - seq.started)
+    gen = seq.out.generation(len(seq.group.tokens), seq.started, seq.first, seq.prefill_done - seq.started,
+                             seq.group.shared)
     return Result(seq.group.request.id, seq.index, gen)

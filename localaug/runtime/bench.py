@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from localaug.runtime.batch import BatchEngine, Request
 from localaug.runtime.engine import Engine, SamplingParams
 
 # About 60 tokens of instruction text, the size of a typical refine input.
@@ -44,6 +46,7 @@ def run_bench(engine: Engine, prompt: str, n_tokens: int = 64, repeats: int = 3)
     greedy = SamplingParams(temperature=0.0, max_tokens=n_tokens)
     ttft, prefill, decode, raw = [], [], [], []
     for _ in range(repeats):
+        engine.forget()  # a cold prompt every time: prefill and TTFT are measured, not the prefix cache
         gen = engine.generate(tokens, greedy, ignore_eog=True)
         ttft.append(gen.first_token_seconds)
         prefill.append(gen.stats["prefill_tokens_per_s"])
@@ -55,3 +58,81 @@ def run_bench(engine: Engine, prompt: str, n_tokens: int = 64, repeats: int = 3)
         time_to_first_token_s=statistics.median(ttft), prefill_tokens_per_s=statistics.median(prefill),
         decode_tokens_per_s=statistics.median(decode), raw_decode_tokens_per_s=statistics.median(raw), repeats=repeats,
     )
+
+
+# --- throughput at batch sizes ------------------------------------------------------------------------
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+GPU_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class BatchPoint:
+    """Generated tokens/s with ``parallel`` sequences at a time: localaug's continuous batching
+    (sampling, stop handling and all) and a bare llama_decode loop of the same batch shape."""
+
+    parallel: int
+    tokens_per_s: float
+    raw_tokens_per_s: float | None = None
+
+    @property
+    def vs_raw(self) -> float | None:
+        return self.tokens_per_s / self.raw_tokens_per_s if self.raw_tokens_per_s else None
+
+
+def batch_rate(batch: BatchEngine, prompt: list[int], tokens: int) -> float:
+    """Generated tokens/s of ``batch.parallel`` requests decoded together (prefill excluded)."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=tokens)
+    requests = [Request(str(i), prompt, greedy, ignore_eog=True) for i in range(batch.parallel)]
+    results = list(batch.run(requests))
+    first = min(r.generation.first_token_seconds + r.generation.stats["started"] for r in results if r.generation)
+    done = max(r.generation.seconds + r.generation.stats["started"] for r in results if r.generation)
+    generated = sum(r.generation.completion_tokens - 1 for r in results if r.generation)
+    return generated / max(done - first, 1e-9)
+
+
+def raw_batch_rate(engine: Engine, parallel: int, prompt: list[int], tokens: int) -> float:
+    """Tokens/s of a bare llama_decode loop that decodes one token for each of ``parallel``
+    sequences per call (no sampling): the ceiling of batched decoding at that shape."""
+    import llama_cpp as L
+
+    ctx = engine.new_context((len(prompt) + tokens + 1) * parallel, n_seq_max=parallel, kv_unified=True)
+    batch = L.llama_batch_init(max(len(prompt), parallel), 0, 1)
+    try:
+        for seq in range(parallel):  # the prompt in every sequence
+            for j, tok in enumerate(prompt):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.seq_id[j][0], batch.logits[j] = tok, j, 1, seq, 0
+            batch.logits[len(prompt) - 1] = 1
+            batch.n_tokens = len(prompt)
+            if L.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed during the benchmark")
+        started = time.monotonic()
+        for step in range(tokens):
+            for seq in range(parallel):
+                batch.token[seq], batch.pos[seq], batch.n_seq_id[seq], batch.seq_id[seq][0] = prompt[-1], len(prompt) + step, 1, seq
+                batch.logits[seq] = 1
+            batch.n_tokens = parallel
+            if L.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed during the benchmark")
+        return tokens * parallel / (time.monotonic() - started)
+    finally:
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+
+
+def batch_curve(engine: Engine, prompt: list[int], sizes: tuple[int, ...] = BATCH_SIZES, tokens: int = 16,
+                raw: bool = True) -> list[BatchPoint]:
+    """Throughput at each batch size: localaug's BatchEngine, and (``raw``) bare llama_decode."""
+    points = []
+    for parallel in sizes:
+        with BatchEngine(engine, parallel=parallel, n_ctx=len(prompt) + tokens + 8, share_prefix=False) as batch:
+            ours = batch_rate(batch, prompt, tokens)
+        points.append(BatchPoint(parallel, ours, raw_batch_rate(engine, parallel, prompt, tokens) if raw else None))
+    return points
+
+
+def fastest(points: list[BatchPoint], tolerance: float = 0.03) -> int:
+    """The batch size to run at: the smallest within ``tolerance`` of the best throughput (fewer
+    sequences hold less KV memory for the same speed)."""
+    best = max(p.tokens_per_s for p in points)
+    return min(p.parallel for p in points if p.tokens_per_s >= best * (1 - tolerance))

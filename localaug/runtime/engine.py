@@ -220,7 +220,9 @@ class TextStream:
         piece, self._emitted = self.text[self._emitted :], len(self.text)
         return piece
 
-    def generation(self, prompt_tokens: int, started: float, first: float, prefill_seconds: float) -> Generation:
+    def generation(self, prompt_tokens: int, started: float, first: float, prefill_seconds: float,
+                   cached: int = 0) -> Generation:
+        """The finished generation; ``cached`` prompt tokens came from a cached prefix (not decoded)."""
         done = time.monotonic()
         n_gen = len(self.tokens)
         return Generation(
@@ -231,7 +233,9 @@ class TextStream:
             seconds=done - started,
             first_token_seconds=first,
             stats={
-                "prefill_tokens_per_s": prompt_tokens / max(prefill_seconds, 1e-9),
+                "prefill_tokens_per_s": (prompt_tokens - cached) / max(prefill_seconds, 1e-9),
+                "started": started,  # time.monotonic() at the start (for throughput over many generations)
+                "cached_prompt_tokens": float(cached),
                 "decode_tokens_per_s": max(n_gen - 1, 0) / max(done - started - first, 1e-9) if n_gen > 1 else 0.0,
             },
         )
@@ -260,7 +264,11 @@ _C = TypeVar("_C", bound=Closing)
 
 
 class Engine(Closing):
-    """One loaded GGUF model and one llama.cpp context."""
+    """One loaded GGUF model and one llama.cpp context.
+
+    The context keeps the KV of what it decoded last: a prompt that starts with the same tokens (a
+    system turn, teacher-mode examples, the previous prompt) decodes only the rest, as
+    llama-cpp-python and llama-server do."""
 
     def __init__(self, path: str | os.PathLike[str], opts: EngineOptions | None = None, *, context: bool = True) -> None:
         """``context=False`` loads only the model (a BatchEngine brings its own context); a
@@ -284,6 +292,11 @@ class Engine(Closing):
         self.threads = self.opts.threads or max(1, os.cpu_count() or 1)
         self._ctx = None
         self.n_ctx = 0
+        self._kv: list[int] = []  # the tokens whose KV the context holds, in order (sequence 0)
+        # the last prompt and the logits of its last token, so that the same prompt again (a
+        # retry, n samples, a seeded rerun) samples from exactly the logits a cold decode gives
+        self._last_prompt: list[int] = []
+        self._last_logits = (ctypes.c_float * 0)()
         if context:
             self._make_context(self.opts.n_ctx or min(DEFAULT_CTX, self.n_ctx_train))
         self.load_seconds = time.monotonic() - started
@@ -294,8 +307,38 @@ class Engine(Closing):
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
+        self._kv, self._last_prompt = [], []
         self._ctx = self.new_context(n_ctx)
         self.n_ctx = L.llama_n_ctx(self._ctx)
+
+    def forget(self) -> None:
+        """Drop the cached KV, so the next prompt is decoded from its first token (benchmarks)."""
+        if self._ctx:
+            L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+        self._kv, self._last_prompt = [], []
+
+    def _reuse(self, tokens: Sequence[int]) -> int:
+        """Keep the KV of the longest prefix ``tokens`` shares with what the context holds; drop
+        the rest; the tokens kept.
+
+        The whole prompt is kept only when it is the last prompt again: its last token's logits
+        are then written back from the copy kept at the time, so the sample is the one a cold
+        decode gives. Otherwise the last token is decoded anew for its logits."""
+        n = len(tokens)
+        if self._last_prompt == list(tokens) and self._kv[:n] == self._last_prompt:
+            L.llama_memory_seq_rm(L.llama_get_memory(self._ctx), 0, n, -1)
+            del self._kv[n:]
+            ctypes.memmove(L.llama_get_logits_ith(self._ctx, -1), self._last_logits, ctypes.sizeof(self._last_logits))
+            return n
+        keep, limit = 0, min(len(self._kv), n - 1)
+        while keep < limit and self._kv[keep] == tokens[keep]:
+            keep += 1
+        if keep:
+            L.llama_memory_seq_rm(L.llama_get_memory(self._ctx), 0, keep, -1)
+        else:
+            L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+        del self._kv[keep:]
+        return keep
 
     def new_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False):
         """A new llama.cpp context on this model (the caller frees it with ``llama_free``)."""
@@ -350,6 +393,18 @@ class Engine(Closing):
             buf = ctypes.create_string_buffer(-n)
             n = L.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
+
+    @functools.cached_property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token of one sequence takes (every layer's K and V)."""
+        m = self._model
+        head_dim = L.llama_model_n_embd(m) // max(L.llama_model_n_head(m), 1)
+        return L.llama_model_n_layer(m) * 2 * head_dim * L.llama_model_n_head_kv(m) * (4 if self.opts.kv_f32 else 2)
+
+    def ensure_context(self) -> None:
+        """Make the default context if this engine was loaded without one."""
+        if not self._ctx:
+            self._make_context(self.opts.n_ctx or min(DEFAULT_CTX, self.n_ctx_train))
 
     @functools.cached_property
     def max_piece_bytes(self) -> int:
@@ -421,7 +476,15 @@ class Engine(Closing):
             arr = (L.llama_token * len(chunk))(*chunk)
             rc = L.llama_decode(self._ctx, L.llama_batch_get_one(arr, len(chunk)))
             if rc != 0:
+                self.forget()
                 raise EngineError(f"llama_decode failed (code {rc}): the context may be full; lower {opt('max_tokens')}")
+            self._kv += chunk
+
+    def _keep_logits(self, prompt: list[int]) -> None:
+        if len(self._last_logits) != self.n_vocab:
+            self._last_logits = (ctypes.c_float * self.n_vocab)()
+        ctypes.memmove(self._last_logits, L.llama_get_logits_ith(self._ctx, -1), ctypes.sizeof(self._last_logits))
+        self._last_prompt = prompt
 
     def stream(
         self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = (), ignore_eog: bool = False
@@ -443,12 +506,15 @@ class Engine(Closing):
         if not tokens:
             raise UsageError("empty prompt: give some text")
         self.fit(len(tokens), p.max_tokens)
-        L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
         sampler = self._sampler(p)
         out = TextStream(self, stop, ignore_eog)
         first = 0.0
         try:
-            self._decode(tokens)
+            # an identical prefix (a system turn, teacher examples, the last prompt) is decoded once
+            cached = self._reuse(tokens)
+            if cached < len(tokens):
+                self._decode(tokens[cached:])
+                self._keep_logits(tokens)
             prefill = time.monotonic()
             for _ in range(p.max_tokens):
                 tok = L.llama_sampler_sample(sampler, self._ctx, -1)
@@ -465,9 +531,12 @@ class Engine(Closing):
             piece = out.rest()
             if piece:
                 yield piece
+        except BaseException:
+            self.forget()  # stopped midway (Ctrl-C, a closed stream): the cache may not match
+            raise
         finally:
             L.llama_sampler_free(sampler)
-        yield out.generation(len(tokens), started, first, prefill - started)
+        yield out.generation(len(tokens), started, first, prefill - started, cached)
 
     def generate(
         self, prompt: str | Sequence[int], sampling: SamplingParams, stop: Sequence[str] = (), ignore_eog: bool = False
@@ -486,11 +555,14 @@ class Engine(Closing):
         """
         with self.lock:
             self.fit(len(prompt), n_tokens)
-            L.llama_memory_clear(L.llama_get_memory(self._ctx), True)
+            self.forget()
             self._decode(prompt)
             one = (L.llama_token * 1)(prompt[-1])
             started = time.monotonic()
-            for _ in range(n_tokens):
-                if L.llama_decode(self._ctx, L.llama_batch_get_one(one, 1)) != 0:
-                    raise EngineError("llama_decode failed during the benchmark: lower the token count")
+            try:
+                for _ in range(n_tokens):
+                    if L.llama_decode(self._ctx, L.llama_batch_get_one(one, 1)) != 0:
+                        raise EngineError("llama_decode failed during the benchmark: lower the token count")
+            finally:
+                self.forget()
             return n_tokens / (time.monotonic() - started)

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localaug.augment.calibrate import choose_parallel
+from localaug.augment.resolve import resolve_style
 from localaug.core.errors import EngineError, QueueFullError, UsageError, opt
-from localaug.family.registry import ModelSpec
+from localaug.core.files import cached_sha256
+from localaug.family.registry import DEFAULT_CTX, ModelSpec
 from localaug.family.styles import PromptStyle
 from localaug.runtime.batch import BatchEngine, Piece, Request, Result, Slots
 from localaug.runtime.engine import Engine, EngineOptions
@@ -332,17 +335,18 @@ def model_id(source: str, path: Path, spec: ModelSpec | None) -> str:
 
 
 def load_model(source: str | os.PathLike[str], *, name: str | None = None, quant: str | None = None,
-               prompt_format: str | None = None, opts: EngineOptions | None = None, parallel: int = 8,
+               prompt_format: str | None = None, opts: EngineOptions | None = None, parallel: int | None = 8,
                n_ctx: int | None = None, max_queue: int = 64) -> ServedModel:
     """Resolve ``source`` (family name, repo id, GGUF path or checkpoint dir), load it once and start
-    its scheduler. ``n_ctx`` is the context of one sequence; the KV cache holds ``parallel`` of them."""
-    from localaug.augment.resolve import resolve_style
-
-    if parallel < 1:
+    its scheduler. ``n_ctx`` is the context of one sequence; the KV cache holds ``parallel`` of them
+    (None: the batch size calibrated for this machine, see ``augment.calibrate``)."""
+    if parallel is not None and parallel < 1:
         raise UsageError(f"{opt('parallel')} must be at least 1")
     m = resolve_style(source, quant, prompt_format)
     engine = Engine(m.path, opts or EngineOptions(), context=False)
     try:
+        if parallel is None:
+            parallel = choose_parallel(engine, cached_sha256(m.path), n_ctx or engine.opts.n_ctx or DEFAULT_CTX).value
         batch = BatchEngine(engine, parallel=parallel, n_ctx=n_ctx)
     except BaseException:
         engine.close()

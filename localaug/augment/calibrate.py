@@ -1,0 +1,105 @@
+"""How many sequences to decode together: measured, not a constant.
+
+llama.cpp's batched decode is not monotonic in the batch size on CPUs (on one 2-core EPYC:
+B=4 38, B=8 35, B=16 59, B=32 68 tokens/s), so a fixed ``parallel`` is fast on one machine and
+slow on the next. The first time a model runs on a machine with ``parallel`` left to localaug,
+a short calibration measures localaug's own batched throughput at B = 1, 2, 4, … (up to what the
+KV cache may take of the memory) and picks the fastest (the smallest within 3 % of the best). The
+choice is cached in ``LOCALAUG_HOME/calibration.json`` by model file, device, GPU layers, threads,
+llama.cpp version and CPU, so later runs start at once; ``localaug bench --batch`` prints the whole
+curve next to raw ``llama_decode``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from localaug.core.files import read_json, write_json_atomic
+from localaug.core.settings import default_parallel, localaug_home
+from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, batch_curve, fastest
+from localaug.runtime.engine import Engine, EngineOptions, llama_cpp_version
+
+KV_SHARE_OF_MEMORY = 0.25  # the KV cache of all sequences may take at most this share of RAM
+CALIBRATION_TOKENS = 12
+CALIBRATION_PROMPT = "Write a short haiku about the sea."
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """The batch size a run uses and how it was chosen: given, calibrated now, or cached."""
+
+    value: int
+    source: str  # "given" | "LOCALAUG_PARALLEL" | "calibrated" | "cached"
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        if self.source == "calibrated":
+            return f"batch size {self.value}, calibrated for this machine in {self.seconds:.0f} s"
+        if self.source == "cached":
+            return f"batch size {self.value}, calibrated for this machine earlier"
+        return f"batch size {self.value}"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _key(sha256: str, engine: Engine) -> str:
+    o = engine.opts
+    return "|".join(map(str, (sha256, o.device, engine.gpu_layers, engine.threads, o.kv_f32, llama_cpp_version(), _cpu())))
+
+
+def affordable(engine: Engine, n_ctx: int, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The batch sizes whose KV cache (``parallel + 1`` sequences of ``n_ctx``) fits the budget."""
+    budget = _memory_bytes() * KV_SHARE_OF_MEMORY
+    fits = tuple(b for b in sizes if (b + 1) * n_ctx * engine.kv_bytes_per_token <= budget)
+    return fits or sizes[:1]
+
+
+def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None = None) -> Parallel:
+    """``given`` if set (or LOCALAUG_PARALLEL); else the cached calibration for this model and
+    machine; else measure."""
+    if given is not None:
+        return Parallel(given, "given")
+    if default_parallel() is not None:
+        return Parallel(default_parallel(), "LOCALAUG_PARALLEL")  # type: ignore[arg-type]
+    cache_file = localaug_home() / "calibration.json"
+    cache = read_json(cache_file) or {}
+    sizes = affordable(engine, n_ctx, GPU_BATCH_SIZES if engine.gpu_layers else BATCH_SIZES)
+    key = f"{_key(sha256, engine)}|{max(sizes)}"
+    hit = cache.get(key)
+    if isinstance(hit, dict) and isinstance(hit.get("parallel"), int) and hit["parallel"] >= 1:
+        return Parallel(hit["parallel"], "cached")
+    started = time.monotonic()
+    points = batch_curve(engine, engine.tokenize(CALIBRATION_PROMPT), sizes, CALIBRATION_TOKENS, raw=False)
+    choice = Parallel(fastest(points), "calibrated", time.monotonic() - started)
+    cache[key] = {"parallel": choice.value, "tokens_per_s": {str(p.parallel): round(p.tokens_per_s, 2) for p in points},
+                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache_file, cache)
+    except Exception:  # noqa: BLE001 - a read-only home: measure again next time
+        pass
+    return choice
+
+
+def open_engine(path: Path, options: EngineOptions) -> Engine:
+    """The model loaded without a context (a batching engine brings its own)."""
+    return Engine(path, options, context=False)
