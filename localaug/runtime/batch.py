@@ -18,7 +18,8 @@ prompt chunks and decode tokens of any mix of slots go into one micro-batch.
 
 Shared prefixes are decoded once. One more sequence id (``parallel``) holds the KV of a cached
 prefix: after a prompt is decoded, the holder keeps the part it shares with the previous cached
-prompt (or, with nothing useful cached, this prompt); a new prompt that starts with at least
+prompt (or, with nothing useful cached, this prompt); requests admitted together that share a
+beginning (a job's first rows) have it decoded into the holder first. A new prompt that starts with at least
 ``MIN_SHARE`` tokens of it copies their KV (``llama_memory_seq_cp``: cells are shared, nothing is
 recomputed) and prefills only its own suffix. So the system turn, teacher-mode instructions and
 examples, Response-Exp seed pairs or a client's system prompt are decoded once per engine, for
@@ -171,7 +172,8 @@ def _common(a: list[int], b: list[int]) -> int:
 
 @dataclass
 class PrefixStats:
-    """Prompt tokens decoded, and prompt tokens whose KV came from the cached prefix instead."""
+    """Prompt tokens decoded (a shared prefix once, into the holder), and prompt tokens whose KV came
+    from the cached prefix instead."""
 
     decoded: int = 0
     reused: int = 0
@@ -306,32 +308,39 @@ class Slots:
         (None: nothing more for now). Yields the error Results of requests that cannot run; a
         request that fails to start (whatever the exception) fails alone, its slots freed."""
         slots, groups = self.slots, self.groups
-        more = True
         for slot in range(self.engine.parallel):
             while slots[slot] is None:
                 group = next((g for g in groups if g.prefilled and g.live), None)
-                if group is not None:
-                    try:
-                        self._fork(group, next(iter(group.live)), slot, whole=False)
-                    except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
-                        yield from self._abort(group, f"could not start a sample: {exc}")
-                        continue
-                    if not group.pending and group in groups:
-                        groups.remove(group)
-                    continue
-                request = pull() if more else None
-                if request is None:
-                    more = False
+                if group is None:
                     break
-                yield from self._begin(request, slot)
+                try:
+                    self._fork(group, next(iter(group.live)), slot, whole=False)
+                except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                    yield from self._abort(group, f"could not start a sample: {exc}")
+                    continue
+                if not group.pending and group in groups:
+                    groups.remove(group)
+        free = [slot for slot in range(self.engine.parallel) if slots[slot] is None]
+        admitted: list[_Group] = []
+        while len(admitted) < len(free):
+            request = pull()
+            if request is None:
+                break
+            group, errors = self._admit(request)
+            yield from errors
+            if group is not None:
+                admitted.append(group)
+        if len(admitted) > 1:
+            try:
+                self._cache_common_prefix(admitted)
+            except Exception:  # noqa: BLE001 - no shared prefix then: each prompt is decoded whole
+                self.engine.forget_prefix()
+        for group, slot in zip(admitted, free):
+            yield from self._begin(group, slot)
 
-    def _begin(self, request: Request, slot: int) -> Iterator[Result]:
-        """Admit ``request`` into the free ``slot`` (or yield why it cannot run); a prompt that
-        starts with the cached prefix takes that prefix's KV and prefills only the rest."""
-        group, errors = self._admit(request)
-        yield from errors
-        if group is None:
-            return
+    def _begin(self, group: _Group, slot: int) -> Iterator[Result]:
+        """Start an admitted request in the free ``slot``; a prompt that starts with the cached
+        prefix takes that prefix's KV and prefills only the rest."""
         shared = group.shared = self._shared(group.tokens)
         try:
             if shared:
@@ -346,6 +355,47 @@ class Slots:
         stats.decoded += len(group.tokens) - shared
         if group.pending:
             self.groups.append(group)
+
+    def _cache_common_prefix(self, admitted: list[_Group]) -> None:
+        """Requests admitted together that share a beginning (a job's first rows, a burst of
+        requests with one system prompt): decode that beginning once, into the holder, so that
+        each of them prefills only its own part. The prefix chosen saves the most tokens."""
+        eng = self.engine
+        if not eng.share_prefix:
+            return
+        ordered = sorted((g.tokens for g in admitted))
+        adjacent = [_common(a, b) for a, b in zip(ordered, ordered[1:])]
+        best, best_saved = 0, 0
+        for i, length in enumerate(adjacent):
+            lo = hi = i  # the run of neighbours sharing at least ``length`` tokens
+            while lo > 0 and adjacent[lo - 1] >= length:
+                lo -= 1
+            while hi + 1 < len(adjacent) and adjacent[hi + 1] >= length:
+                hi += 1
+            saved = length * (hi - lo + 1)  # every member of the run but one skips ``length`` tokens
+            if saved > best_saved:
+                best, best_saved = i, saved
+        length = min(adjacent[best] if adjacent else 0, *(len(t) - 1 for t in ordered[best:best + 2]))
+        prefix = ordered[best][:length]
+        if length < MIN_SHARE or _common(eng.prefix, prefix) >= length:
+            return  # too short, or cached already
+        keep = _common(eng.prefix, prefix)
+        if keep < MIN_SHARE:
+            keep = 0
+        L.llama_memory_seq_rm(eng.memory, eng.holder, keep, -1)
+        eng.prefix = []
+        b = eng.llama_batch
+        for start in range(keep, length, eng.n_batch):
+            chunk = prefix[start:start + eng.n_batch]
+            for j, tok in enumerate(chunk):
+                b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, start + j, 1, 0
+                b.seq_id[j][0] = eng.holder
+            b.n_tokens = len(chunk)
+            rc = L.llama_decode(eng.ctx, b)
+            if rc != 0:
+                raise EngineError(f"llama_decode failed (code {rc}) on the shared prefix")
+        eng.prefix = prefix
+        eng.prefix_stats.decoded += length - keep
 
     def _shared(self, tokens: list[int]) -> int:
         """How many leading tokens of ``tokens`` to take from the cached prefix (0: none); never
