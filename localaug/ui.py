@@ -284,6 +284,15 @@ def render_refined(console: Console, original: str, refined: str, compare: bool,
         console.print(f"[dim]{footer}[/dim]", highlight=False)
 
 
+def render_rejected_refinement(console: Console, refined: str, reason: str) -> None:
+    """A refine reply a job would not keep: why, and what the model wrote, on stderr."""
+    from localaug.augment.filters import REASONS
+
+    console.print(f"[yellow]not a refinement:[/yellow] {REASONS.get(reason, reason)} ({reason}); the model wrote: "
+                  f"{escape(refined[:200])}", highlight=False, soft_wrap=True)
+    console.print("try another --seed or --temperature, or a larger model", highlight=False)
+
+
 def render_item(console: Console, index: int, text: str) -> None:
     if console.is_terminal:
         console.print(f"[bold]{index}.[/bold] {escape(text)}", highlight=False, soft_wrap=True)
@@ -424,8 +433,11 @@ def job_progress_for(console: Console) -> JobLiveProgress | JobPlainProgress:
 
 
 def render_job_summary(console: Console, summary: Any) -> None:
+    for stage in getattr(summary, "stages", ()):  # --respond-with: the augmenter's run first
+        render_job_summary(console, stage)
     s = summary.stats
-    table = Table(title=f"localaug run {summary.run_id[:12]}", show_header=False, title_justify="left")
+    task = f"{summary.task} " if getattr(summary, "task", "") else ""
+    table = Table(title=f"localaug run {task}{summary.run_id[:12]}", show_header=False, title_justify="left")
     table.add_column("what", style="bold cyan")
     table.add_column("value", overflow="fold")
     rows = [
@@ -471,3 +483,84 @@ def render_merge_summary(console: Console, summary: Any) -> None:
 
 def render_interrupted(console: Console, message: str) -> None:
     console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
+
+
+# --- report and judge ------------------------------------------------------------------------------
+
+
+def render_report(console: Console, report: Any) -> None:
+    d, c = report.collected, report.collected.counts
+    table = Table(title=f"localaug report: {d.path.name}", title_justify="left")
+    table.add_column("")
+    table.add_column("sources", justify="right")
+    table.add_column("new", justify="right")
+    for key in report.diversity["new"]:
+        row = []
+        for side in ("sources", "new"):
+            v = report.diversity[side].get(key)
+            row.append("—" if v is None or v != v else (f"{v:.0f}" if key == "texts" else f"{v:.3f}"))
+        table.add_row(key, *row)
+    console.print(table)
+    reasons = " · ".join(f"{k} {v}" for k, v in sorted((c.get("rejected_by_reason") or {}).items())) or "none"
+    console.print(f"rows {c['rows']} (ok {c['ok']}, filtered {c['filtered']}, failed {c['failed']}); rejected: {escape(reasons)}",
+                  highlight=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(f"[dim]{escape(note)}[/dim]", highlight=False)
+    console.print(f"map: {report.projection}; page: {report.html}; figures: {report.figures['map'].parent}",
+                  highlight=False, soft_wrap=True)
+
+
+class _Counter:
+    def __init__(self, console: Console, noun: str) -> None:
+        self.console, self.noun, self.last = console, noun, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if time.monotonic() - self.last >= (0.2 if self.console.is_terminal else 10):
+            self.last = time.monotonic()
+            self.console.print(f"{self.noun}: {done}/{total}", highlight=False)
+
+
+class counter:  # noqa: N801 - used as a context manager: with counter(console, "judging") as tick
+    """A ``progress(done, total)`` callback that prints a line now and then."""
+
+    def __init__(self, console: Console, noun: str) -> None:
+        self.tick = _Counter(console, noun)
+
+    def __enter__(self) -> _Counter:
+        return self.tick
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def judge_rows(s: Any) -> list[tuple[str, str]]:
+    lo, hi = s.interval
+    return [("aspect", s.aspect), ("judge", Path(s.judge).name), ("pairs judged", str(s.n)),
+            ("B better (wins)", str(s.wins)), ("ties", str(s.ties)), ("A better (losses)", str(s.losses)),
+            ("B's score (wins + ties/2) / n", f"{s.score:.3f}  (95% interval {lo:.3f}–{hi:.3f})"),
+            ("replies with no verdict (ties)", str(s.no_verdict)), ("rows in only one file", str(s.missing)),
+            ("verdicts", s.verdicts)]
+
+
+def render_judge(console: Console, s: Any) -> None:
+    table = Table(title=f"localaug judge: {Path(s.b).name} vs {Path(s.a).name}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold cyan")
+    table.add_column("value", overflow="fold")
+    for k, v in judge_rows(s):
+        table.add_row(k, plain(v))
+    console.print(table)
+    console.print("[dim]a small judge is weak: use a larger judge model for decisions[/dim]", highlight=False)
+
+
+def add_judge_to_page(html_path: Path, s: Any) -> None:
+    """Add the judge table to a report page (before its end), or write a page with it alone."""
+    import html as h
+
+    rows = "".join(f"<tr><th>{h.escape(k)}</th><td>{h.escape(v)}</td></tr>" for k, v in judge_rows(s))
+    section = f"<h2>Judge: {h.escape(s.aspect)}</h2><table>{rows}</table>"
+    if html_path.is_file():
+        text = html_path.read_text(encoding="utf-8")
+        text = text.replace("</body>", section + "</body>", 1) if "</body>" in text else text + section
+    else:
+        text = f"<!doctype html><html><head><meta charset='utf-8'><title>localaug judge</title></head><body>{section}</body></html>\n"
+    html_path.write_text(text, encoding="utf-8")

@@ -30,7 +30,8 @@ NEWLINE = 198  # the last prompt token of a ChatML generation prompt: "<|im_star
 
 # What each scripted model writes. "refine" has one text (greedy and sampled alike); it holds a
 # newline inside merged tokens ("],\n\n") for the stop-string tests. "expand" writes one of eight
-# distinct instructions per sample; "pairs" one of three Response-Exp pairs; "refusal" refuses.
+# distinct instructions per sample; "pairs" one of three Response-Exp pairs; "refusal" refuses;
+# "respond" answers every instruction with one text; "judge" always prefers the answer shown first.
 SCRIPTS: dict[str, list[str]] = {
     "refine": [
         'Write a detailed Hangzhou travel guide: ["sights", "food"],\n\nthen add hotels by budget and transport tips.',
@@ -46,6 +47,8 @@ SCRIPTS: dict[str, list[str]] = {
         "Suggest monthly budgets to students moving abroad.",
     ],
     "refusal": ["I'm sorry, but I can't help with that request."],
+    "respond": ["Walk along West Lake early and visit Lingyin Temple before trying Longjing tea."],
+    "judge": ["Assistant A is clearer and more complete. [[A]]"],
     "pairs": [
         "### Instruction:\nName three primary colors.\n\n### Response \nRed, yellow and blue",
         "### Instruction:\nWhat is the capital of France?\n\n ### Response:\n\nParis",

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from localaug.family import prompts
-from localaug.runtime.batch import BatchEngine, Request, Result
+from localaug.runtime.batch import MIN_SHARE, BatchEngine, Request, Result
 from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=20)
@@ -183,6 +183,25 @@ def test_a_shared_prefix_is_decoded_once_and_changes_nothing(engine: Engine) -> 
             assert stats.decoded <= total - (len(texts) - 1) * n_system  # the system turn once, not 8 times
         else:
             assert stats.reused == 0 and stats.decoded == total
+
+
+def test_a_new_system_prompt_that_starts_like_the_old_one_is_cached_in_its_place(engine: Engine) -> None:
+    """A server's next client: its system prompt shares only a first few words with the cached one,
+    so the holder takes the new prompt, and that client's second request reuses all of it."""
+    def chat(team: int, text: str) -> str:
+        return prompts.qwen2_chatml([{"role": "system", "content": f"You are the writing assistant of the team number {team}. " + SYSTEM},
+                                     {"role": "user", "content": text}])
+
+    n_system = len(engine.tokenize(chat(2, "")[: chat(2, "").index("<|im_start|>user")]))
+    with BatchEngine(engine, parallel=2, n_ctx=1024) as batch:
+        cached = []
+        for team, text in ((1, TEXTS[0]), (2, TEXTS[1]), (2, TEXTS[2])):
+            [r] = run_all(batch, [Request(text, chat(team, text), GREEDY, prompts.QWEN2_STOP)]).values()
+            cached.append(r.generation.stats["cached_prompt_tokens"])
+    # team 2's first request: only "<|im_start|>system\nYou are the writing assistant of the team number" in common,
+    # enough to be taken from the holder (at least MIN_SHARE tokens), far from the whole system turn
+    assert MIN_SHARE <= cached[1] < n_system // 4
+    assert cached[2] >= n_system  # team 2's second request: its whole system turn comes from the holder
 
 
 def test_the_single_engine_reuses_the_prompt_it_decoded_last(converted) -> None:

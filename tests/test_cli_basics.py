@@ -36,13 +36,17 @@ def test_help_lists_every_command() -> None:
 def test_family_matches_manifests_on_disk() -> None:
     on_disk = {tomllib.loads(p.read_text())["name"] for p in MODELS_DIR.glob("*.toml")}
     assert on_disk == {s.name for s in registry.family()}
-    assert len(on_disk) == 5
+    assert len(on_disk) == 7  # five augmenters, two responders
 
 
 def test_manifests_carry_the_vendor_defaults() -> None:
     for spec in registry.family():
-        assert spec.repo.startswith("alibaba-pai/Qwen2-")
-        assert (spec.sampling.temperature, spec.sampling.top_p, spec.sampling.top_k, spec.sampling.max_tokens) == (0.5, 0.95, 50, 2048)
+        if spec.task == "respond":  # Qwen2-Instruct, with its generation_config.json sampling
+            assert spec.repo in ("Qwen/Qwen2-1.5B-Instruct", "Qwen/Qwen2-7B-Instruct")
+            assert (spec.sampling.temperature, spec.sampling.top_p, spec.sampling.top_k) == (0.7, 0.8, 20)
+        else:
+            assert spec.repo.startswith("alibaba-pai/Qwen2-")
+            assert (spec.sampling.temperature, spec.sampling.top_p, spec.sampling.top_k, spec.sampling.max_tokens) == (0.5, 0.95, 50, 2048)
         assert set(spec.stop) == {"<|im_end|>", "<|endoftext|>"}
         assert spec.architecture.tied_embeddings == (spec.parameters == "1.5B")
         assert spec.task in registry.TASKS
@@ -63,6 +67,8 @@ README_FAMILY = {
     "qwen2-exp:1.5b": "alibaba-pai/Qwen2-1.5B-Instruct-Exp",
     "qwen2-exp:7b": "alibaba-pai/Qwen2-7B-Instruct-Exp",
     "qwen2-response-exp:7b": "alibaba-pai/Qwen2-7B-Instruct-Response-Exp",
+    "qwen2-instruct:1.5b": "Qwen/Qwen2-1.5B-Instruct",
+    "qwen2-instruct:7b": "Qwen/Qwen2-7B-Instruct",
 }
 
 

@@ -297,8 +297,8 @@ def _mutated(rng: random.Random) -> tuple[str, object]:
 def test_soak_random_bodies_never_break_the_server(url: str, reference: str, models: list[ServedModel]) -> None:
     rng = random.Random(20261130)
     counts: dict[int, int] = {}
-    deadline = time.monotonic() + 25
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 240  # 60 requests take ~25 s on a quiet 2-core machine; a shared one is slower
+    while sum(counts.values()) < 60 and time.monotonic() < deadline:
         path, body = _mutated(rng)
         try:
             raw = json.dumps(body, allow_nan=True).encode()

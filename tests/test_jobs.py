@@ -254,26 +254,20 @@ def test_dotted_field_carries_columns_and_shards(tmp_path, tiny):
 # --- outputs (a real model: replies that end) -------------------------------------------------
 
 
-def test_expand_records_and_training_formats(tmp_path, smollm2):
+def test_expand_records_and_the_prompt_only_training_format(tmp_path, smollm2):
     src = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Say hi."}, {"instruction": "Name a color."}])
     args = dict(model=smollm2, prompt_format="qwen2-chatml", temperature=0.8, max_tokens=24, threads=1, n=2)
-    for fmt, name in (("alpaca", "a.json"), ("sharegpt", "s.jsonl"), ("messages", "m.jsonl")):
-        out = tmp_path / name
-        summary = run_job("expand", src, out, fmt=fmt, **args)
-        recs = one_per_row(summary.ledger, 2)
-        assert any(r["status"] == "ok" and r["outputs"] for r in recs)
-        assert summary.exported == sum(len(r["outputs"]) for r in recs if r["status"] == "ok") > 0
-        if fmt == "alpaca":
-            data = json.loads(out.read_text())
-            assert set(data[0]) == {"instruction", "input", "output"}
-        else:
-            data = pa.json.read_json(out).to_pylist()  # JSON Lines as pyarrow (and datasets) read it
-            key = "conversations" if fmt == "sharegpt" else "messages"
-            assert data[0][key][0]["from" if fmt == "sharegpt" else "role"] in ("human", "user")
-        assert len(data) == summary.exported
-        loaded = load_with_datasets("json", out, tmp_path)
-        assert loaded is None or loaded.num_rows == summary.exported
-    ledger = pa.json.read_json(tmp_path / "a.json.ledger.jsonl")
+    out = tmp_path / "p.jsonl"
+    summary = run_job("expand", src, out, fmt="prompts", **args)
+    recs = one_per_row(summary.ledger, 2)
+    assert any(r["status"] == "ok" and r["outputs"] for r in recs)
+    assert summary.exported == sum(len(r["outputs"]) for r in recs if r["status"] == "ok") > 0
+    data = pa.json.read_json(out).to_pylist()  # JSON Lines as pyarrow (and datasets) read it
+    assert [ex["prompt"] for ex in data] == [[{"role": "user", "content": t}] for r in recs if r["status"] == "ok"
+                                             for t in r["outputs"]]
+    loaded = load_with_datasets("json", out, tmp_path)
+    assert loaded is None or loaded.num_rows == summary.exported
+    ledger = pa.json.read_json(tmp_path / "p.jsonl.ledger.jsonl")
     assert ledger.num_rows == 2 and "source_id" in ledger.column_names
 
 

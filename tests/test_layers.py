@@ -19,15 +19,17 @@ LAYERS = {
     "family": 2,
     "runtime": 3, "store": 3,
     "augment": 4,
-    "jobs": 5, "serve": 5,
+    "jobs": 5, "serve": 5, "report": 5,
     "api": 6, "ray": 6,
     "cli": 7, "ui": 7,
 }
 # Parts of one layer that must not import each other.
-PEERS_APART = {("jobs", "serve"), ("serve", "jobs"), ("runtime", "store"), ("store", "runtime")}
+PEERS_APART = {("jobs", "serve"), ("serve", "jobs"), ("runtime", "store"), ("store", "runtime"),
+               ("report", "serve"), ("serve", "report"), ("jobs", "report")}
 # Third-party packages and the only parts that may import them.
 # (llama.cpp's quantizer runs in a child process of the conversion step.)
-CONFINED = {"ray": {"jobs/on_ray.py"}, "llama_cpp": {"runtime", "convert/quantize.py"}, "torch": set(), "transformers": set()}
+CONFINED = {"ray": {"jobs/on_ray.py"}, "llama_cpp": {"runtime", "convert/quantize.py"}, "torch": set(), "transformers": set(),
+            "matplotlib": {"report/figures.py"}, "sklearn": {"report/build.py"}}
 
 
 def part_of(path: Path) -> str:

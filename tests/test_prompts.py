@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from localaug.core.errors import ReplyParseError, TemplateRenderError
+from localaug.core.errors import ReplyParseError, TemplateRenderError, UsageError
 from localaug.family import prompts
 from localaug.family.prompts import Pair
 from localaug.store.gguf_info import read_metadata
@@ -70,15 +70,47 @@ def test_sandbox_refuses_template_code_execution() -> None:
         prompts.render_chat_template("{{ raise_exception('no system role') }}", [])
 
 
-def test_teacher_messages_carry_examples_in_both_languages() -> None:
-    for task in ("refine", "expand", "pairs"):
-        msgs = prompts.teacher_messages(task, "INPUT")
-        assert msgs[0]["role"] == "system" and msgs[-1] == {"role": "user", "content": "INPUT"}
-        shots = " ".join(m["content"] for m in msgs[1:-1])
-        assert any("\u4e00" <= ch <= "\u9fff" for ch in shots)  # a Chinese example
-        assert any(ch.isascii() and ch.isalpha() for ch in shots)  # an English one
-        roles = [m["role"] for m in msgs[1:-1]]
-        assert roles == ["user", "assistant"] * (len(roles) // 2)
+def test_teacher_messages_carry_examples_in_the_inputs_language() -> None:
+    for task, en, zh in (("refine", "Describe the water cycle.", "描述水循环。"),
+                         ("expand", "Describe the water cycle.", "描述水循环。"),
+                         ("pairs", "### Instruction\nWhat is 2+2?\n\n### Response\n4", "### Instruction\n2加2等于几？\n\n### Response\n4")):
+        for text, cjk in ((en, False), (zh, True)):
+            msgs = prompts.teacher_messages(task, text)
+            assert msgs[0]["role"] == "system" and msgs[-1] == {"role": "user", "content": text}
+            shots = msgs[1:-1]
+            assert [m["role"] for m in shots] == ["user", "assistant"] * 2  # two examples
+            assert all(any("\u4e00" <= ch <= "\u9fff" for ch in m["content"]) == cjk for m in shots), (task, text)
+
+
+@pytest.mark.parametrize("task", ["refine", "expand", "pairs"])
+def test_an_example_is_never_shown_for_its_own_input_or_a_near_copy(task) -> None:
+    from localaug.family import teacher_pool
+    from localaug.family.text import rouge_l
+
+    latin, cjk = teacher_pool.POOL[task]
+    default = prompts.choose_examples(task, "Tell me something about the ocean tides.")
+    for shown_input, shown_output in default + prompts.choose_examples(task, "告诉我一些关于潮汐的知识。"):
+        for seed in (shown_input, shown_output, shown_input.upper() + " please", shown_input[: len(shown_input) * 3 // 4]):
+            chosen = prompts.choose_examples(task, seed)
+            assert len(chosen) == 2
+            for ex in chosen:
+                assert rouge_l(ex[0], seed) < prompts.RESEMBLES and rouge_l(ex[1], seed) < prompts.RESEMBLES, (seed, ex)
+    # unrelated inputs of one language share the same examples (and so the same prompt prefix)
+    assert prompts.choose_examples(task, "Explain how tides work.") == prompts.choose_examples(task, "Name a river.")
+
+
+def test_your_own_system_prompt_and_examples(tmp_path) -> None:
+    mine = (("Say hello.", "Say hello in three languages."), ("Sort a list.", "Sort a list of names by length."))
+    msgs = prompts.teacher_messages("refine", "Sort a list of numbers.", prompts.choose_examples("refine", "Sort a list of numbers.", mine),
+                                    system="Be terse.")
+    assert msgs[0] == {"role": "system", "content": "Be terse."}
+    assert [m["content"] for m in msgs[1:-1]] == ["Say hello.", "Say hello in three languages."]  # "Sort a list." resembles it
+    f = tmp_path / "ex.jsonl"
+    f.write_text('{"input": "a", "output": "b"}\n{"instruction": "c", "response": "d"}\n')
+    assert prompts.read_examples(f.read_text()) == (("a", "b"), ("c", "d"))
+    for bad in ('{"input": "a"}', "not json", "[]"):
+        with pytest.raises(UsageError):
+            prompts.read_examples(bad)
 
 
 def test_pairs_round_trip_and_unparseable_reply_is_reported() -> None:

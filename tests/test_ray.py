@@ -230,6 +230,19 @@ class TestLocal:
         table = pq.read_table(tmp_path / "pq")
         assert table.num_rows == 5 and {"output", "source_id", "rejected", "source_output"} <= set(table.column_names)
 
+    def test_augment_chains_a_responder_one_row_per_new_instruction(self, tmp_path, refiner, scripted):
+        from scripted_fixture import SCRIPTS
+
+        from localaug.jobs.on_ray import augment
+
+        ds = ray.data.from_items(rows_of(4))
+        out = augment(ds, "refine", refiner, parallel=2, actors=1, num_cpus=1, respond_with=scripted("respond"),
+                      respond={"temperature": 0.0, "max_tokens": 64}, **SCRIPTED)
+        got = sorted(out.take_all(), key=lambda r: r["origin"]["row"])
+        assert [r["origin"]["row"] for r in got] == [0, 1, 2, 3] and {r["origin"]["task"] for r in got} == {"refine"}
+        for r in got:
+            assert (r["instruction"], r["response"], r["status"]) == (SCRIPTS["refine"][0], SCRIPTS["respond"][0], "ok")
+
     def test_killed_actor_still_gives_one_record_per_row(self, tmp_path, refiner):
         from ray._private import state
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,14 @@ def test_decode_keeps_up_with_raw_llama_cpp(qwen25: Path) -> None:
         result = run_bench(aug.engine, build_prompt(aug.style, "refine", BENCH_PROMPT), n_tokens=32, repeats=2)
     print(result.to_dict())
     assert result.decode_vs_raw >= 0.9
+
+
+def test_the_readme_expand_example_in_teacher_mode_gives_n_distinct_instructions(qwen25: Path) -> None:
+    """The README's expand seed is the input of no example shown for it, so the model does not copy one."""
+    seed = "Plan an in depth tour itinerary of France that includes Paris, Lyon, and Provence."
+    r = subprocess.run([sys.executable, "-m", "localaug.cli", "expand", seed, "-n", "3", "--model", str(qwen25),
+                        "--threads", "2", "--json", "--seed", "0"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert len(data["instructions"]) == len(set(data["instructions"])) == 3 and data["shortfall"] == 0
+    print(data["rejected"], data["samples"])

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from localaug.augment import tasks
-from localaug.augment.resolve import default_sampling, resolve_style
+from localaug.augment.resolve import default_sampling, resolve_style, with_overrides
 from localaug.augment.tasks import ExpandResult
 from localaug.family.prompts import Pair
 from localaug.family.registry import ModelSpec
@@ -35,12 +35,17 @@ class Augmenter:
         kv_f32: bool = False,
         verbose: bool = False,
         prompt_format: str | None = None,
+        system: str | None = None,
+        examples: str | os.PathLike[str] | tuple[tuple[str, str], ...] | None = None,
     ) -> Augmenter:
         """Load ``model``. ``prompt_format`` forces a family format id (e.g. "qwen2-chatml") or
-        "teacher"; by default it follows the registry and the GGUF's provenance."""
+        "teacher"; by default it follows the registry and the GGUF's provenance. Teacher mode takes
+        your own ``system`` prompt and in-context ``examples`` (a JSON/JSONL file or (input, output)
+        pairs) instead of localaug's."""
         m = resolve_style(model, quant, prompt_format)
+        style = with_overrides(m.style, None, system, examples)
         opts = EngineOptions(device=device, gpu_layers=gpu_layers, threads=threads, n_ctx=n_ctx, kv_f32=kv_f32, verbose=verbose)  # type: ignore[arg-type]
-        return cls(Engine(m.path, opts), m.style, m.spec)
+        return cls(Engine(m.path, opts), style, m.spec)
 
     def close(self) -> None:
         self.engine.close()
@@ -71,6 +76,10 @@ class Augmenter:
 
     def refine(self, text: str, **sampling: Any) -> str:
         return self.refine_full(text, **sampling)[0]
+
+    def verdict(self, text: str, refined: str, gen: Generation) -> str | None:
+        """Why a refined instruction would not be kept by a job (``filters.REASONS``), or None."""
+        return tasks.single_reason(self.style, "refine", text, refined, gen)
 
     def expand_full(self, text: str, n: int = 3, **sampling: Any) -> ExpandResult:
         return tasks.final(tasks.expand_iter(self.engine, self.style, text, n, self.sampling(**sampling)))

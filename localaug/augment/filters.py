@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from localaug.family.text import normalize, rouge_l, tokens  # noqa: F401 - part of the filters' API
+
 DEFAULT_ROUGE_L = 0.7
 DEFAULT_ECHO = 0.9
 DEFAULT_MINHASH = 0.8
@@ -39,8 +41,6 @@ REASONS = {
 }
 DUPLICATE_REASONS = ("duplicate", "near-duplicate")
 
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\W_]+", re.UNICODE)
-
 # Opening phrases of refusals (matched at the start of the text, case-folded, after NFKC).
 _REFUSAL = re.compile(
     r"^\W*(?:"
@@ -52,39 +52,6 @@ _REFUSAL = re.compile(
     r"|作为(?:一[个名])?(?:ai|人工智能|语言模型|ai语言模型)"
     r")"
 )
-
-
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_TOKEN.findall(text))
-
-
-def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
-
-
-def lcs_length(a: list[str], b: list[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(a: str | list[str], b: str | list[str]) -> float:
-    ta = tokens(a) if isinstance(a, str) else a
-    tb = tokens(b) if isinstance(b, str) else b
-    if not ta or not tb:
-        return 0.0
-    lcs = lcs_length(ta, tb)
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(tb), lcs / len(ta)
-    return 2 * p * r / (p + r)
 
 
 def is_refusal(text: str) -> bool:

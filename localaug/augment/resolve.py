@@ -1,5 +1,6 @@
 """From what a user names (a family name, a repo id, a GGUF file, a checkpoint folder) to a GGUF path,
-its family spec, its prompt style and its metadata; and the sampling defaults of a model."""
+its family spec, its prompt style (with your own system prompt and examples, if given) and its
+metadata; and the sampling defaults of a model."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from localaug.core.errors import UsageError, opt
+from localaug.core.files import read_bounded
 from localaug.family import registry
+from localaug.family.prompts import read_examples
 from localaug.family.registry import ModelSpec
-from localaug.family.styles import PromptStyle, family_spec_from_metadata, style_for
+from localaug.family.styles import PromptStyle, check_overrides, family_spec_from_metadata, style_for
 from localaug.runtime.engine import SamplingParams
 from localaug.store.gguf_info import read_kv
 
-DEFAULT_MODELS = {"refine": "qwen2-refine:1.5b", "expand": "qwen2-exp:1.5b", "pairs": "qwen2-response-exp:7b"}
+DEFAULT_MODELS = {"refine": "qwen2-refine:1.5b", "expand": "qwen2-exp:1.5b", "pairs": "qwen2-response-exp:7b",
+                  "respond": "qwen2-instruct:1.5b"}
 _SAMPLING_KEYS = {f.name for f in fields(SamplingParams)}
 
 
@@ -56,3 +61,26 @@ def default_sampling(spec: ModelSpec | None, **overrides: Any) -> SamplingParams
         s = spec.sampling
         base = replace(base, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+MAX_EXAMPLES_BYTES = 4 << 20
+
+
+def with_overrides(style: PromptStyle, task: str | None, system: str | None,
+                   examples: str | os.PathLike[str] | tuple[tuple[str, str], ...] | None) -> PromptStyle:
+    """``style`` with your own system prompt and in-context examples (a JSON/JSONL file or pairs)."""
+    if isinstance(examples, (str, os.PathLike)):
+        path = Path(examples)
+        try:
+            text = read_bounded(path, MAX_EXAMPLES_BYTES)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise UsageError(f"{opt('examples')} {path}: cannot read it ({e}): give a JSON/JSONL file of "
+                             "{\"input\", \"output\"} objects") from None
+        examples = read_examples(text, str(path))
+    elif examples is not None:
+        examples = tuple((str(a), str(b)) for a, b in examples)
+    if system is not None and not system.strip():
+        raise UsageError(f"{opt('system')} is empty: give the system prompt's text")
+    style = replace(style, system=system, examples=examples)
+    check_overrides(style, task)
+    return style

@@ -1,4 +1,4 @@
-"""refine / expand / pairs: one input -> its exact prompt -> samples -> judged results.
+"""refine / expand / pairs / respond: one input -> its exact prompt -> samples -> judged results.
 
 ``Draw`` is the one sampling loop every front end drives: the terminal commands and the Python API
 (one sample at a time, ``run_sequential``), batch jobs and Ray (``jobs.worker``: the samples of many
@@ -11,7 +11,8 @@ together). Its rules are the same whoever drives it:
   duplicate filters (an echo of the input or, in teacher mode, of an in-context example; a
   duplicate of an earlier accepted sample; optionally of any text accepted across a job);
 - expand and pairs draw until ``n`` are accepted or ``cap`` samples were drawn (``default_cap``);
-  refine draws one sample, judged against its input (an echo of it is not a refinement);
+  refine draws one sample, judged against its input (an echo of it is not a refinement); respond
+  draws one answer, judged by the response rules (empty, refusal, max_chars);
 - every rejection is counted by reason (``filters.REASONS``).
 
 A driver asks ``want`` (how many samples to decode next, at most), decodes them with
@@ -28,8 +29,11 @@ from localaug.augment.filters import DEFAULT_ECHO, DEFAULT_ROUGE_L, DedupFilter,
 from localaug.core.errors import ReplyParseError, UsageError, opt
 from localaug.family import prompts
 from localaug.family.prompts import Pair
-from localaug.family.styles import PromptStyle, build_prompt, parse_reply
+from localaug.family.styles import PromptStyle, build_prompt, examples_for, parse_reply, user_turn
 from localaug.runtime.engine import Engine, Generation, SamplingParams, sample_seed
+
+
+SINGLE_SAMPLE = ("refine", "respond")  # one sample per input, judged alone
 
 
 def default_cap(n: int) -> int:
@@ -88,13 +92,26 @@ def _accept_pairs(style: PromptStyle, gen: Generation, dedup: DedupFilter, rules
 
 
 def new_dedup(style: PromptStyle, task: str, payload: str | list[Pair], threshold: float) -> DedupFilter:
-    """The duplicate filter for one input: its seed text(s) and, in teacher mode, the in-context answers."""
+    """The duplicate filter for one input: its seed text(s) and, in teacher mode, the in-context
+    examples its prompt shows (a reply that copies one is an echo, not new data)."""
     dedup = DedupFilter(threshold)
     dedup.add_reference([payload] if isinstance(payload, str) else [p.instruction for p in payload])
-    if not style.is_family:
-        dedup.add_reference(prompts.example_outputs(task) if task != "pairs" else
-                            [p.instruction for ex in prompts.example_outputs(task) for p in prompts.parse_pairs(ex)])
+    dedup.add_reference(example_texts(style, task, payload))
     return dedup
+
+
+def example_texts(style: PromptStyle, task: str, payload: str | list[Pair]) -> list[str]:
+    """The instructions of the in-context examples the prompt for ``payload`` shows."""
+    texts = [t for ex in examples_for(style, task, user_turn(task, payload)) for t in ex]
+    if task != "pairs":
+        return texts
+    found = []
+    for text in texts:
+        try:
+            found += [p.instruction for p in prompts.parse_pairs(text)]
+        except ReplyParseError:
+            found.append(text)
+    return found
 
 
 def accept(style: PromptStyle, task: str, gen: Generation, dedup: DedupFilter, rules: QualityRules | None = None,
@@ -104,11 +121,34 @@ def accept(style: PromptStyle, task: str, gen: Generation, dedup: DedupFilter, r
     return fn(style, gen, dedup, rules or QualityRules(), seen, room)
 
 
-def refine_reason(output: str, source: str, rules: QualityRules, echo: float = DEFAULT_ECHO) -> str | None:
-    """Why a refined instruction is not kept: a quality rule, or an echo of its input."""
+def refine_reason(output: str, source: str, rules: QualityRules, echo: float = DEFAULT_ECHO,
+                  examples: Iterable[str] = ()) -> str | None:
+    """Why a refined instruction is not kept: a quality rule, or an echo of its input (or of an
+    in-context example the prompt showed)."""
     reason = rules.check(output)
-    if reason is None and (normalize(output) == normalize(source) or rouge_l(output, source) >= echo):
+    if reason is None and any(normalize(output) == normalize(ref) or rouge_l(output, ref) >= echo
+                              for ref in (source, *examples)):
         reason = "echo"
+    return reason
+
+
+def single_reason(style: PromptStyle, task: str, source: str, reply: str, gen: Generation,
+                  rules: QualityRules | None = None, echo: float = DEFAULT_ECHO) -> str | None:
+    """Why the one reply of refine or respond is not kept (None: kept): cut at max_tokens, a quality
+    rule, or (refine) an echo of the input or of an in-context example."""
+    rules = rules or QualityRules()
+    if gen.finish_reason == "length":
+        return "truncated"
+    if task == "respond":
+        return response_reason(reply, rules)
+    return refine_reason(reply, source, rules, echo, example_texts(style, task, source))
+
+
+def response_reason(text: str, rules: QualityRules) -> str | None:
+    """Why a response is not kept: empty, a refusal, or over max_chars (a short answer is fine)."""
+    reason = rules.check_response(text)
+    if reason is None and rules.max_chars is not None and len(text.strip()) > rules.max_chars:
+        reason = "too-long"
     return reason
 
 
@@ -127,12 +167,13 @@ class Draw:
         self.prompt = build_prompt(style, task, payload)
         self.rules = rules or QualityRules()
         self.echo, self.seen = echo, seen
-        self.n = 1 if task == "refine" else n
-        self.cap = 1 if task == "refine" else (max_samples or default_cap(n))
-        self.dedup = new_dedup(style, task, payload, threshold) if task != "refine" else None
+        single = task in SINGLE_SAMPLE
+        self.n = 1 if single else n
+        self.cap = 1 if single else (max_samples or default_cap(n))
+        self.dedup = None if single else new_dedup(style, task, payload, threshold)
         self.result = ExpandResult([], self.n, 0)
         self.errors: list[str] = []
-        self.refined: str | None = None  # refine: the parsed reply, kept or not
+        self.refined: str | None = None  # refine and respond: the parsed reply, kept or not
         self.completion_tokens = 0
 
     @property
@@ -152,7 +193,7 @@ class Draw:
         result.samples += 1
         result.generations.append(gen)
         self.completion_tokens += gen.completion_tokens
-        if self.task == "refine":
+        if self.task in SINGLE_SAMPLE:
             return self._take_refined(gen)
         assert self.dedup is not None
         accepted, reasons = accept(self.style, self.task, gen, self.dedup, self.rules, self.seen,
@@ -163,11 +204,9 @@ class Draw:
         return accepted
 
     def _take_refined(self, gen: Generation) -> list[Any]:
-        self.refined = str(parse_reply(self.style, "refine", gen.text))
-        if gen.finish_reason == "length":
-            reason: str | None = "truncated"
-        else:
-            reason = refine_reason(self.refined, str(self.payload), self.rules, self.echo)
+        """refine and respond: the one sample, kept or rejected for one reason."""
+        self.refined = str(parse_reply(self.style, self.task, gen.text))
+        reason = single_reason(self.style, self.task, str(self.payload), self.refined, gen, self.rules, self.echo)
         if reason is not None:
             self.result.rejected[reason] = 1
             return []

@@ -14,12 +14,14 @@ from localaug.cli.options import (
     CtxOpt,
     Device,
     DeviceOpt,
+    ExamplesOpt,
     JsonOpt,
     LayersOpt,
     MaxTokOpt,
     ModelOpt,
     PromptFormatOpt,
     SeedOpt,
+    SystemOpt,
     TempOpt,
     ThreadsOpt,
     TopKOpt,
@@ -30,11 +32,11 @@ from localaug.cli.options import (
 
 
 def _load(task: str, model: str | None, prompt_format: Any, device: Any, layers: str | None, threads: int | None,
-          ctx: int | None) -> Any:
+          ctx: int | None, system: str | None = None, examples: Path | None = None) -> Any:
     from localaug.api import DEFAULT_MODELS, Augmenter
 
     return Augmenter.load(model or DEFAULT_MODELS[task], device=value(device), gpu_layers=gpu_layers(layers), threads=threads,
-                          n_ctx=ctx, prompt_format=value(prompt_format))
+                          n_ctx=ctx, prompt_format=value(prompt_format), system=system, examples=examples)
 
 
 def _drain(events: Any, show: Callable[[int, Any], None] | None) -> Any:
@@ -66,10 +68,14 @@ def refine(
     compare: Annotated[bool, typer.Option("--compare", help="Show the original and the refined prompt side by side.")] = False,
     as_json: JsonOpt = False,
     prompt_format: PromptFormatOpt = None,
+    system: SystemOpt = None, examples: ExamplesOpt = None,
     temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = Device.auto, layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
 ) -> None:
     """Rewrite an instruction so a model answers it in more detail and more truthfully.
+
+    The reply is judged as a job judges it: an echo of the input (or of an in-context example), a
+    refusal, an empty or cut-off reply is reported as such and the command exits 1.
 
     Example: [bold]localaug refine "Create a travel guide for Hangzhou." --compare[/bold]
     """
@@ -78,26 +84,32 @@ def refine(
     given = _read_input(text)
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     console = out_console()
-    with _load("refine", model, prompt_format, device, layers, threads, ctx) as aug:
-        def run(instruction: str) -> None:
+    with _load("refine", model, prompt_format, device, layers, threads, ctx, system, examples) as aug:
+        def run(instruction: str) -> bool:
             view = ui.StreamView(console, "refining…") if not as_json else None
             try:
                 refined, gen = aug.refine_full(instruction, on_piece=view.piece if view else None, **sampling)
             finally:
                 if view:
                     view.close()
+            reason = aug.verdict(instruction, refined, gen)
             if as_json:
                 ui.print_json(console, {
-                    "input": instruction, "output": refined, "model": str(aug.engine.path), "seed": seed,
+                    "input": instruction, "output": refined, "status": "filtered" if reason else "ok", "rejected": reason,
+                    "model": str(aug.engine.path), "seed": seed,
                     "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
                     "completion_tokens": gen.completion_tokens, "seconds": round(gen.seconds, 3),
                 })
+            elif reason:
+                ui.render_rejected_refinement(err_console(), refined, reason)
             else:
                 footer = f"{gen.completion_tokens} tokens, {gen.stats['decode_tokens_per_s']:.1f} tok/s, {gen.finish_reason}"
                 ui.render_refined(console, instruction, refined, compare, footer)
+            return reason is None
 
         if given is not None:
-            run(given.strip())
+            if not run(given.strip()):
+                raise typer.Exit(1)
             return
         err_console().print("interactive: type an instruction and press Enter; Ctrl-D quits", highlight=False)
         while True:
@@ -117,6 +129,7 @@ def expand(
     model: ModelOpt = None,
     as_json: JsonOpt = False,
     prompt_format: PromptFormatOpt = None,
+    system: SystemOpt = None, examples: ExamplesOpt = None,
     temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = Device.auto, layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
 ) -> None:
@@ -130,7 +143,7 @@ def expand(
     seed_text = (_read_input(text) or "").strip()
     console = out_console()
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
-    with _load("expand", model, prompt_format, device, layers, threads, ctx) as aug:
+    with _load("expand", model, prompt_format, device, layers, threads, ctx, system, examples) as aug:
         events = tasks.expand_iter(aug.engine, aug.style, seed_text, n, aug.sampling(**sampling))
         result = _drain(events, None if as_json else lambda i, item: ui.render_item(console, i, item))
     if as_json:
@@ -151,6 +164,7 @@ def pairs(
     model: ModelOpt = None,
     as_json: JsonOpt = False,
     prompt_format: PromptFormatOpt = None,
+    system: SystemOpt = None, examples: ExamplesOpt = None,
     temperature: TempOpt = None, top_p: TopPOpt = None, top_k: TopKOpt = None, max_tokens: MaxTokOpt = None, seed: SeedOpt = None,
     device: DeviceOpt = Device.auto, layers: LayersOpt = None, threads: ThreadsOpt = None, ctx: CtxOpt = None,
 ) -> None:
@@ -173,7 +187,7 @@ def pairs(
     seeds = prompts.read_seed_pairs(raw)
     console = out_console()
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
-    with _load("pairs", model, prompt_format, device, layers, threads, ctx) as aug:
+    with _load("pairs", model, prompt_format, device, layers, threads, ctx, system, examples) as aug:
         events = tasks.pairs_iter(aug.engine, aug.style, seeds, n, aug.sampling(**sampling))
         result = _drain(events, None if as_json else lambda i, p: ui.render_pair(console, i, p.instruction, p.response))
     if as_json:

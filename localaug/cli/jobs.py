@@ -15,12 +15,14 @@ from localaug.cli.options import (
     Dedup,
     Device,
     DeviceOpt,
+    ExamplesOpt,
     LayersOpt,
     MaxTokOpt,
     MergeDedup,
     ModelOpt,
     OutputFormat,
     PromptFormatOpt,
+    SystemOpt,
     Task,
     TempOpt,
     ThreadsOpt,
@@ -44,6 +46,10 @@ def run(
     parallel: Annotated[Optional[int], typer.Option("--parallel", help="Sequences decoded together (continuous batching); 1: one at a time (default: the fastest for this machine, measured once and cached).")] = None,
     out_format: Annotated[OutputFormat, typer.Option("--format", help="jsonl or parquet (records), or a training file.")] = OutputFormat.jsonl,  # type: ignore[valid-type,attr-defined]
     prompt_format: PromptFormatOpt = None,
+    system: SystemOpt = None, examples: ExamplesOpt = None,
+    respond_with: Annotated[Optional[str], typer.Option("--respond-with", help="refine/expand: then answer every new instruction with this model (a GGUF, store name or e.g. qwen2-instruct:1.5b), so --format alpaca|sharegpt|messages has responses.")] = None,
+    respond_system: Annotated[Optional[str], typer.Option("--respond-system", help="--respond-with: the responder's system prompt.")] = None,
+    respond_max_tokens: Annotated[Optional[int], typer.Option("--respond-max-tokens", help="--respond-with: the longest answer, in tokens (default: the responder's, 2048).")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/N: only the rows whose key falls in shard i of N (join with localaug merge).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows (of this shard).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the rows recorded as failed.")] = False,
@@ -66,6 +72,7 @@ def run(
     """Augment a whole dataset: one record per input row, resumable after any interruption.
 
     Example: [bold]localaug run refine --input prompts.jsonl --output refined.jsonl[/bold]
+    or, to a training file: [bold]localaug run refine -i seeds.jsonl -o train.json --respond-with qwen2-instruct:1.5b --format alpaca[/bold]
     """
     from localaug import ui
     from localaug.core.errors import JobInterrupted, UsageError
@@ -78,8 +85,16 @@ def run(
 
         run_job = on_ray.run_job
         extra = dict(address=ray_address, actors=actors, num_cpus=num_cpus, num_gpus=num_gpus)
+        if respond_with is not None:
+            raise UsageError("--respond-with with --ray: run refine/expand with --ray, then localaug run respond --ray "
+                             "on its output folder")
     elif actors is not None or num_cpus is not None or num_gpus is not None:
         raise UsageError("--actors, --num-cpus and --num-gpus go with --ray")
+    if respond_with is not None:
+        responder = {k: v for k, v in (("system", respond_system), ("max_tokens", respond_max_tokens)) if v is not None}
+        extra = dict(respond_with=respond_with, respond=responder)
+    elif respond_system is not None or respond_max_tokens is not None:
+        raise UsageError("--respond-system and --respond-max-tokens go with --respond-with")
 
     console = err_console()
     try:
@@ -90,7 +105,7 @@ def run(
             threads=threads, n_ctx=ctx, parallel=parallel, retry_failed=retry_failed, dedup=value(dedup),
             minhash_threshold=minhash_threshold,
             threshold=rouge_l, echo=echo, min_chars=min_chars, max_chars=max_chars, refusals=not keep_refusals,
-            max_samples=max_samples, progress=ui.job_progress_for(console), **extra,
+            max_samples=max_samples, system=system, examples=examples, progress=ui.job_progress_for(console), **extra,
         )
     except JobInterrupted as e:
         ui.render_interrupted(console, message(e))

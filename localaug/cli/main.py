@@ -105,4 +105,4 @@ def main() -> None:
 
 
 # the commands register themselves on ``app``
-from localaug.cli import generate, jobs, models, serve  # noqa: E402,F401
+from localaug.cli import generate, jobs, models, report, serve  # noqa: E402,F401

@@ -4,6 +4,7 @@ so ``--help`` lists them and the parser refuses a typo (exit 2)."""
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -35,6 +36,8 @@ def value(choice: Enum | None) -> str | None:
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Family name, Hugging Face repo id, GGUF file or checkpoint folder.")]
 PromptFormatOpt = Annotated[Optional[PromptFormat], typer.Option("--prompt-format", help="Force the prompt format (default: the model's family format, else teacher mode).")]  # type: ignore[valid-type]
+SystemOpt = Annotated[Optional[str], typer.Option("--system", help="Teacher mode: your own system prompt instead of localaug's task prompt.")]
+ExamplesOpt = Annotated[Optional[Path], typer.Option("--examples", help="Teacher mode: your own in-context examples, a JSON/JSONL file of {input, output} objects (two unlike each input are shown).")]
 TempOpt = Annotated[Optional[float], typer.Option("--temperature", help="0 = greedy (default: the model manifest's, 0.5).")]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling (default 0.95).")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Top-k sampling (default 50).")]

@@ -139,6 +139,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
         os.replace(tmp, path)
 
 
+def read_bounded(path: Path, limit: int) -> str:
+    """A text file's contents (UTF-8); ValueError when it is over ``limit`` bytes (never read whole)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"over {limit} bytes")
+    return data.decode("utf-8")
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
     try:

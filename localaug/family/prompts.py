@@ -2,9 +2,10 @@
 
 Family models are prompted byte for byte as they were trained: the raw instruction (or the seed
 pairs, for Response-Exp) is the user turn of the Qwen2 chat template with its default system
-turn. Any other instruct GGUF runs in *teacher mode*: a curated task prompt with hand-written
-in-context examples, rendered with the model's own chat template from its GGUF metadata in a
-sandboxed Jinja environment (templates are data from a file, never trusted code).
+turn. Any other instruct GGUF runs in *teacher mode*: a curated task prompt with in-context
+examples chosen per input from a hand-written pool (``teacher_pool``), rendered with the model's
+own chat template from its GGUF metadata in a sandboxed Jinja environment (templates are data from
+a file, never trusted code). ``respond`` answers an instruction with the model's own template.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from localaug.core.errors import LocalaugError, ReplyParseError
-from localaug.family import templates
+from localaug.core.errors import LocalaugError, ReplyParseError, UsageError
+from localaug.family import teacher_pool, templates
+from localaug.family.teacher_pool import TEACHER_SHOTS, Example
+from localaug.family.text import rouge_l, tokens
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 QWEN2_STOP = ("<|im_end|>", "<|endoftext|>")
@@ -64,6 +67,13 @@ def parse_pairs(reply: str) -> list[Pair]:
     return pairs
 
 
+def json_records(body: str) -> list[object]:
+    """A JSON array, or JSON Lines (blank lines skipped); json.JSONDecodeError names the line."""
+    import json
+
+    return json.loads(body) if body.startswith("[") else [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
 def read_seed_pairs(text: str) -> list[Pair]:
     """Seed pairs from a JSON array, JSON Lines, or ``### Instruction`` / ``### Response`` text.
 
@@ -78,7 +88,7 @@ def read_seed_pairs(text: str) -> list[Pair]:
     if body.startswith("###"):
         return parse_pairs(body)
     try:
-        records = json.loads(body) if body.startswith("[") else [json.loads(line) for line in body.splitlines() if line.strip()]
+        records = json_records(body)
     except json.JSONDecodeError as e:
         raise ReplyParseError(f"seed pairs are not valid JSON/JSONL (line {e.lineno}): fix the file or use ### blocks") from e
     pairs = []
@@ -120,54 +130,34 @@ TEACHER_SYSTEM: dict[str, str] = {
     ),
 }
 
-# Hand-written in-context examples (English and Chinese) per task: (user turn, assistant turn).
-TEACHER_EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "refine": (
-        (
-            "Create a travel guide for Hangzhou.",
-            "Create a comprehensive Hangzhou travel guide. Include: 1. the major attractions with a "
-            "recommended itinerary; 2. local foods and restaurants worth trying; 3. accommodation "
-            "options for different budgets; 4. transport from the airport to the city centre and "
-            "between attractions; 5. practical tips such as the best season to visit and local "
-            "etiquette. Present it as a complete, well-organised guide.",
-        ),
-        (
-            "写一首关于秋天的诗。",
-            "请创作一首以秋天为主题的现代诗，要求：1. 描绘秋天的典型景物，如落叶、丰收的田野和凉爽的风；"
-            "2. 通过景物表达对时光流逝的感悟；3. 全诗不少于四节，每节四行，语言优美并有节奏感。",
-        ),
-    ),
-    "expand": (
-        (
-            "Plan an in-depth tour itinerary of France that includes Paris, Lyon, and Provence.",
-            "Describe a classic road-trip itinerary along the California coastline in the United States.",
-        ),
-        (
-            "解释一下光合作用的过程。",
-            "请解释人体消化系统是如何分解和吸收食物中的营养的。",
-        ),
-    ),
-    "pairs": (
-        (
-            "### Instruction\nName three primary colors.\n\n### Response\nRed, yellow and blue.",
-            "### Instruction\nName the three states of matter.\n\n### Response\nSolid, liquid and gas.",
-        ),
-        (
-            "### Instruction\n中国的首都是哪里？\n\n### Response\n中国的首都是北京。",
-            "### Instruction\n日本的首都是哪里？\n\n### Response\n日本的首都是东京。",
-        ),
-    ),
-}
+RESEMBLES = 0.4  # ROUGE-L at or above which an in-context example is too close to the input to show
 
 
-def teacher_messages(task: str, user_turn: str) -> list[Message]:
-    """System prompt, the in-context examples as earlier turns, then the real input."""
+def choose_examples(task: str, user_turn: str, pool: tuple[Example, ...] | None = None,
+                    shots: int = TEACHER_SHOTS) -> list[Example]:
+    """The in-context examples for one input: the first ``shots`` of ``pool`` (default: the
+    built-in pool, the input's language first) that are unlike the input, never the input itself or a
+    near duplicate of it; the ones in the input's language last (small models lean on the last)."""
+    if pool is None:
+        if task not in teacher_pool.POOL:
+            raise LocalaugError(f"unknown task {task!r}; use refine, expand or pairs")
+        latin, cjk = teacher_pool.POOL[task]
+        pool = cjk + latin if has_cjk(user_turn) else latin + cjk
+    turn = tokens(user_turn)
+    chosen = [ex for ex in pool if max(rouge_l(tokens(ex[0]), turn), rouge_l(tokens(ex[1]), turn)) < RESEMBLES][:shots]
+    return sorted(chosen, key=lambda ex: has_cjk(ex[0]) == has_cjk(user_turn))
+
+
+def teacher_messages(task: str, user_turn: str, examples: list[Example] | None = None,
+                     system: str | None = None) -> list[Message]:
+    """System prompt, the in-context examples as earlier turns, then the real input. ``respond``
+    is the plain instruction (after ``system``, if given)."""
+    if task == "respond":
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_turn}]
     if task not in TEACHER_SYSTEM:
-        raise LocalaugError(f"unknown task {task!r}; use refine, expand or pairs")
-    messages: list[Message] = [{"role": "system", "content": TEACHER_SYSTEM[task]}]
-    # Small models lean on the last example: put the ones in the input's language last.
-    examples = sorted(TEACHER_EXAMPLES[task], key=lambda ex: has_cjk(ex[0]) == has_cjk(user_turn))
-    for user, assistant in examples:
+        raise LocalaugError(f"unknown task {task!r}; use refine, expand, pairs or respond")
+    messages: list[Message] = [{"role": "system", "content": system or TEACHER_SYSTEM[task]}]
+    for user, assistant in choose_examples(task, user_turn) if examples is None else examples:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages.append({"role": "user", "content": user_turn})
     return messages
@@ -177,9 +167,24 @@ def has_cjk(text: str) -> bool:
     return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in text)
 
 
-def example_outputs(task: str) -> list[str]:
-    """The in-context answers: a teacher reply that repeats one of them is an echo, not new data."""
-    return [assistant for _, assistant in TEACHER_EXAMPLES[task]]
+def read_examples(text: str, source: str = "examples") -> tuple[Example, ...]:
+    """Your own in-context examples: a JSON array or JSON Lines of {"input", "output"} objects
+    (``instruction``/``response`` are accepted too)."""
+    import json
+
+    try:
+        records = json_records(text.strip())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{source} is not valid JSON/JSONL (line {e.lineno}): give {{\"input\", \"output\"}} objects") from None
+    examples = []
+    for i, r in enumerate(records, 1):
+        pair = (r.get("input", r.get("instruction")), r.get("output", r.get("response"))) if isinstance(r, dict) else (None, None)
+        if not all(isinstance(x, str) and x.strip() for x in pair):
+            raise UsageError(f"{source}: example {i} needs non-empty \"input\" and \"output\" strings")
+        examples.append((pair[0].strip(), pair[1].strip()))  # type: ignore[union-attr]
+    if not examples:
+        raise UsageError(f"{source} holds no examples: give {{\"input\", \"output\"}} objects")
+    return tuple(examples)
 
 
 def render_chat_template(

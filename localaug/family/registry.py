@@ -14,7 +14,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 from localaug.core.errors import ModelNotFoundError
 
-TASKS = ("refine", "expand", "pairs")
+TASKS = ("refine", "expand", "pairs", "respond")
+AUGMENT_TASKS = TASKS[:3]  # the tasks that make new instructions (respond answers them)
 DEFAULT_CTX = 4096  # the context (tokens) a model starts with; grown on demand up to its trained length
 
 

@@ -32,6 +32,8 @@ class PromptStyle:
     eos_token: str = ""
     stop: tuple[str, ...] = prompts.QWEN2_STOP
     family_name: str | None = None
+    system: str | None = None  # your own system prompt (teacher mode and respond)
+    examples: tuple[prompts.Example, ...] | None = None  # your own in-context examples (teacher mode)
 
     @property
     def is_family(self) -> bool:
@@ -59,7 +61,7 @@ def style_for(meta: dict[str, Any], spec: ModelSpec | None = None, prompt_format
     if prompt_format in prompts.FAMILY_FORMATS:
         return PromptStyle(prompt_format, family_name=spec.name if spec else None)
     spec = spec or family_spec_from_metadata(meta)
-    if spec is not None and prompt_format is None:
+    if spec is not None and prompt_format is None and spec.task != "respond":  # a responder is a general instruct model
         return PromptStyle(spec.prompt_format, stop=spec.stop, family_name=spec.name)
     template = meta.get(Keys.Tokenizer.CHAT_TEMPLATE)
     if not template:
@@ -73,6 +75,16 @@ def style_for(meta: dict[str, Any], spec: ModelSpec | None = None, prompt_format
     return PromptStyle(TEACHER, template, tok(Keys.Tokenizer.BOS_ID), tok(Keys.Tokenizer.EOS_ID), stop=())
 
 
+def check_overrides(style: PromptStyle, task: str | None) -> None:
+    """Your own system prompt or examples must be something this model and task (None: any) use."""
+    if style.examples is not None and (style.is_family or task == "respond"):
+        what = "family models are prompted as they were trained" if style.is_family else "respond shows no examples"
+        raise UsageError(f"in-context examples are for teacher mode ({what}): drop --examples")
+    if style.system is not None and style.is_family and task != "respond":
+        raise UsageError("family models are prompted as they were trained, with their own system turn: drop --system "
+                         "(or use --prompt-format teacher)")
+
+
 def user_turn(task: str, payload: str | list[Pair]) -> str:
     """The user turn, NFC-normalised as the Qwen2 tokenizer normalises (llama.cpp's does not)."""
     if task == "pairs":
@@ -84,17 +96,29 @@ def user_turn(task: str, payload: str | list[Pair]) -> str:
     return unicodedata.normalize("NFC", payload)
 
 
+def examples_for(style: PromptStyle, task: str, turn: str) -> list[prompts.Example]:
+    """The in-context examples a teacher prompt shows for this input (none for family models and
+    respond): chosen per input from your examples or the built-in pool (``prompts.choose_examples``)."""
+    if style.is_family or task == "respond":
+        return []
+    return prompts.choose_examples(task, turn, style.examples)
+
+
 def build_prompt(style: PromptStyle, task: str, payload: str | list[Pair]) -> str:
     turn = user_turn(task, payload)
     if style.is_family:
+        if task == "respond" or style.system:
+            system = [{"role": "system", "content": style.system}] if style.system else []
+            return prompts.qwen2_chatml([*system, {"role": "user", "content": turn}])
         return prompts.family_prompt(style.prompt_format, turn)
     assert style.chat_template is not None
-    return prompts.render_chat_template(
-        style.chat_template, prompts.teacher_messages(task, turn), bos_token=style.bos_token, eos_token=style.eos_token
-    )
+    messages = prompts.teacher_messages(task, turn, examples_for(style, task, turn), style.system)
+    return prompts.render_chat_template(style.chat_template, messages, bos_token=style.bos_token, eos_token=style.eos_token)
 
 
 def parse_reply(style: PromptStyle, task: str, reply: str) -> str | list[Pair]:
     if task == "pairs":
         return prompts.parse_pairs(reply)
+    if task == "respond":
+        return reply.strip()
     return reply.strip() if style.is_family else prompts.clean_instruction(reply)

@@ -67,8 +67,13 @@ class JobConfig:
 
 def run_config(cfg: JobConfig, model_sha256: str, style: PromptStyle) -> dict[str, Any]:
     """Everything that makes a row's result what it is (the run id is its hash)."""
-    return {"task": cfg.task, "model_sha256": model_sha256, "prompt_format": style.prompt_format,
-            "sampling": asdict(cfg.sampling), "seed": cfg.sampling.seed, "n": cfg.n if cfg.task != "refine" else 1,
+    own: dict[str, Any] = {}  # your own system prompt and examples, only when given (older run ids stay)
+    if style.system is not None:
+        own["system"] = style.system
+    if style.examples is not None:
+        own["examples_sha256"] = hashlib.sha256(json.dumps(style.examples, ensure_ascii=False).encode()).hexdigest()
+    return {**own, "task": cfg.task, "model_sha256": model_sha256, "prompt_format": style.prompt_format,
+            "sampling": asdict(cfg.sampling), "seed": cfg.sampling.seed, "n": cfg.n if cfg.task not in tasks.SINGLE_SAMPLE else 1,
             "field": cfg.field, "response_field": cfg.response_field, "max_samples": cfg.max_samples,
             "threshold": cfg.threshold, "min_chars": cfg.min_chars, "max_chars": cfg.max_chars, "refusals": cfg.refusals,
             "echo": cfg.echo, "dedup": cfg.dedup, "minhash_threshold": cfg.minhash_threshold}

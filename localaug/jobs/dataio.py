@@ -9,8 +9,10 @@ error, never a crash), so a job can record it and carry on. Readers by file type
   through pyarrow (``pip install 'localaug[parquet]'``).
 
 Writers turn finished job records into what fine-tuning tools load: Alpaca and ShareGPT
-(LLaMA-Factory, axolotl) and ``messages`` (TRL's conversational format); or keep the records
-whole as JSON Lines or Parquet.
+(LLaMA-Factory), ``messages`` (TRL's conversational format, axolotl's chat_template), each with a
+``dataset_info.json`` entry beside it that LLaMA-Factory reads as is, and ``prompts`` (TRL's
+prompt-only format, for instructions without responses); or keep the records whole as JSON Lines
+or Parquet. A training format that needs responses is refused for records that have none.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any, BinaryIO, TextIO
 
 from localaug.core.errors import UsageError
 
-EXPORT_FORMATS = ("alpaca", "sharegpt", "messages")  # training files
+EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "prompts")  # training files
+RESPONSE_FORMATS = ("alpaca", "sharegpt", "messages")  # each example needs a response
+INSTRUCTION_TASKS = ("refine", "expand")  # their records hold new instructions, no responses
 RECORD_FORMATS = ("jsonl", "parquet")  # job records as they are
 
 
@@ -273,8 +277,8 @@ def _read_hf_disk(path: Path) -> Iterator[InputRow]:
 def examples(record: dict[str, Any]) -> list[tuple[str, str]]:
     """The (instruction, response) training examples in one ``ok`` job record.
 
-    refine and expand make instructions only (response ""): answer them with your responder
-    model; pairs make whole pairs."""
+    refine and expand make instructions only (response ""): answer them with ``respond`` (or
+    ``--respond-with``); pairs make whole pairs, respond answers one instruction."""
     if record.get("status") != "ok":
         return []
     task = record.get("task")
@@ -282,25 +286,88 @@ def examples(record: dict[str, Any]) -> list[tuple[str, str]]:
         return [(record["output"], "")]
     if task == "expand":
         return [(text, "") for text in record.get("outputs", [])]
+    if task == "respond":
+        return [(record["instruction"], record["response"])]
     return [(p["instruction"], p["response"]) for p in record.get("pairs", [])]
 
 
+def no_responses(what: str) -> UsageError:
+    return UsageError(f"{what} holds instructions without responses: answer them with --respond-with MODEL (or "
+                      "localaug run respond), or write them with --format prompts")
+
+
 def shape(fmt: str, instruction: str, response: str) -> dict[str, Any]:
+    if fmt == "prompts":
+        return {"prompt": [{"role": "user", "content": instruction}]}
+    if not response:
+        raise no_responses("this output")
     if fmt == "alpaca":
         return {"instruction": instruction, "input": "", "output": response}
     if fmt == "sharegpt":
-        turns = [{"from": "human", "value": instruction}]
-        return {"conversations": turns + ([{"from": "gpt", "value": response}] if response else [])}
+        return {"conversations": [{"from": "human", "value": instruction}, {"from": "gpt", "value": response}]}
     if fmt == "messages":
-        msgs = [{"role": "user", "content": instruction}]
-        return {"messages": msgs + ([{"role": "assistant", "content": response}] if response else [])}
+        return {"messages": [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]}
     raise UsageError(f"unknown output format {fmt!r}: use jsonl, {', '.join(EXPORT_FORMATS)}")
+
+
+# How LLaMA-Factory reads each export (its data/dataset_info.json schema).
+DATASET_INFO: dict[str, dict[str, Any]] = {
+    "alpaca": {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
+    "sharegpt": {"formatting": "sharegpt", "columns": {"messages": "conversations"},
+                 "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}},
+    "messages": {"formatting": "sharegpt", "columns": {"messages": "messages"},
+                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                          "assistant_tag": "assistant", "system_tag": "system"}},
+}
+MAX_DATASET_INFO_BYTES = 16 << 20
+
+
+def write_dataset_info(export: Path, fmt: str) -> Path | None:
+    """Add (or replace) the entry of ``export`` in ``dataset_info.json`` beside it, keeping the
+    other entries; the entry is named after the file (``train.json`` -> ``train``). None for a
+    format LLaMA-Factory does not read."""
+    from localaug.core.files import read_bounded, write_json_atomic
+
+    if fmt not in DATASET_INFO:
+        return None
+    info_path = export.parent / "dataset_info.json"
+    info: dict[str, Any] = {}
+    if info_path.exists():
+        try:
+            info = json.loads(read_bounded(info_path, MAX_DATASET_INFO_BYTES))
+        except (ValueError, OSError) as e:
+            raise UsageError(f"{info_path} is not a JSON object LLaMA-Factory can read ({e}): fix or move it; "
+                             f"{export} is written") from None
+        if not isinstance(info, dict):
+            raise UsageError(f"{info_path} is not a JSON object: fix or move it; {export} is written")
+    info[export.name.split(".")[0]] = {"file_name": export.name, **DATASET_INFO[fmt]}
+    write_json_atomic(info_path, info)
+    return info_path
+
+
+def instruction_rows(rows: Iterable[InputRow]) -> Iterator[InputRow]:
+    """Rows to answer: a localaug refine or expand output gives one row per new instruction
+    (``{"instruction", "origin": {task, source_id, row, item}}``; its rows that are not ``ok``
+    have none); any other row is itself."""
+    index = 0
+    for row in rows:
+        rec = row.record
+        if row.error is None and rec.get("task") in INSTRUCTION_TASKS and "status" in rec and "source_id" in rec:
+            origin = {"task": rec["task"], "source_id": rec["source_id"], "row": rec.get("row")}
+            for k, (text, _) in enumerate(examples(rec)):
+                yield InputRow(index, {"instruction": text, "origin": {**origin, "item": k}})
+                index += 1
+            continue
+        row.index = index
+        yield row
+        index += 1
 
 
 def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> int:
     """Write job records as ``fmt`` atomically (temporary file beside ``path``, then rename) and
     return how many were written: records for jsonl and parquet, training examples for the
-    training formats (a JSON array if ``path`` ends in .json, else JSON Lines)."""
+    training formats (a JSON array if ``path`` ends in .json, else JSON Lines); beside a training
+    file LLaMA-Factory reads, its ``dataset_info.json`` entry."""
     from localaug.core.files import temp_beside
 
     if fmt not in (*RECORD_FORMATS, *EXPORT_FORMATS):
@@ -315,6 +382,7 @@ def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> in
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    write_dataset_info(path, fmt)
     return n
 
 

@@ -56,10 +56,10 @@ from localaug.family.styles import PromptStyle
 from localaug.jobs import dataio, parts
 from localaug.jobs.config import JobConfig
 from localaug.jobs.dataio import InputRow
-from localaug.jobs.keys import RowKeys
+from localaug.jobs.keys import RowKeys, make_key
 from localaug.jobs.ledger import lock_path, record_counts
 from localaug.jobs.run import JobOptions, JobPlan, JobProgress, JobStats, JobSummary, Target, execute
-from localaug.jobs.worker import RESULT_KEYS, Worker
+from localaug.jobs.worker import Worker, result_keys
 from localaug.runtime.engine import EngineOptions
 
 ROW, KEY, RECORD, ERROR, RAW = "__localaug_row", "__localaug_key", "__localaug_record", "__localaug_error", "__localaug_raw"
@@ -217,6 +217,8 @@ def result_schema(task: str) -> list[tuple[str, pa.DataType]]:
               ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("rejected", pa.map_(pa.string(), pa.int64()))]
     if task == "refine":
         return [("output", pa.string()), *common]
+    if task == "respond":  # the answered text is the input's own field
+        return [("response", pa.string()), *common]
     pair = pa.struct([("instruction", pa.string()), ("response", pa.string())])
     items = ("outputs", pa.list_(pa.string())) if task == "expand" else ("pairs", pa.list_(pair))
     return [items, ("samples", pa.int64()), ("shortfall", pa.int64()), *common]
@@ -225,7 +227,8 @@ def result_schema(task: str) -> list[tuple[str, pa.DataType]]:
 def with_results(table: pa.Table, recs: list[dict[str, Any]], task: str) -> pa.Table:
     """``table`` with the result columns of ``recs`` (one a row) appended; an input column whose
     name a result uses is kept as ``source_<name>``, as in records."""
-    table = table.rename_columns([f"source_{c}" if c in RESULT_KEYS else c for c in table.column_names])
+    reserved = result_keys(task)
+    table = table.rename_columns([f"source_{c}" if c in reserved else c for c in table.column_names])
     for name, typ in result_schema(task):
         values = [list((r.get(name) or {}).items()) for r in recs] if name == "rejected" else [r.get(name) for r in recs]
         table = table.append_column(name, pa.array(values, typ))
@@ -258,13 +261,21 @@ def actor_job(opts: JobOptions, plan: JobPlan, res: Resources, records: bool) ->
 
 
 def augment(ds: ray.data.Dataset, task: str, model: str | os.PathLike[str] | None = None, *, actors: int | None = None,
-            num_cpus: float | None = None, num_gpus: float = 0, batch_size: int | None = None, **opts: Any) -> ray.data.Dataset:
+            num_cpus: float | None = None, num_gpus: float = 0, batch_size: int | None = None,
+            respond_with: str | os.PathLike[str] | None = None, respond: dict[str, Any] | None = None,
+            **opts: Any) -> ray.data.Dataset:
     """``ds`` with the result columns of ``task`` added (``result_schema``), one output row per row.
 
     ``opts`` are ``localaug.jobs.run.JobOptions``' fields: field, n, seed, sampling (temperature,
-    max_tokens, …), filters, prompt_format, device, threads, parallel. ``ds`` is read once now, in
-    order, to key its rows as ``localaug run`` keys them (``source_id``, ``row``); the rows are
-    augmented when the returned Dataset runs. Across-row duplicates are removed per actor (``dedup``)."""
+    max_tokens, …), filters, prompt_format, system, examples, device, threads, parallel. ``ds`` is
+    read once now, in order, to key its rows as ``localaug run`` keys them (``source_id``, ``row``);
+    the rows are augmented when the returned Dataset runs. Across-row duplicates are removed per
+    actor (``dedup``).
+
+    ``respond_with`` (refine, expand): the returned Dataset is then one row per new instruction
+    (``instruction``, ``origin`` = {task, source_id, item}) with the responder's result columns
+    (``response``, ``status``, …), answered by a second actor pool loading that model; ``respond``
+    holds the responder's own JobOptions fields (system, max_tokens, …)."""
     if not ray.is_initialized():
         ray.init()
     res = plan_resources(Resources(actors, num_cpus, num_gpus, batch_size))
@@ -273,6 +284,15 @@ def augment(ds: ray.data.Dataset, task: str, model: str | os.PathLike[str] | Non
     plan = job_opts.plan()
     job = actor_job(job_opts, plan, res, records=False)
     check_nodes(job, res)
+    answer = None
+    if respond_with is not None:
+        if task not in dataio.INSTRUCTION_TASKS:
+            raise UsageError(f"{opt('respond_with')} goes with refine and expand ({task} makes its own responses)")
+        shared = {k: opts[k] for k in ("seed", "device", "gpu_layers", "threads", "n_ctx", "parallel") if k in opts}
+        answer_opts = JobOptions("respond", model=respond_with, **{**shared, **(respond or {})})
+        answer_opts.check()
+        answer = actor_job(answer_opts, answer_opts.plan(), res, records=False)
+        check_nodes(answer, res)
     keys, refs, index = RowKeys(job.cfg, job.run_id), [], 0
     with _in_order(ds):
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -282,7 +302,23 @@ def augment(ds: ray.data.Dataset, task: str, model: str | os.PathLike[str] | Non
             refs.append(ray.put(batch.append_column(KEY, pa.array([keys.key(r) for r in rows], pa.string()))))
     if not refs:
         return ds.limit(0)
-    return _map(ray.data.from_arrow_refs(refs), job, res, res.actors or 1)
+    out = _map(ray.data.from_arrow_refs(refs), job, res, res.actors or 1)
+    if answer is None:
+        return out
+    return _map(out.flat_map(_NewInstructions(answer.run_id)), answer, res, res.actors or 1)
+
+
+class _NewInstructions:
+    """Ray Data flat_map: an augmented row -> one keyed row per new instruction it holds."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"instruction": text, "origin": {"task": row.get("task"), "source_id": row.get("source_id"),
+                                                 "row": row.get("row"), "item": k},
+                 ROW: row.get("row"), KEY: make_key(self.run_id, f"{row.get('source_id')}\0{k}", 1)}
+                for k, (text, _) in enumerate(dataio.examples(row))]
 
 
 class PartsTarget:
@@ -331,6 +367,7 @@ class RayExecutor:
         self.started = False
         self.where = ""
         self.note = ""
+        self.task = ""
         self._job: ActorJob | None = None
 
     def plan(self, opts: JobOptions) -> JobPlan:
@@ -340,10 +377,12 @@ class RayExecutor:
         plan = opts.plan()
         self._job = actor_job(opts, plan, self.res, records=True)
         check_nodes(self._job, self.res)
+        self.task = opts.task
         return plan
 
     def rows(self) -> Iterator[InputRow]:
-        return read_input(self.source)
+        rows = read_input(self.source)
+        return dataio.instruction_rows(rows) if self.task == "respond" else rows
 
     def stage(self, row: InputRow) -> None:
         assert self._job is not None

@@ -35,7 +35,8 @@ from typing import Any, Protocol
 
 from localaug.augment import filters
 from localaug.augment.calibrate import Parallel, choose_parallel
-from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_style
+from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_style, with_overrides
+from localaug.augment.tasks import SINGLE_SAMPLE
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
 from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.family.registry import DEFAULT_CTX, TASKS, ModelSpec
@@ -104,6 +105,8 @@ class JobOptions:
     echo: float = filters.DEFAULT_ECHO
     dedup: str = "exact"
     minhash_threshold: float = filters.DEFAULT_MINHASH
+    system: str | None = None  # your own system prompt (teacher mode; respond: the responder's)
+    examples: str | os.PathLike[str] | tuple[tuple[str, str], ...] | None = None  # teacher mode: a JSON/JSONL file or pairs
 
     def check(self) -> tuple[int, int] | None:
         """Refuse bad settings before anything is read or written; the parsed shard."""
@@ -118,7 +121,7 @@ class JobOptions:
 
     def config(self, style: PromptStyle, spec: ModelSpec | None, model_name: str) -> JobConfig:
         sampling = default_sampling(spec, seed=self.seed, **{k: getattr(self, k) for k in _SAMPLING})
-        return JobConfig(self.task, sampling, self.field, self.response_field, self.n if self.task != "refine" else 1,
+        return JobConfig(self.task, sampling, self.field, self.response_field, 1 if self.task in SINGLE_SAMPLE else self.n,
                          model_name, **{k: getattr(self, k) for k in _FILTERS})
 
     def engine_options(self, threads_default: int | None = None) -> EngineOptions:
@@ -128,11 +131,12 @@ class JobOptions:
     def plan(self) -> JobPlan:
         """Resolve the model (pulling it on first use) and the run it makes."""
         m = resolve_style(self.model or DEFAULT_MODELS[self.task], self.quant, self.prompt_format)
-        cfg = self.config(m.style, m.spec, m.spec.name if m.spec else m.path.name)
+        style = with_overrides(m.style, self.task, self.system, self.examples)
+        cfg = self.config(style, m.spec, m.spec.name if m.spec else m.path.name)
         cfg.validate()
         sha = cached_sha256(m.path)
-        config = run_config(cfg, sha, m.style)
-        return JobPlan(m.path, m.spec, m.style, m.meta, sha, cfg, config, run_id_of(config))
+        config = run_config(cfg, sha, style)
+        return JobPlan(m.path, m.spec, style, m.meta, sha, cfg, config, run_id_of(config))
 
 
 @dataclass(frozen=True)
@@ -381,7 +385,8 @@ class LocalExecutor:
         return plan
 
     def rows(self) -> Iterator[InputRow]:
-        return dataio.read_rows(self.input_path)
+        rows = dataio.read_rows(self.input_path)
+        return dataio.instruction_rows(rows) if self.opts.task == "respond" else rows
 
     def stage(self, row: InputRow) -> None:
         pass  # read again, lazily, when the run starts
@@ -414,12 +419,24 @@ class LocalExecutor:
 
 
 def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str], *,  # noqa: A002 - the CLI's --input
-            fmt: str = "jsonl", progress: JobProgress | None = None, **options: Any) -> JobSummary:
+            fmt: str = "jsonl", progress: JobProgress | None = None, respond_with: str | os.PathLike[str] | None = None,
+            respond: dict[str, Any] | None = None, **options: Any) -> JobSummary:
     """Run ``task`` over every row of ``input`` into ``output`` on this machine; resumable (see the
-    module doc). ``options`` are ``JobOptions``' fields (model, field, n, sampling, filters, parallel…)."""
+    module doc). ``options`` are ``JobOptions``' fields (model, field, n, sampling, filters, parallel…).
+
+    ``respond_with`` (refine, expand): then answer every new instruction with that model (one model
+    in memory at a time): the augmenter's records go to ``OUTPUT.<task>.jsonl``, the answered ones
+    to ``output`` (``respond``: the responder's own JobOptions fields, e.g. system, max_tokens).
+    The summary is the responder's, with the augmenter's in ``summary.stages``."""
+    if respond_with is not None:
+        from localaug.jobs.chain import run_chain
+
+        return run_chain(task, input, output, respond_with, fmt=fmt, progress=progress, respond=respond or {}, **options)
     opts = JobOptions(task, **options)
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")
+    if task in dataio.INSTRUCTION_TASKS and fmt in dataio.RESPONSE_FORMATS:
+        raise dataio.no_responses(f"{task}'s output")
     opts.check()
     input_path, out = Path(input), Path(output)
     if not input_path.exists():
@@ -432,4 +449,3 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
     for written in (out, target.where, target.manifest_path):
         refuse_overwriting_inputs(written, [input_path] if input_path.is_file() else list(input_path.glob("*")))
     return execute(opts, str(input_path), target, LocalExecutor(input_path, opts), progress)
-

@@ -100,6 +100,8 @@ class JobSummary:
     stats: JobStats
     exported: int | None = None  # training examples written for --format alpaca|sharegpt|messages
     counts: dict[str, Any] | None = None  # over the whole output (earlier runs too), see output_counts
+    stages: list[JobSummary] = field(default_factory=list)  # --respond-with: the augmenter's run before this one
+    task: str = ""
 
     @property
     def complete(self) -> bool:

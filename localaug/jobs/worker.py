@@ -33,6 +33,14 @@ RESULT_KEYS = ("output", "outputs", "pairs", "task", "model", "seed", "status", 
                "source_id", "row", "samples", "rejected", "shortfall", "prompt_tokens", "completion_tokens", "raw")
 
 
+def result_keys(task: str, field_name: str = "instruction") -> tuple[str, ...]:
+    """The keys a record of ``task`` sets: respond also sets ``response`` and ``instruction`` (the
+    text it answered; an input column of that name that is not the answered field is kept too)."""
+    if task != "respond":
+        return RESULT_KEYS
+    return RESULT_KEYS + ("response",) + (("instruction",) if field_name != "instruction" else ())
+
+
 @dataclass
 class _RowRun:
     row: InputRow
@@ -84,11 +92,14 @@ def _finish(cfg: JobConfig, r: _RowRun) -> dict[str, Any]:
                              "prompt_tokens": draw.last.prompt_tokens if draw.last else 0,
                              "completion_tokens": draw.completion_tokens}
     if draw.errors:
-        if cfg.task != "refine":
+        if cfg.task not in tasks.SINGLE_SAMPLE:
             extra.update(_items(cfg, draw))
         return _record(cfg, r.row, "ok" if res.items else "failed", None if res.items else draw.errors[0], extra)
-    if cfg.task == "refine":
-        extra["output"] = draw.refined
+    if cfg.task in tasks.SINGLE_SAMPLE:
+        if cfg.task == "respond":
+            extra.update(instruction=draw.payload, response=draw.refined)
+        else:
+            extra["output"] = draw.refined
         reason = next(iter(res.rejected), None)
         if reason == "truncated":
             tokens = draw.last.completion_tokens if draw.last else 0
@@ -118,7 +129,8 @@ def _items(cfg: JobConfig, draw: tasks.Draw) -> dict[str, Any]:
 
 
 def _record(cfg: JobConfig, row: InputRow, status: str, error: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    rec = {(f"source_{k}" if k in RESULT_KEYS else k): v for k, v in row.record.items()}
+    reserved = result_keys(cfg.task, cfg.field)
+    rec = {(f"source_{k}" if k in reserved else k): v for k, v in row.record.items()}
     if row.raw is not None:
         rec["raw"] = row.raw
     rec.update(extra or {})

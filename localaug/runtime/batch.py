@@ -18,7 +18,7 @@ prompt chunks and decode tokens of any mix of slots go into one micro-batch.
 
 Shared prefixes are decoded once. One more sequence id (``parallel``) holds the KV of a cached
 prefix: after a prompt is decoded, the holder keeps the part it shares with the previous cached
-prompt (or, with nothing useful cached, this prompt); requests admitted together that share a
+prompt when that is most of the prompt (else this prompt); requests admitted together that share a
 beginning (a job's first rows) have it decoded into the holder first. A new prompt that starts with at least
 ``MIN_SHARE`` tokens of it copies their KV (``llama_memory_seq_cp``: cells are shared, nothing is
 recomputed) and prefills only its own suffix. So the system turn, teacher-mode instructions and
@@ -408,12 +408,14 @@ class Slots:
 
     def _remember(self, slot: int, tokens: list[int]) -> None:
         """A prompt has just been decoded in ``slot``: keep in the holder what it shares with the
-        cached prefix, or, when that is too little, this prompt (all but its last token)."""
+        cached prefix when that is most of it (rows of one job: the fixed part of their prompt),
+        else this prompt, all but its last token (a new conversation: a client's new system prompt
+        that merely starts like the old one)."""
         eng = self.engine
         if not eng.share_prefix:
             return
         common = _common(eng.prefix, tokens)
-        if common >= MIN_SHARE:
+        if common >= MIN_SHARE and 2 * common >= len(tokens) - 1:
             if common < len(eng.prefix):
                 L.llama_memory_seq_rm(eng.memory, eng.holder, common, -1)
                 del eng.prefix[common:]

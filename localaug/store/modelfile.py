@@ -40,6 +40,10 @@ def chatml_template() -> str:
     )
     if "{{" in text or "}}" in text or '"""' in text:  # would be read as template actions or end the string
         raise AssertionError("the ChatML literal text cannot be written into a Go template as is")
+    # Ollama sets .System for the first turn only: later turns must not get an empty system block
+    system = prompts.qwen2_chatml([{"role": "system", "content": _SYSTEM}], add_generation_prompt=False)
+    assert text.startswith(system)
+    text = "{{ if .System }}" + system + "{{ end }}" + text[len(system):]
     return text.replace(_SYSTEM, GO_SYSTEM).replace(_PROMPT, GO_PROMPT).replace(_RESPONSE, GO_RESPONSE)
 
 

@@ -1,0 +1,68 @@
+"""Commands that look back at a job: the report page, and pairwise judging of two response files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from localaug.cli.main import app, err_console, handled, out_console
+from localaug.cli.options import JsonOpt, ThreadsOpt
+
+
+@app.command()
+@handled
+def report(
+    output: Annotated[Path, typer.Argument(help="A localaug run output: JSONL records, a training file (its .ledger.jsonl beside it) or a --ray folder.")],
+    html: Annotated[Optional[Path], typer.Option("--html", help="Where the page goes (default: OUTPUT.report.html; the PNG figures beside it).")] = None,
+    embed_model: Annotated[Optional[str], typer.Option("--embed-model", help="The GGUF that embeds the texts for the map (default: the job's model).")] = None,
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Rows drawn at most (sampled with --seed beyond this).")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling and of the t-SNE map.")] = 0,
+    judge: Annotated[Optional[Path], typer.Option("--judge", help="A localaug judge summary (.summary.json) to add as a table.")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """See what augmentation did: a 2-D map of sources vs new texts, lengths, rejections, diversity, samples.
+
+    Example: [bold]localaug report refined.jsonl[/bold] (needs pip install 'localaug[report]')
+    """
+    from localaug import ui
+    from localaug.report.build import make_report
+
+    console = err_console()
+    with console.status("embedding and drawing…"):
+        result = make_report(output, html, embed_model, max_rows=max_rows, seed=seed, threads=threads, judge=judge)
+    ui.render_report(out_console(), result)
+
+
+@app.command()
+@handled
+def judge(
+    a: Annotated[Path, typer.Argument(help="Responses A (a localaug run respond output), e.g. answers to the seed instructions.")],
+    b: Annotated[Path, typer.Argument(help="Responses B, e.g. answers to the refined instructions.")],
+    judge_model: Annotated[str, typer.Option("--judge", help="The judge: any instruct GGUF or store name (a larger one judges better).")],
+    aspect: Annotated[str, typer.Option("--aspect", help="detail, truthfulness or helpfulness.")] = "detail",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The verdicts ledger (default: B.judge-ASPECT.jsonl); resumable.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="The longest judge reply.")] = 512,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", help="Sequences decoded together (default: calibrated).")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Add the table to this report page (made by localaug report), or write one.")] = None,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Pairwise LLM-as-judge: does B answer better than A? Each pair judged in both orders; win/tie/loss with a 95% interval.
+
+    Example: [bold]localaug judge seeds.answers.jsonl refined.answers.jsonl --judge qwen2-instruct:7b --aspect detail[/bold]
+    """
+    from localaug import ui
+    from localaug.report.judge import run_judge
+
+    console = err_console()
+    with ui.counter(console, "judging") as tick:
+        summary = run_judge(a, b, judge_model, aspect=aspect, output=output, threads=threads, parallel=parallel,
+                            max_tokens=max_tokens, progress=tick)
+    if html is not None:
+        ui.add_judge_to_page(html, summary)
+    if as_json:
+        ui.print_json(out_console(), summary.to_json())
+    else:
+        ui.render_judge(out_console(), summary)

@@ -1,0 +1,188 @@
+"""``localaug judge A B --judge M``: which of two response files answers better, by a judge model.
+
+A and B are ``localaug run respond`` outputs (records with ``instruction`` and ``response``), paired
+by the input row they come from: ``origin.row`` (+ ``origin.item``) when the instructions came from
+a refine or expand output, else ``row`` — so answers to the original seeds (A) meet the answers to
+their refined versions (B). The question the judge sees is A's instruction. Every pair is judged
+twice, A shown first and then B shown first, greedily; the two readings agree on a winner or the
+pair is a tie (``family.judging.combine``), which cancels the judge's position bias.
+
+Per-pair verdicts are appended to a JSONL ledger (default ``B.judge-<aspect>.jsonl``), keyed by the
+run (the files' sha256, the judge's, the aspect and the settings): a run killed at any moment is
+finished by the same command, never counting a pair twice. The summary (``…summary.json``) has
+wins (B better), ties, losses, n, B's score (wins + ties / 2) / n and its 95% interval (normal
+approximation over the per-pair scores 1, ½, 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from localaug.augment.calibrate import choose_parallel
+from localaug.augment.resolve import resolve_style
+from localaug.core.errors import JobError, UsageError, opt
+from localaug.core.files import cached_sha256, sha256_file, write_json_atomic
+from localaug.family import judging, prompts
+from localaug.family.registry import DEFAULT_CTX
+from localaug.family.styles import PromptStyle
+from localaug.jobs.dataio import chunked
+from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, repair_ledger
+from localaug.runtime.batch import Request, open_backend
+from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+
+MAX_REPLY_KEPT = 4000  # characters of each judge reply kept in the ledger
+
+
+@dataclass
+class JudgeSummary:
+    a: str
+    b: str
+    judge: str
+    aspect: str
+    wins: int
+    ties: int
+    losses: int
+    n: int
+    score: float
+    interval: tuple[float, float]
+    no_verdict: int  # judge replies that named no verdict (counted in ties)
+    done_now: int
+    verdicts: str  # the ledger
+    missing: int  # rows answered in only one of A and B (not judged)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pair_key(rec: dict[str, Any]) -> str | None:
+    origin = rec.get("origin")
+    if isinstance(origin, dict) and origin.get("row") is not None:
+        return f"{origin['row']}:{origin.get('item', 0)}"
+    return None if rec.get("row") is None else f"{rec['row']}:0"
+
+
+def responses(path: Path) -> dict[str, tuple[str, str]]:
+    """key -> (instruction, response) of the ok respond records of ``path``."""
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist: give a localaug run respond output (JSONL records)")
+    out = {}
+    for rec in iter_ledger(path):
+        if rec.get("status") == "ok" and isinstance(rec.get("response"), str) and isinstance(rec.get("instruction"), str):
+            key = pair_key(rec)
+            if key is not None:
+                out[key] = (rec["instruction"], rec["response"])
+    if not out:
+        raise UsageError(f"{path} holds no answered instructions: give a localaug run respond output")
+    return out
+
+
+def score(verdicts: list[str]) -> tuple[float, tuple[float, float]]:
+    """B's mean score over pairs (B 1, tie ½, A 0) and its 95% interval."""
+    n = len(verdicts)
+    if not n:
+        return float("nan"), (float("nan"), float("nan"))
+    values = [{"B": 1.0, "tie": 0.5, "A": 0.0}[v] for v in verdicts]
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n)
+    return mean, (max(0.0, mean - half), min(1.0, mean + half))
+
+
+def render(style: PromptStyle, messages: list[dict[str, str]]) -> str:
+    if style.is_family:
+        return prompts.qwen2_chatml(messages)
+    assert style.chat_template is not None
+    return prompts.render_chat_template(style.chat_template, messages, bos_token=style.bos_token, eos_token=style.eos_token)
+
+
+def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str | os.PathLike[str], *,
+              aspect: str = "detail", output: str | os.PathLike[str] | None = None, threads: int | None = None,
+              parallel: int | None = None, max_tokens: int = 512, n_ctx: int | None = None, device: str = "auto",
+              progress: Callable[[int, int], None] | None = None) -> JudgeSummary:
+    if aspect not in judging.ASPECTS:
+        raise UsageError(f"{opt('aspect')} {aspect!r}: use {', '.join(judging.ASPECTS)}")
+    pa, pb = Path(a), Path(b)
+    left, right = responses(pa), responses(pb)
+    keys = sorted(set(left) & set(right), key=lambda k: tuple(int(x) for x in k.split(":")))
+    if not keys:
+        raise UsageError(f"{pa} and {pb} share no rows: judge answers to the same inputs (e.g. the seeds and their refined versions)")
+    m = resolve_style(judge)
+    out = Path(output) if output else pb.with_name(f"{pb.name}.judge-{aspect}.jsonl")
+    config = {"a": sha256_file(pa), "b": sha256_file(pb), "judge": cached_sha256(m.path), "aspect": aspect,
+              "max_tokens": max_tokens, "prompt": hashlib.sha256(judging.SYSTEM.encode()).hexdigest()[:16]}
+    run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    with output_lock(lock_path(out)):
+        done = _done(out, run_id)
+        todo = [k for k in keys if k not in done]
+        if todo:
+            _judge(todo, left, right, m.path, m.style, aspect, out, run_id, EngineOptions(device=device, threads=threads, n_ctx=n_ctx),  # type: ignore[arg-type]
+                   parallel, max_tokens, lambda k: progress(len(keys) - len(todo) + k, len(keys)) if progress else None)
+        done = _done(out, run_id)
+    verdicts = [done[k]["verdict"] for k in keys if k in done]
+    mean, interval = score(verdicts)
+    summary = JudgeSummary(str(pa), str(pb), str(m.path), aspect, verdicts.count("B"), verdicts.count("tie"),
+                           verdicts.count("A"), len(verdicts), mean, interval,
+                           sum(1 for k in keys if k in done and None in (done[k]["first"], done[k]["second"])),
+                           len(todo), str(out), len(set(left) ^ set(right)))
+    write_json_atomic(out.with_name(out.name + ".summary.json"), summary.to_json())
+    return summary
+
+
+def _done(out: Path, run_id: str) -> dict[str, dict[str, Any]]:
+    if not out.exists():
+        return {}
+    repair_ledger(out)
+    done = {}
+    for rec in iter_ledger(out, latest_only=False):
+        if rec.get("run_id") != run_id:
+            raise JobError(f"{out} holds verdicts of another judging run (other files, judge or settings): give another "
+                           f"{opt('output')}", path=str(out))
+        done[rec["key"]] = rec
+    return done
+
+
+def _judge(todo: list[str], left: dict[str, tuple[str, str]], right: dict[str, tuple[str, str]], path: Path,
+           style: PromptStyle, aspect: str, out: Path, run_id: str, options: EngineOptions, parallel: int | None,
+           max_tokens: int, tick: Callable[[int], Any]) -> None:
+    engine = Engine(path, options, context=False)
+    chosen = choose_parallel(engine, cached_sha256(path), options.n_ctx or DEFAULT_CTX, parallel).value
+    backend = open_backend(engine, options, chosen)
+    greedy = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
+    appender = Appender(out)
+    finished = 0
+    try:
+        for chunk in chunked(iter(todo), max(4 * chosen, 8)):  # type: ignore[arg-type]
+            requests = []
+            for key in chunk:
+                question, ans_a = left[key]
+                ans_b = right[key][1]
+                requests.append(Request(f"{key}|AB", render(style, judging.messages(aspect, question, ans_a, ans_b)), greedy, style.stop))
+                requests.append(Request(f"{key}|BA", render(style, judging.messages(aspect, question, ans_b, ans_a)), greedy, style.stop))
+            replies: dict[str, dict[str, str]] = {}
+            for result in _results(backend.run(requests)):
+                key, order = result[0].rsplit("|", 1)
+                replies.setdefault(key, {})[order] = result[1]
+                if len(replies[key]) == 2:
+                    first, second = judging.verdict(replies[key]["AB"]), judging.verdict(replies[key]["BA"])
+                    appender.write({"run_id": run_id, "key": key, "aspect": aspect, "first": first, "second": second,
+                                    "verdict": judging.combine(first, second),
+                                    "reply_first": replies[key]["AB"][:MAX_REPLY_KEPT],
+                                    "reply_second": replies[key]["BA"][:MAX_REPLY_KEPT]})
+                    finished += 1
+                    tick(finished)
+    finally:
+        appender.close()
+        backend.close()
+
+
+def _results(results: Iterator[Any]) -> Iterator[tuple[str, str]]:
+    """(request id, reply text); a request that failed is a reply with no verdict."""
+    for r in results:
+        yield r.id, (r.generation.text if r.generation is not None else f"(no reply: {r.error})")
