@@ -44,7 +44,7 @@ MUTANTS = [
     Mutant("stop-text", "stop strings are matched in the decoded text", "localaug/runtime/engine.py",
            "cut = self._find_stop(start)", "cut = -1", ("tests/test_stops.py",)),
     Mutant("stop-batch", "each batched request stops at its own stop strings", "localaug/runtime/batch.py",
-           "TextStream(engine, group.request.stop)", "TextStream(engine, ())", ("tests/test_stops.py", "-k", "batch")),
+           "TextStream(engine, group.request.stop, group.request.ignore_eog)", "TextStream(engine, (), group.request.ignore_eog)", ("tests/test_stops.py", "-k", "batch")),
     Mutant("ok-refine", "a refined row that passes the filters is recorded ok", "localaug/jobs/worker.py",
            '        return _record(cfg, r.row, "ok", None, extra)\n    extra.update(',
            '        return _record(cfg, r.row, "failed", None, extra)\n    extra.update(',
