@@ -85,6 +85,16 @@ def test_report_of_a_large_output_samples_with_a_fixed_seed_and_says_so(tmp_path
     assert "5 of 8 rows, sampled with seed 2." in (tmp_path / "a.html").read_text()
 
 
+def test_report_of_a_respond_with_output_shows_its_augmenter(tmp_path, scripted):
+    src = write_jsonl(tmp_path / "seeds.jsonl", ROWS)
+    out = tmp_path / "train.json"
+    run_job("expand", src, out, model=scripted("expand"), prompt_format="qwen2-chatml", temperature=0.8, max_tokens=48,
+            threads=1, n=2, dedup="row", seed=1, fmt="alpaca", respond_with=scripted("respond"), respond={"max_tokens": 64})
+    r = make_report(out, tmp_path / "page.html", threads=1)
+    assert r.collected.task == "expand" and r.collected.path.name == "train.json.expand.jsonl"
+    assert r.diversity["new"]["texts"] == 16 and r.diversity["sources"]["texts"] == 8
+
+
 def test_report_of_something_else_is_a_one_line_usage_error(tmp_path):
     bad = write_jsonl(tmp_path / "x.jsonl", [{"a": 1}])
     r = subprocess.run([sys.executable, "-m", "localaug.cli", "report", str(bad)], capture_output=True, text=True, env=ENV,

@@ -89,6 +89,12 @@ def collect(path: str | Path, max_rows: int = 2000, seed: int = 0) -> Collected:
     if not records:
         raise UsageError(f"{records_path} holds no localaug job records (need 'task' and 'status'): give a job's output")
     tasks = {r["task"] for r in records}
+    if tasks == {"respond"}:  # a --respond-with run: its augmenter's records are beside it
+        base = records_path.name.removesuffix(".ledger.jsonl")
+        for task in ("refine", "expand"):
+            stage = records_path.with_name(f"{base}.{task}.jsonl")
+            if stage.is_file():
+                return collect(stage, max_rows, seed)
     if len(tasks) > 1 or tasks <= {"respond"}:
         raise UsageError(f"{records_path}: the report covers one refine, expand or pairs output (found {', '.join(sorted(tasks))})")
     config = (manifest or {}).get("config") or {}
