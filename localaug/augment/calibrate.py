@@ -21,7 +21,7 @@ from pathlib import Path
 from localaug.core.files import read_json, write_json_atomic
 from localaug.core.settings import default_parallel, localaug_home
 from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, batch_curve, fastest
-from localaug.runtime.engine import Engine, EngineOptions, llama_cpp_version
+from localaug.runtime.engine import Engine, llama_cpp_version
 
 KV_SHARE_OF_MEMORY = 0.25  # the KV cache of all sequences may take at most this share of RAM
 CALIBRATION_TOKENS = 12
@@ -99,7 +99,3 @@ def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None =
         pass
     return choice
 
-
-def open_engine(path: Path, options: EngineOptions) -> Engine:
-    """The model loaded without a context (a batching engine brings its own)."""
-    return Engine(path, options, context=False)

@@ -104,16 +104,23 @@ def examples_for(style: PromptStyle, task: str, turn: str) -> list[prompts.Examp
     return prompts.choose_examples(task, turn, style.examples)
 
 
+def render_messages(style: PromptStyle, messages: list[prompts.Message]) -> str:
+    """A conversation as this model reads it: Qwen2 ChatML for family models (their default system
+    turn when none is given), else the GGUF's own chat template (sandboxed)."""
+    if style.is_family:
+        return prompts.qwen2_chatml(messages)
+    assert style.chat_template is not None
+    return prompts.render_chat_template(style.chat_template, messages, bos_token=style.bos_token, eos_token=style.eos_token)
+
+
 def build_prompt(style: PromptStyle, task: str, payload: str | list[Pair]) -> str:
     turn = user_turn(task, payload)
-    if style.is_family:
-        if task == "respond" or style.system:
-            system = [{"role": "system", "content": style.system}] if style.system else []
-            return prompts.qwen2_chatml([*system, {"role": "user", "content": turn}])
+    if style.is_family and task != "respond" and not style.system:
         return prompts.family_prompt(style.prompt_format, turn)
-    assert style.chat_template is not None
-    messages = prompts.teacher_messages(task, turn, examples_for(style, task, turn), style.system)
-    return prompts.render_chat_template(style.chat_template, messages, bos_token=style.bos_token, eos_token=style.eos_token)
+    if style.is_family:
+        system = [{"role": "system", "content": style.system}] if style.system else []
+        return render_messages(style, [*system, {"role": "user", "content": turn}])
+    return render_messages(style, prompts.teacher_messages(task, turn, examples_for(style, task, turn), style.system))
 
 
 def parse_reply(style: PromptStyle, task: str, reply: str) -> str | list[Pair]:

@@ -28,33 +28,38 @@ def stage_path(output: Path, task: str) -> Path:
     return output.with_name(f"{output.name}.{task}.jsonl")
 
 
+def responder_options(task: str, options: dict[str, Any], respond: dict[str, Any]) -> dict[str, Any]:
+    """The responder's JobOptions fields (besides its model): the settings it shares with the
+    augmenter's job (``SHARED``, and ``parallel`` unless ``respond`` sets its own), then ``respond``."""
+    if task not in dataio.INSTRUCTION_TASKS:
+        raise UsageError(f"{opt('respond_with')} goes with refine and expand ({task} makes its own responses)")
+    unknown = set(respond) - {"system", "max_tokens", "temperature", "top_p", "top_k", "parallel", "prompt_format"}
+    if unknown:
+        raise UsageError(f"unknown responder setting(s): {', '.join(sorted(unknown))}")
+    shared = {k: options[k] for k in (*SHARED, "parallel") if k in options}
+    return {**shared, **respond}
+
+
 def run_chain(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str],
               respond_with: str | os.PathLike[str], *, fmt: str, progress: JobProgress | None,
               respond: dict[str, Any], **options: Any) -> JobSummary:
     from localaug.jobs.run import OUTPUT_FORMATS, JobOptions, run_job
 
-    if task not in dataio.INSTRUCTION_TASKS:
-        raise UsageError(f"{opt('respond_with')} goes with refine and expand ({task} makes its own responses)")
+    answer = responder_options(task, options, respond)
     if fmt == "parquet":
         raise UsageError(f"{opt('respond_with')} writes jsonl or a training file: use --format jsonl and convert")
-    unknown = set(respond) - {"system", "max_tokens", "temperature", "top_p", "top_k", "parallel", "prompt_format"}
-    if unknown:
-        raise UsageError(f"unknown responder setting(s): {', '.join(sorted(unknown))}")
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")
     out = Path(output)
     stage = stage_path(out, task)
-    answer = {k: options[k] for k in SHARED if k in options}
-    if "parallel" in options and "parallel" not in respond:
-        answer["parallel"] = options["parallel"]
-    responder = JobOptions("respond", model=respond_with, **answer, **respond)
+    responder = JobOptions("respond", model=respond_with, **answer)
     responder.check()
     responder.plan()  # the responder resolves (pulled on first use) before the augmenter's run, not after it
     first = run_job(task, input, stage, fmt="jsonl", progress=progress, **options)
     first.task = task
     if not first.complete:
         return first
-    second = run_job("respond", stage, out, fmt=fmt, progress=progress, model=respond_with, **answer, **respond)
+    second = run_job("respond", stage, out, fmt=fmt, progress=progress, model=respond_with, **answer)
     second.task = "respond"
     second.stages = [first]
     return second

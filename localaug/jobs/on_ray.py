@@ -54,6 +54,7 @@ from localaug.core.errors import JobError, LocalaugError, ModelNotFoundError, op
 from localaug.core.files import cached_sha256
 from localaug.family.styles import PromptStyle
 from localaug.jobs import dataio, parts
+from localaug.jobs.chain import responder_options
 from localaug.jobs.config import JobConfig
 from localaug.jobs.dataio import InputRow
 from localaug.jobs.keys import RowKeys, make_key
@@ -286,10 +287,7 @@ def augment(ds: ray.data.Dataset, task: str, model: str | os.PathLike[str] | Non
     check_nodes(job, res)
     answer = None
     if respond_with is not None:
-        if task not in dataio.INSTRUCTION_TASKS:
-            raise UsageError(f"{opt('respond_with')} goes with refine and expand ({task} makes its own responses)")
-        shared = {k: opts[k] for k in ("seed", "device", "gpu_layers", "threads", "n_ctx", "parallel") if k in opts}
-        answer_opts = JobOptions("respond", model=respond_with, **{**shared, **(respond or {})})
+        answer_opts = JobOptions("respond", model=respond_with, **responder_options(task, opts, respond or {}))
         answer_opts.check()
         answer = actor_job(answer_opts, answer_opts.plan(), res, records=False)
         check_nodes(answer, res)

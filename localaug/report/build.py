@@ -118,9 +118,8 @@ def _page(r: Report, pngs: dict[str, bytes], page: Any) -> str:
         f"{d.task} output {d.path.name}: {c['rows']} rows (ok {c['ok']}, filtered {c['filtered']}, failed {c['failed']}), "
         f"{c['items']} new texts. Embeddings: {Path(r.embed_model).name} (llama.cpp, mean pooling). "
         f"Map: {r.projection}.") + "".join(page.paragraph(n, note=True) for n in r.notes))]
-    cols = list(d_ for d_ in r.diversity["new"])
     sections.append(("Diversity", page.table(["", "sources", "new"], [
-        [k, r.diversity["sources"].get(k, float("nan")), r.diversity["new"].get(k, float("nan"))] for k in cols])))
+        [k, r.diversity["sources"].get(k, float("nan")), v] for k, v in r.diversity["new"].items()])))
     sections.append(("Where the new texts are", page.figure(pngs["map"], "2-D map of sources and new texts", "map.png")))
     sections.append(("Lengths", page.figure(pngs["lengths-characters"], "lengths in characters", "lengths-characters.png")
                      + page.figure(pngs["lengths-tokens"], "lengths in tokens", "lengths-tokens.png")))

@@ -29,9 +29,9 @@ from localaug.augment.calibrate import choose_parallel
 from localaug.augment.resolve import resolve_style
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import cached_sha256, sha256_file, write_json_atomic
-from localaug.family import judging, prompts
+from localaug.family import judging
 from localaug.family.registry import DEFAULT_CTX
-from localaug.family.styles import PromptStyle
+from localaug.family.styles import PromptStyle, render_messages
 from localaug.jobs.dataio import chunked
 from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, repair_ledger
 from localaug.runtime.batch import Request, open_backend
@@ -95,13 +95,6 @@ def score(verdicts: list[str]) -> tuple[float, tuple[float, float]]:
     return mean, (max(0.0, mean - half), min(1.0, mean + half))
 
 
-def render(style: PromptStyle, messages: list[dict[str, str]]) -> str:
-    if style.is_family:
-        return prompts.qwen2_chatml(messages)
-    assert style.chat_template is not None
-    return prompts.render_chat_template(style.chat_template, messages, bos_token=style.bos_token, eos_token=style.eos_token)
-
-
 def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str | os.PathLike[str], *,
               aspect: str = "detail", output: str | os.PathLike[str] | None = None, threads: int | None = None,
               parallel: int | None = None, max_tokens: int = 512, n_ctx: int | None = None, device: str = "auto",
@@ -163,8 +156,8 @@ def _judge(todo: list[str], left: dict[str, tuple[str, str]], right: dict[str, t
             for key in chunk:
                 question, ans_a = left[key]
                 ans_b = right[key][1]
-                requests.append(Request(f"{key}|AB", render(style, judging.messages(aspect, question, ans_a, ans_b)), greedy, style.stop))
-                requests.append(Request(f"{key}|BA", render(style, judging.messages(aspect, question, ans_b, ans_a)), greedy, style.stop))
+                requests.append(Request(f"{key}|AB", render_messages(style, judging.messages(aspect, question, ans_a, ans_b)), greedy, style.stop))
+                requests.append(Request(f"{key}|BA", render_messages(style, judging.messages(aspect, question, ans_b, ans_a)), greedy, style.stop))
             replies: dict[str, dict[str, str]] = {}
             for result in _results(backend.run(requests)):
                 key, order = result[0].rsplit("|", 1)

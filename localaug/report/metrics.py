@@ -40,10 +40,9 @@ def nearest_rouge(new: Sequence[str], others: Sequence[str], seed: int = 0) -> l
     """For each new text, the highest ROUGE-L against the other texts (itself excluded)."""
     rng = random.Random(seed)
     toks = {t: tokens(t) for t in {*new, *others}}
-    pool = list(others)
     out = []
-    for i, text in enumerate(new):
-        candidates = [o for j, o in enumerate(pool) if o is not text]
+    for text in new:
+        candidates = [o for o in others if o is not text]
         if len(candidates) > MAX_NEIGHBOURS:
             candidates = rng.sample(candidates, MAX_NEIGHBOURS)
         out.append(max((rouge_l(toks[text], toks[o]) for o in candidates), default=0.0))

@@ -26,18 +26,9 @@ def embed(engine: Engine, texts: Sequence[str], max_tokens: int = MAX_TOKENS,
           progress: Callable[[int], None] | None = None) -> np.ndarray:
     """An (n, dim) float32 array of unit vectors, one per text (mean pooling); ``progress(k)`` after
     each batch with the texts done so far."""
-    dim = L.llama_model_n_embd(engine._model)
+    dim = engine.n_embd
     out = np.zeros((len(texts), dim), dtype=np.float32)
-    cparams = L.llama_context_default_params()
-    cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = BATCH_TOKENS
-    cparams.n_seq_max = MAX_SEQS
-    cparams.n_threads = cparams.n_threads_batch = engine.threads
-    cparams.embeddings = True
-    cparams.kv_unified = True
-    cparams.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
-    ctx = L.llama_init_from_model(engine._model, cparams)
-    if not ctx:
-        raise EngineError("llama.cpp could not create an embedding context: free memory")
+    ctx = engine.new_context(BATCH_TOKENS, n_seq_max=MAX_SEQS, kv_unified=True, n_batch=BATCH_TOKENS, embeddings=True)
     batch = L.llama_batch_init(BATCH_TOKENS, 0, 1)
     try:
         toks = [(engine.tokenize(t, special=False) or [0])[:max_tokens] for t in texts]

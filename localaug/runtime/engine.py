@@ -340,12 +340,17 @@ class Engine(Closing):
         del self._kv[keep:]
         return keep
 
-    def new_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False):
-        """A new llama.cpp context on this model (the caller frees it with ``llama_free``)."""
+    def new_context(self, n_ctx: int, n_seq_max: int = 1, kv_unified: bool = False, n_batch: int = 512,
+                    embeddings: bool = False):
+        """A new llama.cpp context on this model (the caller frees it with ``llama_free``);
+        ``embeddings``: pooled (mean) embeddings per sequence instead of logits."""
         cparams = L.llama_context_default_params()
         cparams.n_ctx = n_ctx
-        cparams.n_batch = min(n_ctx, 512)
-        cparams.n_ubatch = min(n_ctx, 512)
+        cparams.n_batch = min(n_ctx, n_batch)
+        cparams.n_ubatch = min(n_ctx, n_batch)
+        if embeddings:
+            cparams.embeddings = True
+            cparams.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.n_seq_max = n_seq_max
@@ -393,6 +398,11 @@ class Engine(Closing):
             buf = ctypes.create_string_buffer(-n)
             n = L.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
+
+    @property
+    def n_embd(self) -> int:
+        """The width of the model's hidden states (an embedding's length)."""
+        return L.llama_model_n_embd(self._model)
 
     @functools.cached_property
     def kv_bytes_per_token(self) -> int:
