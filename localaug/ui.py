@@ -6,7 +6,6 @@ periodic lines so logs stay readable.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,7 +130,10 @@ def progress_for(console: Console, noun: str = "tensors") -> RichProgress | Plai
 
 
 def print_json(console: Console, data: Any) -> None:
-    console.out(json.dumps(data, indent=2, ensure_ascii=False, default=str), highlight=False)
+    """``data`` as strict JSON (an undefined metric, NaN, is null)."""
+    from localaug.core.files import dumps_strict
+
+    console.out(dumps_strict(data, indent=2, ensure_ascii=False), highlight=False)
 
 
 def render_gguf_info(console: Console, info: GGUFInfo) -> None:
@@ -453,13 +455,15 @@ def render_job_summary(console: Console, summary: Any) -> None:
     reasons = counts.get("rejected_by_reason") or s.reasons
     if reasons:
         rows.append(("rejected, by reason", " · ".join(f"{k} {v}" for k, v in sorted(reasons.items()))))
+    if s.stale:
+        rows.append(("dropped (rows no longer in the input)", f"{s.stale} records, kept in {s.stale_where}"))
     if summary.exported is not None:
         what = "records" if str(summary.output).endswith(".parquet") else "examples"
         rows.append(("written", f"{summary.output} ({summary.exported} {what})"))
     for k, v in rows:
         table.add_row(k, plain(v))
     console.print(table)
-    if s.failed:
+    if s.failed and not summary.all_failed():  # when every row failed, the command's error line says so
         console.print("[yellow]some rows failed[/yellow] (see their 'error'): fix the cause and rerun with --retry-failed",
                       highlight=False, soft_wrap=True)
 
@@ -533,34 +537,13 @@ class counter:  # noqa: N801 - used as a context manager: with counter(console, 
         pass
 
 
-def judge_rows(s: Any) -> list[tuple[str, str]]:
-    lo, hi = s.interval
-    return [("aspect", s.aspect), ("judge", Path(s.judge).name), ("pairs judged", str(s.n)),
-            ("B better (wins)", str(s.wins)), ("ties", str(s.ties)), ("A better (losses)", str(s.losses)),
-            ("B's score (wins + ties/2) / n", f"{s.score:.3f}  (95% interval {lo:.3f}–{hi:.3f})"),
-            ("replies with no verdict (ties)", str(s.no_verdict)), ("rows in only one file", str(s.missing)),
-            ("verdicts", s.verdicts)]
-
-
 def render_judge(console: Console, s: Any) -> None:
     table = Table(title=f"localaug judge: {Path(s.b).name} vs {Path(s.a).name}", show_header=False, title_justify="left")
     table.add_column("what", style="bold cyan")
     table.add_column("value", overflow="fold")
-    for k, v in judge_rows(s):
+    for k, v in s.rows():
         table.add_row(k, plain(v))
     console.print(table)
     console.print("[dim]a small judge is weak: use a larger judge model for decisions[/dim]", highlight=False)
 
 
-def add_judge_to_page(html_path: Path, s: Any) -> None:
-    """Add the judge table to a report page (before its end), or write a page with it alone."""
-    import html as h
-
-    rows = "".join(f"<tr><th>{h.escape(k)}</th><td>{h.escape(v)}</td></tr>" for k, v in judge_rows(s))
-    section = f"<h2>Judge: {h.escape(s.aspect)}</h2><table>{rows}</table>"
-    if html_path.is_file():
-        text = html_path.read_text(encoding="utf-8")
-        text = text.replace("</body>", section + "</body>", 1) if "</body>" in text else text + section
-    else:
-        text = f"<!doctype html><html><head><meta charset='utf-8'><title>localaug judge</title></head><body>{section}</body></html>\n"
-    html_path.write_text(text, encoding="utf-8")

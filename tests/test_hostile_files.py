@@ -169,7 +169,7 @@ def test_disk_full_while_appending_is_one_line_and_resumes(tmp_path: Path, refin
 
 def test_outputs_follow_the_umask_and_killed_writers_leave_nothing_for_long(tmp_path: Path, refiner: Path) -> None:
     src = tmp_path / "in.jsonl"
-    src.write_text('{"instruction": "A row."}\n', encoding="utf-8")
+    src.write_text('{"instruction": "A row.", "response": "Its answer."}\n', encoding="utf-8")  # pairs reads seed pairs
     dead = tmp_path / ".train.json.999999999.abcdef.part"  # what a writer killed mid-export leaves
     dead.write_text("half", encoding="utf-8")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

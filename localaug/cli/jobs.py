@@ -75,7 +75,7 @@ def run(
     or, to a training file: [bold]localaug run refine -i seeds.jsonl -o train.json --respond-with qwen2-instruct:1.5b --format alpaca[/bold]
     """
     from localaug import ui
-    from localaug.core.errors import JobInterrupted, UsageError
+    from localaug.core.errors import JobError, JobInterrupted, UsageError
     from localaug.jobs import run as jobs
 
     run_job: Callable[..., Any] = jobs.run_job
@@ -111,6 +111,10 @@ def run(
         ui.render_interrupted(console, message(e))
         raise typer.Exit(e.exit_code) from None
     ui.render_job_summary(console, summary)
+    for stage in (*summary.stages, summary):  # a job that made nothing is not a success
+        failed = stage.all_failed()
+        if failed:
+            raise JobError(failed)
     if ray_address is not None:
         console.print(f"join the parts into one file: localaug merge {output} -o merged.jsonl", highlight=False, soft_wrap=True)
 

@@ -59,9 +59,7 @@ def judge(
     console = err_console()
     with ui.counter(console, "judging") as tick:
         summary = run_judge(a, b, judge_model, aspect=aspect, output=output, threads=threads, parallel=parallel,
-                            max_tokens=max_tokens, progress=tick)
-    if html is not None:
-        ui.add_judge_to_page(html, summary)
+                            max_tokens=max_tokens, progress=tick, html=html)
     if as_json:
         ui.print_json(out_console(), summary.to_json())
     else:

@@ -6,9 +6,11 @@
   the writer's pid (``.NAME.PID.RANDOM.part``): a later writer of the same file removes the parts
   a killed process left. A finished file gets the permissions the umask gives (not mkstemp's
   0600), and ``dest`` must be a regular file (or absent): a FIFO or device is never replaced.
-- ``refuse_overwriting_inputs``: an output may not be one of the files a command reads.
+- ``refuse_overwriting_inputs``: an output may not be one of the files a command reads (by any
+  name: hard links and symlinks are resolved).
 - ``write_json_atomic`` / ``read_json``: small JSON files (manifests); a missing or damaged file
-  reads as None.
+  reads as None. Everything localaug writes as JSON is strict JSON: ``finite_json`` maps NaN and
+  the infinities (a metric that is undefined) to null, and the writers refuse any that remain.
 - ``sha256_file``: the sha256 of a file, read in 8 MiB chunks.
 - ``exclusive_lock`` / ``locked``: inter-process locks through ``filelock`` (fcntl on POSIX, msvcrt
   on Windows), held by the OS, so a killed process never leaves a stale lock. The lock file stays
@@ -21,9 +23,10 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +115,19 @@ def _umask() -> int:
     return mask
 
 
-def refuse_overwriting_inputs(output: Path, inputs: list[Path], param: str = "output") -> None:
-    """A UsageError when ``output`` is one of ``inputs`` (the same file, by any name)."""
+def refuse_overwriting_inputs(output: Path | Iterable[Path], inputs: Iterable[Path], param: str = "output") -> None:
+    """A UsageError when ``output`` (or any of several outputs) is one of ``inputs``: the same
+    file by any name (a hard link, or a symlink on either side)."""
+    outputs = [Path(output)] if isinstance(output, (str, os.PathLike)) else [Path(o) for o in output]
+    existing = [o for o in outputs if o.exists()]
+    if not existing:
+        return
     for path in inputs:
-        with contextlib.suppress(OSError):
-            if output.exists() and os.path.samefile(output, path):
-                raise UsageError(f"{opt(param)} {output} is one of the files this reads ({path}): choose another "
-                                 f"{opt(param)}", path=str(output))
+        for out in existing:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(out, path):
+                    raise UsageError(f"{opt(param)} {out} is one of the files this reads ({path}): choose another "
+                                     f"{opt(param)}", path=str(out))
 
 
 @contextlib.contextmanager
@@ -129,11 +138,44 @@ def atomic_output(dest: Path, param: str = "output") -> Iterator[Path]:
         os.replace(tmp, dest)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    with temp_beside(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
+def finite_json(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite (an undefined metric) replaced by None,
+    so that it can be written as strict JSON; containers are copied only where something changes."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps_strict(value: Any, **kw: Any) -> str:
+    """``json.dumps`` that never writes NaN or Infinity (``finite_json`` maps them to null); other
+    objects are written as their text (``default=str``)."""
+    try:
+        return json.dumps(value, allow_nan=False, default=str, **kw)
+    except ValueError:  # a non-finite float somewhere (rare): copy with nulls in its place
+        return json.dumps(finite_json(value), allow_nan=False, default=str, **kw)
+
+
+def write_json_atomic(path: Path, data: Any, param: str = "output") -> None:
+    """``data`` as strict, indented JSON at ``path``, whole or not at all (readable UTF-8; text
+    that is not valid Unicode, such as a file name's undecodable bytes, is written escaped)."""
+    text = dumps_strict(data, indent=2, ensure_ascii=False)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = dumps_strict(data, indent=2, ensure_ascii=True).encode("utf-8")
+    write_atomic(path, encoded + b"\n", param)
+
+
+def write_atomic(path: Path, data: bytes | str, param: str = "output") -> None:
+    """A whole small file (a page, a figure, a summary): written beside ``path``, fsync'd, then
+    renamed onto it, so a reader never sees half of it."""
+    with temp_beside(path, param) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -148,11 +190,15 @@ def read_bounded(path: Path, limit: int) -> str:
     return data.decode("utf-8")
 
 
+MAX_JSON_FILE = 64 << 20  # a manifest or cache larger than this is not one of ours
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+    """The JSON object in ``path``, or None when it is missing, unreadable, over MAX_JSON_FILE or
+    not an object."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_bounded(Path(path), MAX_JSON_FILE))
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from localaug.core.errors import UsageError
+from localaug.core.files import dumps_strict
+from localaug.jobs.schema import record_problem
 
 EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "prompts")  # training files
 RESPONSE_FORMATS = ("alpaca", "sharegpt", "messages")  # each example needs a response
@@ -46,13 +48,14 @@ class InputRow:
 
 
 def json_line(record: Any) -> str:
-    """One record as one line of JSON: readable UTF-8, except that text which is not valid Unicode
-    (a carried column) is written escaped, so the line is always valid UTF-8."""
-    line = json.dumps(record, ensure_ascii=False, default=str)
+    """One record as one line of strict JSON: readable UTF-8, except that text which is not valid
+    Unicode (a carried column) is written escaped, so the line is always valid UTF-8; a NaN or
+    infinity (Python's JSON reader accepts them in an input row) is written as null."""
+    line = dumps_strict(record, ensure_ascii=False)
     try:
         line.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(record, ensure_ascii=True, default=str)
+        return dumps_strict(record, ensure_ascii=True)
     return line
 
 
@@ -103,6 +106,14 @@ def input_kind(path: Path) -> str:
     return kinds[suffix]
 
 
+def is_blank(path: Path, look: int = 1 << 20) -> bool:
+    """Whether a file holds nothing but white space (read no further than ``look`` bytes)."""
+    if path.stat().st_size > look:
+        return False
+    with open(path, "rb") as f:
+        return not f.read(look).strip()
+
+
 def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
     """Every row of ``path``, in order."""
     path = Path(path)
@@ -119,7 +130,9 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
         _need_pyarrow("Parquet")
         import pyarrow.parquet as pq
 
-        yield from _from_batches(pq.ParquetFile(path).iter_batches(batch_size=1024))
+        parquet = pq.ParquetFile(path)
+        refuse_duplicate_columns(parquet.schema_arrow.names, str(path))
+        yield from _from_batches(parquet.iter_batches(batch_size=1024))
     else:
         yield from _read_hf_disk(path)
 
@@ -145,7 +158,7 @@ def text_rows(kind: str, stream: BinaryIO, start: int = 0, name: str = "input") 
     elif kind == "json":
         yield from _read_json(f, start, name)
     else:
-        yield from _read_csv(f, start)
+        yield from _read_csv(f, start, name)
 
 
 def invalid_text(value: Any) -> str | None:
@@ -194,25 +207,59 @@ def _read_jsonl(f: TextIO, start: int) -> Iterator[InputRow]:
             continue
         raw = line.rstrip("\n")
         try:
-            rec = json.loads(line)
+            rec, twice = _loads(line)
         except json.JSONDecodeError as e:
             yield InputRow(i, {}, f"invalid JSON on line {lineno}: {e.msg}", raw=raw)
         except RecursionError:
             yield InputRow(i, {}, f"line {lineno} is nested too deep to read", raw=raw[:1000])
         else:
-            yield _row(i, rec, f"line {lineno}", raw)
+            if twice is not None:
+                yield InputRow(i, {}, f"line {lineno} holds the key {twice!r} twice (a reader keeps only one): remove "
+                                      "or rename one", raw=raw)
+            else:
+                yield _row(i, rec, f"line {lineno}", raw)
         i += 1
+
+
+def _loads(text: str) -> tuple[Any, str | None]:
+    """(the JSON value of ``text``, a key some object in it holds twice, or None). Python's reader
+    keeps the last of two equal keys silently; a row that has two is refused instead, so that no
+    column is lost without a word."""
+    twice: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs) and not twice:
+            seen: set[str] = set()
+            twice.append(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+        return obj
+
+    value = json.loads(text, object_pairs_hook=pairs_hook)
+    return value, (twice[0] if twice else None)
+
+
+def refuse_duplicate_columns(names: Iterable[Any], where: str) -> None:
+    """A UsageError naming the first column name that appears twice in ``names`` (a header), where
+    a reader would keep only one of the two columns."""
+    seen: dict[Any, int] = {}
+    for position, column in enumerate(names, 1):
+        if column in seen and str(column).strip():
+            raise UsageError(f"{where}: the header names column {column!r} twice (columns {seen[column]} and {position}); "
+                             "a reader keeps only one: rename one of them")
+        seen.setdefault(column, position)
 
 
 def _read_json(f: TextIO, start: int, path: str) -> Iterator[InputRow]:
     try:
-        data = json.loads(f.read())
+        data, twice = _loads(f.read())
     except json.JSONDecodeError as e:
         raise UsageError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); for one object a line, name it .jsonl") from None
     except UnicodeDecodeError as e:
         raise UsageError(f"{path} is not UTF-8 text (a bad byte at {e.start}): save it as UTF-8") from None
     except RecursionError:
         raise UsageError(f"{path} is nested too deep to read: flatten it, or give one object a line as .jsonl") from None
+    if twice is not None:
+        raise UsageError(f"{path}: an object holds the key {twice!r} twice (a reader keeps only one): remove or rename one")
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -224,9 +271,14 @@ def _read_json(f: TextIO, start: int, path: str) -> Iterator[InputRow]:
         yield _row(start + i, rec, f"item {i}", json.dumps(rec, ensure_ascii=True)[:100_000])
 
 
-def _read_csv(f: TextIO, start: int) -> Iterator[InputRow]:
+def _read_csv(f: TextIO, start: int, name: str) -> Iterator[InputRow]:
     csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_CHARS))
     reader = csv.DictReader(f)
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as e:
+        raise UsageError(f"{name}: the CSV header cannot be read ({e}): fix the first line") from None
+    refuse_duplicate_columns(header, name)
     i = start
     while True:
         try:
@@ -266,6 +318,7 @@ def _read_hf_disk(path: Path) -> Iterator[InputRow]:
                 batches: Iterable[Any] = (reader.get_batch(k) for k in range(reader.num_record_batches))
             else:
                 batches = reader
+            refuse_duplicate_columns(reader.schema.names, str(file))
             for row in _from_batches(batches, i):
                 yield row
                 i += 1
@@ -353,6 +406,11 @@ def instruction_rows(rows: Iterable[InputRow]) -> Iterator[InputRow]:
     for row in rows:
         rec = row.record
         if row.error is None and rec.get("task") in INSTRUCTION_TASKS and "status" in rec and "source_id" in rec:
+            why = record_problem(rec)
+            if why is not None:  # a damaged record: its row fails alone, with the reason
+                yield InputRow(index, {}, f"a damaged {rec['task']} record ({why})", raw=json_line(rec)[:100_000])
+                index += 1
+                continue
             origin = {"task": rec["task"], "source_id": rec["source_id"], "row": rec.get("row")}
             for k, (text, _) in enumerate(examples(rec)):
                 yield InputRow(index, {"instruction": text, "origin": {**origin, "item": k}})

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 from localaug.core.errors import UsageError, opt
 from localaug.family.prompts import Pair
@@ -66,18 +67,51 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     return int(i), int(n)
 
 
+class Meet(Protocol):
+    """Told the key of every row of the whole input (``select_rows``), whether this run selects
+    it or not; ``done`` once it needs no more."""
+
+    done: bool
+
+    def __call__(self, key: str) -> None: ...
+
+
+class KeysMet:
+    """Which of an output's row keys the input still has (a ``Meet``): the whole input is keyed,
+    rows outside a run's shard or limit included, until every key of the output is met."""
+
+    def __init__(self, statuses: dict[str, str]) -> None:
+        self.statuses = statuses
+        self.met: set[str] = set()
+        self.done = not statuses
+
+    def __call__(self, key: str) -> None:
+        if key in self.statuses and key not in self.met:
+            self.met.add(key)
+            self.done = len(self.met) == len(self.statuses)
+
+    def stale(self) -> set[str]:
+        """The keys of rows that are no longer in the input (a row edited or removed since)."""
+        return set() if self.done else set(self.statuses) - self.met
+
+
 def select_rows(rows: Iterable[InputRow], cfg: JobConfig, run_id: str, shard: tuple[int, int] | None = None,
-                limit: int | None = None) -> Iterator[InputRow]:
+                limit: int | None = None, meet: Meet | None = None) -> Iterator[InputRow]:
     """The rows (all of an input, in order) this run covers, each with its key; shared by
-    ``run_job`` and ``localaug.jobs.on_ray``."""
+    ``run_job`` and ``localaug.jobs.on_ray``. With ``meet``, every row of the input is keyed and
+    shown to it, past ``limit`` too, until it is ``done``."""
     keys = RowKeys(cfg, run_id)
     taken = 0
     for row in rows:
         key = keys.key(row)
+        if meet is not None:
+            meet(key)
+        if limit is not None and taken >= limit:
+            if meet is None or meet.done:
+                return
+            continue
         if shard is not None and shard_of(key, shard[1]) != shard[0]:
             continue
-        if limit is not None and taken >= limit:
-            return
         taken += 1
         row.key = key
         yield row

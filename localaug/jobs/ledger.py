@@ -3,7 +3,10 @@
 Each row's record is appended with one ``write()`` and fsync'd at least every second
 (``Appender``); a kill at any moment leaves at most a torn last line, which ``repair_ledger`` cuts
 on the next start. ``scan_ledger`` tells a restart which row keys are done; a retried row appends
-a newer record and ``compact_ledger`` (temp file + rename) keeps only the latest one per key.
+a newer record and ``compact_ledger`` (temp file + rename) keeps only the latest one per key, and
+leaves out the records of rows that are no longer in the input (moved to ``OUT.stale``). Every
+reader checks each line (``localaug.jobs.schema``) and reads at most ``MAX_RECORD_BYTES`` of it:
+a line that is not a job record is skipped, whatever the file holds.
 ``output_lock`` refuses a second process on the same output (the lock sits beside the output's real
 path, so a second name for it through a symlink cannot start a second writer).
 """
@@ -13,18 +16,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from localaug.augment import filters
 from localaug.core.errors import JobLockedError, opt
-from localaug.core.files import exclusive_lock
+from localaug.core.files import exclusive_lock, temp_beside
 from localaug.jobs.dataio import json_line
+from localaug.jobs.schema import Skipped, record_problem
 
 FSYNC_EVERY_S = 1.0
+MAX_RECORD_BYTES = 256 << 20  # a records line longer than this is skipped unread (a record carries rows up to 64 M characters)
+STALE_SUFFIX = ".stale"  # OUT.stale: records of rows no longer in the input, moved out of the ledger
+MAX_ERROR_KINDS = 1000  # distinct errors counted for the most common one
+_DIGITS = re.compile(r"\d+")
 
 
 def job_paths(output: Path, fmt: str) -> tuple[Path, Path, Path]:
@@ -75,52 +84,113 @@ def repair_ledger(ledger: Path) -> int:
     return size - keep
 
 
+def record_lines(f: BinaryIO) -> Iterator[tuple[int, int, bytes | None]]:
+    """(line number, byte offset, line) of a records file opened in binary mode; a line over
+    MAX_RECORD_BYTES is (number, offset, None), skipped without being read into memory."""
+    lineno = offset = 0
+    while line := f.readline(MAX_RECORD_BYTES + 1):
+        lineno += 1
+        here, offset = offset, offset + len(line)
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            while more := f.readline(1 << 20):
+                offset += len(more)
+                if more.endswith(b"\n"):
+                    break
+            yield lineno, here, None
+        else:
+            yield lineno, here, line
+
+
+def parse_line(line: bytes | None) -> tuple[Any, str | None]:
+    """(the JSON value of a line, None) or (None, why it has none)."""
+    if line is None:
+        return None, f"a line over {MAX_RECORD_BYTES >> 20} MiB"
+    try:
+        return json.loads(line.decode("utf-8", "replace")), None
+    except RecursionError:
+        return None, "nested too deep to read"
+    except ValueError:
+        return None, "not JSON"
+
+
+def read_record(line: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the job record on a line, None) or (None, why it is not one)."""
+    rec, why = parse_line(line)
+    if why is None:
+        why = record_problem(rec)
+    return (rec, None) if why is None else (None, why)
+
+
+def records_in(path: Path, skipped: Skipped | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(line number, byte offset, record) of every job record in ``path``, in file order; the
+    other non-blank lines are counted in ``skipped``."""
+    with open(path, "rb") as f:
+        for lineno, offset, line in record_lines(f):
+            if line is not None and not line.strip():
+                continue
+            rec, why = read_record(line)
+            if rec is not None:
+                yield lineno, offset, rec
+            elif skipped is not None:
+                skipped.add(lineno, why or "")
+
+
 def scan_ledger(ledger: Path) -> tuple[dict[str, str], int]:
-    """(row key -> status of its latest record, lines that are superseded or unreadable)."""
+    """(row key -> status of its latest record, lines that are superseded or not records)."""
     status: dict[str, str] = {}
-    extra = 0
     if not ledger.exists():
         return status, 0
-    with open(ledger, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                key = rec["source_id"]
-            except (ValueError, KeyError, TypeError):
-                extra += 1
-                continue
-            extra += key in status
-            status[key] = rec.get("status", "failed")
-    return status, extra
+    skipped = Skipped()
+    extra = 0
+    for _, _, rec in records_in(ledger, skipped):
+        key = rec["source_id"]
+        extra += key in status
+        status[key] = rec["status"]
+    return status, extra + skipped.count
 
 
-def iter_ledger(ledger: Path, latest_only: bool = True) -> Iterator[dict[str, Any]]:
-    """The ledger's records; with ``latest_only`` one per row key (its last), in ledger order."""
-    last: dict[str, int] = {}
-    if latest_only:
-        with open(ledger, encoding="utf-8", errors="replace") as f:
-            for i, line in enumerate(f):
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    last[json.loads(line)["source_id"]] = i
-    with open(ledger, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if not latest_only or last.get(rec.get("source_id")) == i:
-                yield rec
+def iter_ledger(ledger: Path, latest_only: bool = True, skipped: Skipped | None = None) -> Iterator[dict[str, Any]]:
+    """The ledger's job records; with ``latest_only`` one per row key (its last), in ledger order.
+    Lines that are not job records are left out (and counted in ``skipped``)."""
+    if not latest_only:
+        yield from (rec for _, _, rec in records_in(ledger, skipped))
+        return
+    last: dict[str, int] = {rec["source_id"]: lineno for lineno, _, rec in records_in(ledger, skipped)}
+    for lineno, _, rec in records_in(ledger):
+        if last.get(rec["source_id"]) == lineno:
+            yield rec
 
 
-def compact_ledger(ledger: Path) -> None:
-    """Rewrite the ledger with one record per row key (temp file + rename)."""
-    tmp = ledger.with_name(ledger.name + ".compact.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in iter_ledger(ledger):
-            f.write(json_line(rec) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ledger)
+def stale_path(ledger: Path) -> Path:
+    """Where the records of rows no longer in the input go: OUT.stale beside the ledger's real path
+    (a name no reader of job outputs takes for records)."""
+    real = ledger.resolve()
+    return real.with_name(real.name + STALE_SUFFIX)
+
+
+def compact_ledger(ledger: Path, drop: Collection[str] = ()) -> int:
+    """Rewrite the ledger with one record per row key (temp file + rename, at the ledger's real
+    path so that a symlink to it stays one); the records of the keys in ``drop`` are first appended
+    to ``OUT.stale`` beside it and left out. Returns how many were moved."""
+    real = ledger.resolve()
+    moved = 0
+    if drop:
+        with open(stale_path(real), "a", encoding="utf-8") as f:
+            for rec in iter_ledger(real):
+                if rec["source_id"] in drop:
+                    f.write(json_line(rec) + "\n")
+                    moved += 1
+            f.flush()
+            os.fsync(f.fileno())
+    with temp_beside(real) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in iter_ledger(real):
+                if rec["source_id"] not in drop:
+                    f.write(json_line(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, real)
+    return moved
 
 
 class Appender:
@@ -175,7 +245,8 @@ class BestRecords:
     where: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     read: int = 0  # records read
     superseded: int = 0  # records of a key seen before
-    unreadable: int = 0  # non-blank lines that are not JSON records with a source_id
+    unreadable: int = 0  # non-blank lines that are not job records
+    per_file: list[tuple[int, Skipped]] = field(default_factory=list)  # (records, lines skipped) of each file
 
 
 def best_records(paths: Sequence[Path]) -> BestRecords:
@@ -183,25 +254,21 @@ def best_records(paths: Sequence[Path]) -> BestRecords:
     failed; the later of equals), remembered by position rather than kept in memory."""
     best = BestRecords()
     for fi, path in enumerate(paths):
-        with open(path, "rb") as f:
-            offset = 0
-            for line in f:
-                here, offset = offset, offset + len(line)
-                try:
-                    rec = json.loads(line)
-                    key = rec["source_id"]
-                except (ValueError, KeyError, TypeError):
-                    best.unreadable += bool(line.strip())
+        skipped, read = Skipped(), 0
+        for _, here, rec in records_in(path, skipped):
+            read += 1
+            key = rec["source_id"]
+            rank = RANK[rec["status"]]
+            old = best.where.get(key)
+            if old is not None:
+                best.superseded += 1
+                if old[0] > rank:
                     continue
-                best.read += 1
-                rank = RANK.get(rec.get("status"), 0)
-                old = best.where.get(key)
-                if old is not None:
-                    best.superseded += 1
-                    if old[0] > rank:
-                        continue
-                row = rec.get("row")
-                best.where[key] = (rank, fi, here, row if isinstance(row, int) else NO_ROW)
+            row = rec.get("row")
+            best.where[key] = (rank, fi, here, row if isinstance(row, int) else NO_ROW)
+        best.read += read
+        best.unreadable += skipped.count
+        best.per_file.append((read, skipped))
     return best
 
 
@@ -213,7 +280,9 @@ def read_at(paths: Sequence[Path], places: Sequence[tuple[int, int, int, int]]) 
             if fi not in handles:
                 handles[fi] = open(paths[fi], "rb")  # noqa: SIM115 - closed below
             handles[fi].seek(offset)
-            yield json.loads(handles[fi].readline())
+            rec, _ = read_record(handles[fi].readline(MAX_RECORD_BYTES + 1))
+            if rec is not None:  # it was one when best_records read it
+                yield rec
     finally:
         for h in handles.values():
             h.close()
@@ -247,6 +316,7 @@ def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Counts over records (one per row key): rows by status, rejections by reason, new items."""
     counts: dict[str, Any] = {"rows": 0, "ok": 0, "filtered": 0, "failed": 0, "items": 0, "duplicates": 0}
     reasons: dict[str, int] = {}
+    errors: dict[str, list[Any]] = {}  # an error with its numbers blanked -> [rows, its first wording]
     for rec in records:
         counts["rows"] += 1
         status = rec.get("status", "failed")
@@ -254,6 +324,16 @@ def record_counts(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         counts["items"] += len(accepted_texts(rec)) or (status == "ok" and rec.get("output") is not None)
         for reason, k in (rec.get("rejected") or {}).items():
             reasons[reason] = reasons.get(reason, 0) + int(k)
+        if status == "failed":
+            text = str(rec.get("error") or "no reason recorded")
+            same = _DIGITS.sub("#", text[:500])  # "invalid JSON on line 3" and "... line 9" are one error
+            if same in errors:
+                errors[same][0] += 1
+            elif len(errors) < MAX_ERROR_KINDS:
+                errors[same] = [1, text]
     counts["duplicates"] = sum(reasons.get(r, 0) for r in filters.DUPLICATE_REASONS)
     counts["rejected_by_reason"] = dict(sorted(reasons.items()))
+    if errors:
+        rows, text = max(errors.values(), key=lambda v: v[0])
+        counts["most_common_error"] = {"error": text, "rows": rows}
     return counts

@@ -24,7 +24,8 @@ from localaug.augment import filters
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.jobs import MERGE_DEDUP, dataio
-from localaug.jobs.ledger import best_records, read_at
+from localaug.jobs.ledger import BestRecords, best_records, read_at
+from localaug.jobs.schema import EXPECTED
 
 
 @dataclass
@@ -56,17 +57,18 @@ def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            parts = sorted(q for q in p.glob("*.jsonl") if not q.name.endswith((".tmp", ".manifest.json")))
+            parts = sorted(q for q in p.glob("*.jsonl") if q.is_file() and not q.name.endswith((".tmp", ".manifest.json")))
             if not parts:
                 raise UsageError(f"{p} holds no .jsonl part files")
             manifest = read_json(p / "manifest.json")  # a folder's run (localaug run --ray)
             found += [_Source(q, manifest or _manifest_of(q), p if manifest else None) for q in parts]
             continue
         manifest = _manifest_of(p)
-        ledger = Path(manifest["ledger"]) if manifest and manifest.get("ledger") else p
+        named = manifest.get("ledger") if manifest else None
+        ledger = Path(named) if isinstance(named, str) and named else p
         if not ledger.is_absolute() and not ledger.exists():
             ledger = p.parent / ledger.name
-        if not ledger.exists():
+        if not ledger.is_file():
             raise UsageError(f"{p} does not exist (give job outputs, or folders of .jsonl parts)")
         found.append(_Source(ledger, manifest))
     seen: set[Path] = set()
@@ -79,12 +81,17 @@ def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
 
 
 def _manifest_of(path: Path) -> dict[str, Any] | None:
-    for cand in (path.with_name(path.name + ".manifest.json"),
-                 path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json")):
+    for cand in manifest_paths(path):
         manifest = read_json(cand)
         if manifest is not None:
             return manifest
     return None
+
+
+def manifest_paths(path: Path) -> tuple[Path, Path]:
+    """Where the manifest of an output (or of its ledger) may be."""
+    return (path.with_name(path.name + ".manifest.json"),
+            path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json"))
 
 
 def merge_outputs(
@@ -105,15 +112,16 @@ def merge_outputs(
         raise UsageError("give the outputs to merge, e.g. localaug merge out.*.jsonl -o merged.jsonl")
     out = Path(output)
     sources = ledgers_of(inputs)
-    if any(s.path.resolve() == out.resolve() for s in sources):
-        raise UsageError(f"{opt('output')} must not be one of the inputs")
-    refuse_overwriting_inputs(out, [s.path for s in sources])
     summary = MergeSummary(out, out.with_name(out.name + ".manifest.json"), [s.path for s in sources])
+    written = [out, summary.manifest] + ([out.parent / "dataset_info.json"] if fmt in dataio.DATASET_INFO else [])
+    read = [p for s in sources for p in (s.path, *manifest_paths(s.path), *([s.folder / "manifest.json"] if s.folder else []))]
+    refuse_overwriting_inputs(written, read)
     _check_runs(sources, summary, allow_mixed)
 
     # pass 1: the best record of each row key, remembered by where it is; then read in input order
     paths = [src.path for src in sources]
     best = best_records(paths)
+    _refuse_foreign(sources, best)
     summary.records_read, summary.superseded, summary.unreadable = best.read, best.superseded, best.unreadable
     order = sorted(best.where.values(), key=lambda v: (v[3], v[1], v[2]))
 
@@ -140,9 +148,18 @@ def merge_outputs(
     return summary
 
 
+def _refuse_foreign(sources: list[_Source], best: BestRecords) -> None:
+    """A file with no job record is not a job output (an empty one is, when a manifest says so:
+    a shard that had no rows)."""
+    for src, (read, skipped) in zip(sources, best.per_file):
+        if not read and (skipped.count or src.manifest is None):
+            why = skipped.first or "an empty file with no manifest beside it"
+            raise UsageError(f"{src.path} is not a localaug job output ({why}): expected {EXPECTED}")
+
+
 def _check_runs(sources: list[_Source], summary: MergeSummary, allow_mixed: bool) -> None:
     manifests = [s.manifest for s in sources if s.manifest]
-    summary.run_ids = sorted({str(m.get("run_id")) for m in manifests if m.get("run_id")})
+    summary.run_ids = sorted({m["run_id"] for m in manifests if isinstance(m.get("run_id"), str)})
     if len(summary.run_ids) > 1 and not allow_mixed:
         raise JobError(f"these outputs are from {len(summary.run_ids)} different runs (different task, model, sampling "
                        f"or filters): merge each run separately, or pass {opt('allow_mixed')} to join them anyway")
@@ -150,7 +167,7 @@ def _check_runs(sources: list[_Source], summary: MergeSummary, allow_mixed: bool
         warning = f"{s.folder or s.path} is unfinished: rerun its command to complete it, then merge again"
         if s.manifest and not s.manifest.get("complete") and warning not in summary.warnings:
             summary.warnings.append(warning)
-    shards = {tuple(m["shard"]) for m in manifests if m.get("shard")}
+    shards = {(m["shard"][0], m["shard"][1]) for m in manifests if _is_shard(m.get("shard"))}
     counts = {n for _, n in shards}
     if len(counts) > 1:
         summary.warnings.append(f"shards of different splits ({', '.join(f'/{n}' for n in sorted(counts))})")
@@ -160,6 +177,11 @@ def _check_runs(sources: list[_Source], summary: MergeSummary, allow_mixed: bool
         if missing:
             summary.warnings.append(f"missing shard{'s' if len(missing) > 1 else ''} "
                                     f"{', '.join(f'{i}/{n}' for i in missing)}: the merge covers only part of the input")
+
+
+def _is_shard(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and 0 <= value[0] < value[1])
 
 
 def _dedup_items(rec: dict[str, Any], seen: Any) -> int:

@@ -331,6 +331,11 @@ class PartsTarget:
         self.statuses = parts.statuses(self.out)
         return ""
 
+    def drop(self, keys: set[str]) -> tuple[int, Path]:
+        moved = parts.drop_keys(self.out, keys)
+        self.statuses = {k: v for k, v in self.statuses.items() if k not in keys}
+        return moved, self.out / parts.STALE
+
     def records(self) -> Iterator[dict[str, Any]]:
         return parts.records(self.out)
 
@@ -358,14 +363,14 @@ class RayExecutor:
     """Rows read by Ray Data on the driver and keyed there; records made by an actor pool, one
     part file per batch."""
 
-    def __init__(self, source: str, address: str, res: Resources) -> None:
+    def __init__(self, source: str, address: str, res: Resources, task: str = "") -> None:
         self.source, self.address, self.res = source, address, res
         self.blocks: list[InputRow] = []
         self.refs: list[Any] = []
         self.started = False
         self.where = ""
         self.note = ""
-        self.task = ""
+        self.task = task
         self._job: ActorJob | None = None
 
     def plan(self, opts: JobOptions) -> JobPlan:
@@ -380,6 +385,15 @@ class RayExecutor:
 
     def rows(self) -> Iterator[InputRow]:
         rows = read_input(self.source)
+        return dataio.instruction_rows(rows) if self.task == "respond" else rows
+
+    def column_rows(self) -> Iterator[InputRow] | None:
+        """A local file is read here before Ray starts (its columns are checked before any actor
+        loads the model); a folder or a URI is read by Ray Data later."""
+        path = Path(self.source).expanduser()
+        if "://" in self.source or not path.is_file():
+            return None
+        rows = dataio.read_rows(path)
         return dataio.instruction_rows(rows) if self.task == "respond" else rows
 
     def stage(self, row: InputRow) -> None:
@@ -449,8 +463,20 @@ def run_job(
     if out.exists() and not out.is_dir():
         raise UsageError(f"{opt('output')} {out} is a file: with Ray give a folder for the part files")
     out.mkdir(parents=True, exist_ok=True)
-    executor = RayExecutor(str(input), address, Resources(actors, num_cpus, num_gpus or 0, batch_size))
+    _refuse_output_among_inputs(str(input), out)
+    executor = RayExecutor(str(input), address, Resources(actors, num_cpus, num_gpus or 0, batch_size), opts.task)
     return execute(opts, str(input), PartsTarget(out), executor, progress)
+
+
+def _refuse_output_among_inputs(source: str, out: Path) -> None:
+    """The part files, manifest and stale records written in ``out`` may not be (or lie in) the input."""
+    if "://" in source:
+        return
+    inp, folder = Path(source).expanduser().resolve(), out.resolve()
+    written = inp.parent == folder and (inp.name.startswith("part-") or inp.name in ("manifest.json", parts.STALE))
+    if inp == folder or written or folder.is_relative_to(inp):
+        raise UsageError(f"{opt('output')} {out} and the input {source} overlap (the part files would be read as input "
+                         f"or written over it): give another {opt('output')} folder")
 
 
 def _unwrap(e: BaseException) -> LocalaugError:

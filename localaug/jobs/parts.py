@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from localaug.core.files import read_json, temp_beside
-from localaug.jobs.ledger import RANK, best_records, read_at
+from localaug.jobs.ledger import RANK, best_records, read_at, read_record, record_lines
 
 _STATUS = {rank: status for status, rank in RANK.items()}
 
@@ -46,6 +46,39 @@ def records(out: Path) -> Iterator[dict[str, Any]]:
     """The best record of each row key in ``out`` (part by part, in file order)."""
     parts = part_files(out)
     return read_at(parts, sorted(best_records(parts).where.values(), key=lambda v: (v[1], v[2])))
+
+
+STALE = "records.stale"  # records of rows no longer in the input, moved out of the parts
+
+
+def drop_keys(out: Path, keys: set[str]) -> int:
+    """Move the records of ``keys`` out of the parts into ``out/records.stale`` (appended first,
+    then each part that held one is rewritten without it, or removed when nothing is left); the
+    number of records moved."""
+    moved = 0
+    for part in part_files(out):
+        keep, drop = [], []
+        with open(part, "rb") as f:
+            for _, _, line in record_lines(f):
+                rec, _ = read_record(line)
+                (drop if rec is not None and rec["source_id"] in keys else keep).append(line)
+        if not drop:
+            continue
+        with open(out / STALE, "ab") as f:
+            f.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in drop if line is not None))
+            f.flush()
+            os.fsync(f.fileno())
+        moved += len(drop)
+        if not any(line is not None and line.strip() for line in keep):
+            part.unlink()
+            continue
+        with temp_beside(part) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"".join(line for line in keep if line is not None))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, part)
+    return moved
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:

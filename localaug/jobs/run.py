@@ -18,6 +18,16 @@ output, so a job killed at any moment (even ``kill -9``) is completed by running
 again. Changing any of those settings is a different run: it is refused on the same output with
 the list of what changed. ``limit`` and ``shard`` only select rows; ``merge`` joins shards.
 
+An input edited between two runs changes the keys of the rows edited: while counting, the whole
+input is keyed (past ``limit`` and outside ``shard`` too, until every key of the output is met),
+and the records whose key no row of the input has any more are moved out of the output into
+``OUT.stale`` before the run goes on, so the output keeps one record per current input row. A
+record of a row that is in the input but outside this run's shard or limit is kept.
+
+Before the model loads, the rows are read until the column the job needs is met as text
+(``columns.check_columns``): a ``field`` no row has, or one that holds no text, is refused with
+the columns the rows do have. No output may be one of the files a run reads.
+
 A bad row (invalid JSON line, empty text, prompt too long, max tokens hit, unparseable reply) is
 recorded with ``status: failed`` and its ``error``; ``retry_failed`` reruns only those, and a
 finished job rewrites the ledger so that a retried row's new record supersedes the old one:
@@ -42,9 +52,10 @@ from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inp
 from localaug.family.registry import DEFAULT_CTX, TASKS, ModelSpec
 from localaug.family.styles import PromptStyle
 from localaug.jobs import dataio
+from localaug.jobs.columns import check_columns
 from localaug.jobs.config import JobConfig, run_config, run_id_of
 from localaug.jobs.dataio import InputRow
-from localaug.jobs.keys import parse_shard, select_rows
+from localaug.jobs.keys import KeysMet, parse_shard, select_rows
 from localaug.jobs.ledger import (
     Appender,
     changed_keys,
@@ -56,6 +67,7 @@ from localaug.jobs.ledger import (
     remember,
     repair_ledger,
     scan_ledger,
+    stale_path,
 )
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
@@ -169,6 +181,7 @@ class Target(Protocol):
     statuses: dict[str, str]  # row key -> status of the record that counts (filled by prepare)
 
     def prepare(self) -> str: ...  # read what is there (repairing it); a note for the start message
+    def drop(self, keys: set[str]) -> tuple[int, Path]: ...  # move these keys' records aside: (how many, where)
     def records(self) -> Iterator[dict[str, Any]]: ...  # the records that count, one per row key
     def write(self, records: list[dict[str, Any]]) -> None: ...
     def close(self) -> None: ...
@@ -186,6 +199,7 @@ class Executor(Protocol):
 
     def plan(self, opts: JobOptions) -> JobPlan: ...
     def rows(self) -> Iterator[InputRow]: ...  # every row of the input, in order
+    def column_rows(self) -> Iterator[InputRow] | None: ...  # rows readable before plan() (None: not here)
     def stage(self, row: InputRow) -> None: ...  # a row to do, met while counting
     def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]: ...
     def manifest_fields(self, plan: JobPlan) -> dict[str, Any]: ...
@@ -201,17 +215,22 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
     shard = opts.check()
     wall0, started_at = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
+        rows = executor.column_rows()
+        if rows is not None:  # before the model loads: a column no row has would fail every row
+            check_columns(rows, opts.task, opts.field, opts.response_field, input_name)
         with output_lock(target.lock):
             plan = executor.plan(opts)
             note = target.prepare()
             _refuse_another_run(target, plan)
             stats, todo = JobStats(), _todo(target.statuses, opts.retry_failed)
-            for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit):
+            met = KeysMet(target.statuses)
+            for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit, met):
                 stats.total += 1
                 if todo(row):
                     executor.stage(row)
                 else:
                     stats.skipped += 1
+            note += _drop_stale(target, met, stats)
             manifest: dict[str, Any] = {
                 "run_id": plan.run_id, "complete": False, "input": input_name, **target.manifest_fields(),
                 "model": plan.model_fields(), "localaug": _version(), "llama_cpp_python": llama_cpp_version(),
@@ -276,6 +295,17 @@ def _quietly(fn: Callable[[], Any]) -> None:
         pass
 
 
+def _drop_stale(target: Target, met: KeysMet, stats: JobStats) -> str:
+    """Move the records of rows no longer in the input out of the output; a note saying so."""
+    stale = met.stale()
+    if not stale:
+        return ""
+    stats.stale, where = target.drop(stale)
+    stats.stale_where = str(where)
+    what = "1 record of a row" if stats.stale == 1 else f"{stats.stale} records of rows"
+    return f"; {what} no longer in the input {'was' if stats.stale == 1 else 'were'} dropped (kept in {where})"
+
+
 def _todo(statuses: dict[str, str], retry_failed: bool) -> Callable[[InputRow], bool]:
     def todo(row: InputRow) -> bool:
         status = statuses.get(row.key)
@@ -328,6 +358,15 @@ class LedgerTarget:
         self.statuses, self._superseded = scan_ledger(self.where)
         self._appender = Appender(self.where)  # the output exists from here on, even for a run with no rows
         return f" (cut a torn last line of {repaired} bytes)" if repaired else ""
+
+    def drop(self, keys: set[str]) -> tuple[int, Path]:
+        assert self._appender is not None, "prepare() opens the ledger"
+        self._appender.close()  # the ledger is rewritten under its name: append to the new file
+        moved = compact_ledger(self.where, keys)
+        self._appender = Appender(self.where)
+        self.statuses = {k: v for k, v in self.statuses.items() if k not in keys}
+        self._superseded = 0
+        return moved, stale_path(self.where)
 
     def records(self) -> Iterator[dict[str, Any]]:
         return iter_ledger(self.where)
@@ -388,6 +427,9 @@ class LocalExecutor:
         rows = dataio.read_rows(self.input_path)
         return dataio.instruction_rows(rows) if self.opts.task == "respond" else rows
 
+    def column_rows(self) -> Iterator[InputRow]:
+        return self.rows()
+
     def stage(self, row: InputRow) -> None:
         pass  # read again, lazily, when the run starts
 
@@ -442,10 +484,26 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
     if not input_path.exists():
         raise UsageError(f"input {input_path} does not exist")
     dataio.input_kind(input_path)
-    if out.resolve() == input_path.resolve():
-        raise UsageError(f"{opt('output')} must not be the input file")
+    if input_path.is_file() and dataio.is_blank(input_path):
+        raise UsageError(f"input {input_path} is empty: give a file with at least one row")
     out.parent.mkdir(parents=True, exist_ok=True)
     target = LedgerTarget(out, fmt)
-    for written in (out, target.where, target.manifest_path):
-        refuse_overwriting_inputs(written, [input_path] if input_path.is_file() else list(input_path.glob("*")))
+    refuse_overwriting_inputs(written_by(target, fmt), read_by(input_path, opts))
     return execute(opts, str(input_path), target, LocalExecutor(input_path, opts), progress)
+
+
+def written_by(target: LedgerTarget, fmt: str) -> list[Path]:
+    """Every file a ``localaug run`` into ``target`` may write."""
+    written = [target.output, target.where, target.manifest_path, stale_path(target.where)]
+    if fmt in dataio.DATASET_INFO:
+        written.append(target.output.parent / "dataset_info.json")
+    return written
+
+
+def read_by(input_path: Path, opts: JobOptions) -> list[Path]:
+    """Every file a run reads: the input (each file of a folder), the model and the examples files."""
+    read = [input_path] if input_path.is_file() else [p for p in input_path.glob("*") if p.is_file()]
+    for given in (opts.model, opts.examples):
+        if isinstance(given, (str, os.PathLike)) and Path(given).is_file():
+            read.append(Path(given))
+    return read

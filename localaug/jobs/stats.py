@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localaug.augment import filters
+from localaug.core.errors import opt
 
 RECENT = 3  # results the live display shows
 
@@ -25,6 +26,8 @@ class JobStats:
     filtered: int = 0
     failed: int = 0
     duplicates: int = 0  # samples rejected as duplicates or near duplicates
+    stale: int = 0  # records of rows no longer in the input, moved out of the output at the start
+    stale_where: str = ""  # the file they were moved to
     tokens: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # rejected samples / filtered refine rows, by reason
     recent: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=RECENT))  # (status, text)
@@ -65,7 +68,7 @@ class JobStats:
         return {"complete": complete, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "this_run": {"rows": self.total, "skipped": self.skipped, "done": self.done, "ok": self.ok,
                              "filtered": self.filtered, "duplicates": self.duplicates, "failed": self.failed,
-                             "rejected_by_reason": dict(sorted(self.reasons.items()))},
+                             "rejected_by_reason": dict(sorted(self.reasons.items())), "stale_dropped": self.stale},
                 "wall_seconds": round(time.monotonic() - wall0, 3), "tokens": self.tokens,
                 "tokens_per_s": round(self.tokens_per_s, 2)}
 
@@ -106,3 +109,16 @@ class JobSummary:
     @property
     def complete(self) -> bool:
         return self.stats.remaining == 0
+
+    def all_failed(self) -> str | None:
+        """When every row of a finished output failed: one line saying so, with the most common
+        error (a job that made nothing must not look like a success); else None."""
+        counts = self.counts or {}
+        rows, failed = counts.get("rows") or 0, counts.get("failed") or 0
+        if not (self.complete and rows and failed == rows):
+            return None
+        common = counts.get("most_common_error") or {}
+        n = common.get("rows", 0)
+        where = f" of the {self.task} phase" if self.task else ""
+        return (f"every row{where} failed ({rows} of {rows}); the most common error ({n} row{'s' if n != 1 else ''}): "
+                f"{common.get('error', 'none recorded')}; fix the cause and rerun with {opt('retry_failed')}")

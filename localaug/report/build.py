@@ -19,7 +19,7 @@ import numpy as np
 from localaug.augment.filters import DEFAULT_ROUGE_L, REASONS
 from localaug.augment.resolve import resolve_model
 from localaug.core.errors import UsageError, opt
-from localaug.core.files import write_json_atomic
+from localaug.core.files import read_bounded, refuse_overwriting_inputs, write_atomic, write_json_atomic
 from localaug.report import metrics
 from localaug.report.records import Collected, collect
 from localaug.runtime.embed import embed
@@ -78,6 +78,15 @@ def make_report(output: str | os.PathLike[str], html_path: str | os.PathLike[str
         raise UsageError(f"{e} (the texts are embedded with the job's model; give {opt('embed_model')})") from None
     html = Path(html_path) if html_path else Path(str(data.path) + ".report.html")
     fig_dir = html.with_suffix("").with_name(html.with_suffix("").name + "_figures")
+    summary_path = html.with_suffix(".json")
+    written = [html, summary_path, *(fig_dir / f"{name}.png" for name in FIGURES)]
+    read = [*_files(Path(output)), *_files(data.path), *data.read, path, *([Path(judge)] if judge else [])]
+    if html.resolve() == summary_path.resolve():
+        raise UsageError(f"{opt('html')} {html} would be both the page and its JSON summary: give a name ending in .html")
+    refuse_overwriting_inputs(written, read, "html")
+    if fig_dir.exists() and not fig_dir.is_dir():
+        raise UsageError(f"{fig_dir} (where the figures go) is a file: move it, or give another {opt('html')}")
+    verdicts = read_judge_summary(Path(judge)) if judge else None
     sources, outputs = data.sources, data.outputs
     with Engine(path, EngineOptions(threads=threads), context=False) as engine:
         vecs = embed(engine, [*sources, *outputs])
@@ -95,21 +104,61 @@ def make_report(output: str | os.PathLike[str], html_path: str | os.PathLike[str
         "rejections": figures.rejections(reasons),
         "nearest-rouge-l": figures.nearest_rouge(nn, DEFAULT_ROUGE_L),
     }
+    html.parent.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, png in pngs.items():
         files[name] = fig_dir / f"{name}.png"
-        files[name].write_bytes(png)
-    verdicts = json.loads(Path(judge).read_text(encoding="utf-8")) if judge else None
+        write_atomic(files[name], png, "html")
     report = Report(html, files, data, diversity, method, str(path), verdicts)
     if data.sampled:
         report.notes.append(f"{len(data.rows)} of {data.total_rows} rows, sampled with seed {seed}.")
-    html.parent.mkdir(parents=True, exist_ok=True)
-    html.write_text(_page(report, pngs, page), encoding="utf-8")
-    write_json_atomic(html.with_suffix(".json"), {"diversity": diversity, "counts": data.counts, "projection": method,
-                                                  "embed_model": str(path), "rows": len(data.rows),
-                                                  "total_rows": data.total_rows, "figures": {k: str(v) for k, v in files.items()}})
+    if data.skipped.count:
+        report.notes.append(f"{data.skipped.count} lines of {data.path.name} are not job records and were left out "
+                            f"({data.skipped.first}).")
+    write_atomic(html, _page(report, pngs, page), "html")
+    # strict JSON: a metric that is undefined here (a cosine over one text) is null
+    write_json_atomic(summary_path, {"diversity": diversity, "counts": data.counts, "projection": method,
+                                     "embed_model": str(path), "rows": len(data.rows), "total_rows": data.total_rows,
+                                     "figures": {k: str(v) for k, v in files.items()}}, "html")
     return report
+
+
+FIGURES = ("map", "lengths-characters", "lengths-tokens", "rejections", "nearest-rouge-l")
+MAX_SUMMARY_BYTES = 1 << 20
+
+
+def _files(path: Path) -> list[Path]:
+    """``path``, or the files in it when it is a folder."""
+    return [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+
+
+def read_judge_summary(path: Path) -> dict[str, Any]:
+    """A ``localaug judge`` summary (``….summary.json``), checked field by field."""
+    expected = ("a localaug judge summary (….summary.json: wins, ties, losses, n, score and interval)")
+    try:
+        data = json.loads(read_bounded(path, MAX_SUMMARY_BYTES))
+    except FileNotFoundError:
+        raise UsageError(f"{opt('judge')} {path} does not exist: give {expected}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise UsageError(f"{opt('judge')} {path} is not {expected} ({type(e).__name__}: {e})") from None
+    counts = ("wins", "ties", "losses", "n")
+    if not (isinstance(data, dict) and all(isinstance(data.get(k), int) and not isinstance(data.get(k), bool) for k in counts)):
+        raise UsageError(f"{opt('judge')} {path} is not {expected}")
+    interval = data.get("interval")
+    if not (isinstance(interval, list) and len(interval) == 2 and all(_number(v) for v in interval)):
+        interval = [None, None]  # undefined (no pair judged): shown as —
+    score = data.get("score") if _number(data.get("score")) else None
+    return {**data, "interval": interval, "score": score, "a": str(data.get("a", "")), "b": str(data.get("b", "")),
+            "aspect": str(data.get("aspect", ""))}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _float(v: Any) -> float:
+    return float("nan") if v is None else float(v)
 
 
 def _page(r: Report, pngs: dict[str, bytes], page: Any) -> str:
@@ -134,6 +183,6 @@ def _page(r: Report, pngs: dict[str, bytes], page: Any) -> str:
         j = r.judge
         sections.append((f"Judge: {j.get('aspect', '')}", page.table(
             ["A", "B", "wins (B)", "ties", "losses (B)", "n", "B's score", "95% interval"],
-            [[j.get("a", ""), j.get("b", ""), j["wins"], j["ties"], j["losses"], j["n"], j["score"],
-              f"{j['interval'][0]:.3f} – {j['interval'][1]:.3f}"]])))
+            [[j["a"], j["b"], j["wins"], j["ties"], j["losses"], j["n"], _float(j["score"]),
+              " – ".join("—" if v is None else f"{v:.3f}" for v in j["interval"])]])))
     return page.page(f"localaug report: {d.path.name}", sections)

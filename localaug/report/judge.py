@@ -17,6 +17,7 @@ approximation over the per-pair scores 1, ½, 0).
 from __future__ import annotations
 
 import hashlib
+import html as html_lib
 import json
 import math
 import os
@@ -28,12 +29,20 @@ from typing import Any
 from localaug.augment.calibrate import choose_parallel
 from localaug.augment.resolve import resolve_style
 from localaug.core.errors import JobError, UsageError, opt
-from localaug.core.files import cached_sha256, sha256_file, write_json_atomic
+from localaug.core.files import (
+    cached_sha256,
+    read_bounded,
+    refuse_overwriting_inputs,
+    sha256_file,
+    write_atomic,
+    write_json_atomic,
+)
 from localaug.family import judging
 from localaug.family.registry import DEFAULT_CTX
 from localaug.family.styles import PromptStyle, render_messages
 from localaug.jobs.dataio import chunked
-from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, repair_ledger
+from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, parse_line, record_lines, repair_ledger
+from localaug.jobs.schema import Skipped
 from localaug.runtime.batch import Request, open_backend
 from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
 
@@ -60,31 +69,60 @@ class JudgeSummary:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def rows(self) -> list[tuple[str, str]]:
+        """The summary as (what, value) lines, for the terminal and the page."""
+        lo, hi = self.interval
+        shown = "—" if math.isnan(self.score) else f"{self.score:.3f}  (95% interval {lo:.3f}–{hi:.3f})"
+        return [("aspect", self.aspect), ("judge", Path(self.judge).name), ("pairs judged", str(self.n)),
+                ("B better (wins)", str(self.wins)), ("ties", str(self.ties)), ("A better (losses)", str(self.losses)),
+                ("B's score (wins + ties/2) / n", shown), ("replies with no verdict (ties)", str(self.no_verdict)),
+                ("rows in only one file", str(self.missing)), ("verdicts", self.verdicts)]
+
+
+def _position(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
 
 def pair_key(rec: dict[str, Any]) -> str | None:
+    """The input row (and item) a respond record answers: ``origin`` when its instruction came from
+    a refine or expand output, else its ``row``; None when it names none."""
     origin = rec.get("origin")
-    if isinstance(origin, dict) and origin.get("row") is not None:
-        return f"{origin['row']}:{origin.get('item', 0)}"
-    return None if rec.get("row") is None else f"{rec['row']}:0"
+    if isinstance(origin, dict) and _position(origin.get("row")):
+        item = origin.get("item", 0)
+        return f"{origin['row']}:{item if _position(item) else 0}"
+    return f"{rec['row']}:0" if _position(rec.get("row")) else None
+
+
+RESPONSES = "a localaug run respond output (JSON Lines of records with task respond, status ok, instruction and response)"
 
 
 def responses(path: Path) -> dict[str, tuple[str, str]]:
     """key -> (instruction, response) of the ok respond records of ``path``."""
     if not path.is_file():
-        raise UsageError(f"{path} does not exist: give a localaug run respond output (JSONL records)")
+        raise UsageError(f"{path} does not exist: give {RESPONSES}")
     out = {}
-    for rec in iter_ledger(path):
-        if rec.get("status") == "ok" and isinstance(rec.get("response"), str) and isinstance(rec.get("instruction"), str):
-            key = pair_key(rec)
-            if key is not None:
-                out[key] = (rec["instruction"], rec["response"])
+    skipped = Skipped()
+    unplaced = 0  # ok respond records that name no input row
+    try:
+        for rec in iter_ledger(path, skipped=skipped):
+            if rec["task"] == "respond" and rec["status"] == "ok":
+                key = pair_key(rec)
+                if key is None:
+                    unplaced += 1
+                else:
+                    out[key] = (rec["instruction"], rec["response"])
+    except OSError as e:
+        raise JobError(f"cannot read {path}: {e.strerror or e}", path=str(path)) from None
     if not out:
-        raise UsageError(f"{path} holds no answered instructions: give a localaug run respond output")
+        why = (f" ({unplaced} answered, none naming its input row in row or origin.row)" if unplaced
+               else f" ({skipped.first})" if skipped.first else "")
+        raise UsageError(f"{path} holds no answered instructions{why}: give {RESPONSES}")
     return out
 
 
 def score(verdicts: list[str]) -> tuple[float, tuple[float, float]]:
-    """B's mean score over pairs (B 1, tie ½, A 0) and its 95% interval."""
+    """B's mean score over pairs (B 1, tie ½, A 0) and its 95% interval (NaN with no pair: the
+    summary file says null)."""
     n = len(verdicts)
     if not n:
         return float("nan"), (float("nan"), float("nan"))
@@ -98,7 +136,10 @@ def score(verdicts: list[str]) -> tuple[float, tuple[float, float]]:
 def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str | os.PathLike[str], *,
               aspect: str = "detail", output: str | os.PathLike[str] | None = None, threads: int | None = None,
               parallel: int | None = None, max_tokens: int = 512, n_ctx: int | None = None, device: str = "auto",
-              progress: Callable[[int, int], None] | None = None) -> JudgeSummary:
+              progress: Callable[[int, int], None] | None = None,
+              html: str | os.PathLike[str] | None = None) -> JudgeSummary:
+    """Judge B against A (see the module doc); with ``html``, the table is added to that report
+    page (or a page of its own is written)."""
     if aspect not in judging.ASPECTS:
         raise UsageError(f"{opt('aspect')} {aspect!r}: use {', '.join(judging.ASPECTS)}")
     pa, pb = Path(a), Path(b)
@@ -106,8 +147,20 @@ def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str |
     keys = sorted(set(left) & set(right), key=lambda k: tuple(int(x) for x in k.split(":")))
     if not keys:
         raise UsageError(f"{pa} and {pb} share no rows: judge answers to the same inputs (e.g. the seeds and their refined versions)")
-    m = resolve_style(judge)
     out = Path(output) if output else pb.with_name(f"{pb.name}.judge-{aspect}.jsonl")
+    summary_path = out.with_name(out.name + ".summary.json")
+    page_path = Path(html) if html is not None else None
+
+    def refuse_inputs(read: list[Path]) -> None:
+        refuse_overwriting_inputs([out, summary_path], read)
+        if page_path is not None:
+            refuse_overwriting_inputs(page_path, [*read, out, summary_path], "html")
+
+    refuse_inputs([pa, pb, *([Path(judge)] if Path(judge).is_file() else [])])  # before the judge is resolved (or pulled)
+    if page_path is not None:
+        _page_text(page_path)  # an existing file that is not a page is refused now, not after the judging
+    m = resolve_style(judge)
+    refuse_inputs([pa, pb, m.path])
     config = {"a": sha256_file(pa), "b": sha256_file(pb), "judge": cached_sha256(m.path), "aspect": aspect,
               "max_tokens": max_tokens, "prompt": hashlib.sha256(judging.SYSTEM.encode()).hexdigest()[:16]}
     run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
@@ -124,21 +177,74 @@ def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str |
                            verdicts.count("A"), len(verdicts), mean, interval,
                            sum(1 for k in keys if k in done and None in (done[k]["first"], done[k]["second"])),
                            len(todo), str(out), len(set(left) ^ set(right)))
-    write_json_atomic(out.with_name(out.name + ".summary.json"), summary.to_json())
+    write_json_atomic(summary_path, summary.to_json())  # strict JSON: no pair judged is a null score
+    if page_path is not None:
+        add_to_page(page_path, summary)
     return summary
 
 
+VERDICTS = ("A", "B", "tie")
+READINGS = ("A", "B", "C", None)
+
+
 def _done(out: Path, run_id: str) -> dict[str, dict[str, Any]]:
+    """The verdicts of this run already in the ledger ``out``, by pair key."""
     if not out.exists():
         return {}
-    repair_ledger(out)
+    if not out.is_file():
+        raise UsageError(f"{opt('output')} {out} is not a regular file: give a file path")
     done = {}
-    for rec in iter_ledger(out, latest_only=False):
-        if rec.get("run_id") != run_id:
-            raise JobError(f"{out} holds verdicts of another judging run (other files, judge or settings): give another "
-                           f"{opt('output')}", path=str(out))
-        done[rec["key"]] = rec
+    with open(out, "rb") as f:  # checked whole before anything is cut or appended
+        for lineno, _, line in record_lines(f):
+            rec, why = parse_line(line)
+            if why is None and not (isinstance(rec, dict) and isinstance(rec.get("run_id"), str)):
+                why = "not a verdict record"
+            if why is not None:
+                if line is not None and (not line.strip() or not line.endswith(b"\n")):
+                    continue  # a blank line, or a torn last line (a kill mid-write): cut below
+                raise JobError(f"{out} is not a localaug judge ledger (line {lineno}: {why}): give another {opt('output')}",
+                               path=str(out))
+            if rec["run_id"] != run_id:
+                raise JobError(f"{out} holds verdicts of another judging run (other files, judge or settings): give another "
+                               f"{opt('output')}", path=str(out))
+            if isinstance(rec.get("key"), str) and rec.get("verdict") in VERDICTS and rec.get("first") in READINGS \
+                    and rec.get("second") in READINGS:
+                done[rec["key"]] = rec  # a damaged verdict is judged again
+    repair_ledger(out)
     return done
+
+
+MAX_PAGE_BYTES = 256 << 20
+
+
+def _page_text(path: Path) -> str | None:
+    """The report page at ``path`` (None: there is none yet); a file there that is not an HTML page
+    is refused rather than written into."""
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise UsageError(f"{opt('html')} {path} is not a regular file: give a report page or a new file name")
+    try:
+        text = read_bounded(path, MAX_PAGE_BYTES)
+    except (OSError, ValueError):
+        text = ""
+    if "</body>" not in text:
+        raise UsageError(f"{opt('html')} {path} is not an HTML page (no </body>): give a page made by localaug report, "
+                         "or a new file name")
+    return text
+
+
+def add_to_page(path: Path, summary: JudgeSummary) -> None:
+    """Add the judge table to a report page (before its end), or write a page with it alone;
+    either way the file is replaced whole (temporary file, then rename)."""
+    rows = "".join(f"<tr><th>{html_lib.escape(k)}</th><td>{html_lib.escape(v)}</td></tr>" for k, v in summary.rows())
+    section = f"<h2>Judge: {html_lib.escape(summary.aspect)}</h2><table>{rows}</table>"
+    text = _page_text(path)
+    if text is None:
+        text = f"<!doctype html><html><head><meta charset='utf-8'><title>localaug judge</title></head><body>{section}</body></html>\n"
+    else:
+        text = text.replace("</body>", section + "</body>", 1)
+    write_atomic(path, text, "html")
 
 
 def _judge(todo: list[str], left: dict[str, tuple[str, str]], right: dict[str, tuple[str, str]], path: Path,

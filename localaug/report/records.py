@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localaug.core.errors import UsageError
+from localaug.core.errors import JobError, UsageError
 from localaug.core.files import read_json
 from localaug.jobs import parts
 from localaug.jobs.dataio import get_field
-from localaug.jobs.ledger import accepted_texts, iter_ledger, record_counts
+from localaug.jobs.ledger import accepted_texts, best_records, iter_ledger, record_counts
+from localaug.jobs.schema import EXPECTED, Skipped
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Collected:
     total_rows: int = 0
     field_name: str = "instruction"
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped: Skipped = field(default_factory=Skipped)  # lines that are not job records
+    read: list[Path] = field(default_factory=list)  # every file read (no output may be one of them)
 
     @property
     def sources(self) -> list[str]:
@@ -47,10 +50,16 @@ def _ledger_of(path: Path) -> tuple[Path, dict[str, Any] | None]:
     ledger = path.with_name(path.name + ".ledger.jsonl")
     if not path.name.endswith(".jsonl") and ledger.is_file():
         path = ledger  # a training file: its records are beside it
-    manifest = read_json(path.with_name(path.name + ".manifest.json"))
-    if manifest is None and path.name.endswith(".ledger.jsonl"):
-        manifest = read_json(path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json"))
+    manifest = next((m for m in map(read_json, _manifests(path)) if m is not None), None)
     return path, manifest
+
+
+def _manifests(path: Path) -> list[Path]:
+    """Where the manifest of a records file (or folder) may be."""
+    if path.is_dir():
+        return [path / "manifest.json"]
+    return [path.with_name(path.name + ".manifest.json"),
+            path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json")]
 
 
 def _new_texts(rec: dict[str, Any]) -> list[str]:
@@ -81,29 +90,41 @@ def collect(path: str | Path, max_rows: int = 2000, seed: int = 0) -> Collected:
         raise UsageError(f"{path} does not exist: give a localaug run output (JSONL records, a training file with "
                          "its .ledger.jsonl, or a --ray folder)")
     records_path, manifest = _ledger_of(path)
+    skipped = Skipped()
     try:
-        records = list(parts.records(records_path) if records_path.is_dir() else iter_ledger(records_path))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {records_path}: {e}") from None
-    records = [r for r in records if isinstance(r, dict) and "status" in r and "task" in r]
+        if records_path.is_dir():
+            best = best_records(parts.part_files(records_path))
+            skipped.count = best.unreadable
+            skipped.first = next((s.first for _, s in best.per_file if s.first), None)
+            records = list(parts.records(records_path))
+        else:
+            records = list(iter_ledger(records_path, skipped=skipped))
+    except OSError as e:
+        raise JobError(f"cannot read {records_path}: {e.strerror or e}", path=str(records_path)) from None
     if not records:
-        raise UsageError(f"{records_path} holds no localaug job records (need 'task' and 'status'): give a job's output")
+        why = f" ({skipped.first})" if skipped.first else " (it is empty)"
+        raise UsageError(f"{records_path} holds no localaug job records{why}: expected {EXPECTED}")
     tasks = {r["task"] for r in records}
     if tasks == {"respond"}:  # a --respond-with run: its augmenter's records are beside it
         base = records_path.name.removesuffix(".ledger.jsonl")
         for task in ("refine", "expand"):
             stage = records_path.with_name(f"{base}.{task}.jsonl")
             if stage.is_file():
-                return collect(stage, max_rows, seed)
+                inner = collect(stage, max_rows, seed)
+                inner.read += [records_path, *_manifests(records_path)]
+                return inner
     if len(tasks) > 1 or tasks <= {"respond"}:
         raise UsageError(f"{records_path}: the report covers one refine, expand or pairs output (found {', '.join(sorted(tasks))})")
-    config = (manifest or {}).get("config") or {}
-    field_name = str(config.get("field") or "instruction")
+    manifest = manifest or {}
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    field_name = config["field"] if isinstance(config.get("field"), str) and config["field"] else "instruction"
     rows = [(src, _new_texts(r)) for r in records if (src := _source(r, field_name)) is not None]
     total = len(rows)
     sampled = total > max_rows
     if sampled:
         rows = random.Random(seed).sample(rows, max_rows)
-    model = ((manifest or {}).get("model") or {}).get("path")
+    model_info = manifest.get("model")
+    model = model_info.get("path") if isinstance(model_info, dict) and isinstance(model_info.get("path"), str) else None
     return Collected(records_path, tasks.pop(), model, record_counts(records), rows, sampled, total, field_name,
-                     {"manifest": json.loads(json.dumps(manifest or {}, default=str))})
+                     {"manifest": json.loads(json.dumps(manifest, default=str))}, skipped,
+                     [records_path, *_manifests(records_path)])

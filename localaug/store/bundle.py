@@ -122,7 +122,7 @@ def export_bundle(
     out = Path(output).expanduser()
     if out.is_dir():
         raise UsageError(f"{out} is a folder: pass a file name for the bundle, such as {out / 'models.tar'}")
-    refuse_overwriting_inputs(out, [e.path for e in entries])
+    refuse_overwriting_inputs(out, [p for e in entries for p in (e.path, e.path.parent / MANIFEST)])
     for entry in entries:
         _raise_if_damaged(entry, None, deep=False)  # cheap size check first; the sha256 is checked while copying
     manifest = json.dumps(_manifest(entries), indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
