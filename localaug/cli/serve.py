@@ -22,6 +22,7 @@ def serve(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most new tokens one request may ask for.")] = 2048,
     max_n: Annotated[int, typer.Option("--max-n", help="Most samples (n) one request may ask for.")] = 16,
     ctx: Annotated[Optional[int], typer.Option("--ctx", help="Context of one sequence, prompt + completion (default 4096); the KV cache holds --parallel of them.")] = None,
+    stall_after: Annotated[float, typer.Option("--stall-after", help="Seconds one scheduler step may run before /health answers 503 'degraded' naming the model.")] = 60.0,
     device: DeviceOpt = Device.auto, layers: LayersOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Serve models over HTTP: OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
@@ -35,8 +36,9 @@ def serve(
     from localaug.serve.app import Limits, ServerConfig, bind, run_server, url_of
     from localaug.serve.scheduler import load_models
 
-    if min(parallel or 1, max_tokens, max_n) < 1 or max_queue < 0:
-        raise UsageError("--parallel, --max-tokens and --max-n must be at least 1, --max-queue at least 0")
+    if min(parallel or 1, max_tokens, max_n) < 1 or max_queue < 0 or not stall_after > 0:
+        raise UsageError("--parallel, --max-tokens and --max-n must be at least 1, --max-queue at least 0, "
+                         "--stall-after over 0")
     console = err_console()
     sock = bind(host, port)  # before loading, so a busy port fails at once
     try:
@@ -57,7 +59,8 @@ def serve(
     if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[bold yellow]warning:[/bold yellow] listening on {host} without --api-key: anyone who can "
                       "reach this port can use the models", highlight=False)
-    config = ServerConfig(api_key=api_key or None, limits=Limits(max_tokens=max_tokens, max_n=max_n))
+    config = ServerConfig(api_key=api_key or None, limits=Limits(max_tokens=max_tokens, max_n=max_n),
+                          stall_after_s=stall_after)
     try:
         run_server(served, config, sock)
     except KeyboardInterrupt:

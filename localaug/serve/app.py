@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
-from localaug.core.errors import EngineError, LocalaugError, UsageError, opt
+from localaug.core.errors import EngineError, LocalaugError, PromptTooLongError, UsageError, opt
 from localaug.family.prompts import Pair
 from localaug.serve import handlers, schemas
 from localaug.serve.handlers import ApiError, Limits, ServerConfig
@@ -160,6 +160,9 @@ def create_app(models: Sequence[ServedModel], config: ServerConfig | None = None
         down = unhealthy(pool.all)
         if down:
             return JSONResponse({"status": "error", "models": down}, 503)
+        slow = stalled(pool.all, config.stall_after_s)
+        if slow:
+            return JSONResponse({"status": "degraded", "models": slow}, 503)
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -208,6 +211,13 @@ def unhealthy(models: Sequence[ServedModel]) -> dict[str, str]:
     return {m.id: m.scheduler.failure or "its scheduler thread is not running" for m in models if not m.scheduler.healthy}
 
 
+def stalled(models: Sequence[ServedModel], limit_s: float) -> dict[str, str]:
+    """Models whose scheduler has been on one step (admitting requests, or one decode) over ``limit_s``."""
+    now = time.monotonic()
+    return {m.id: f"its scheduler has been on one step for {busy:.1f} s (over {limit_s:g} s): it answers late or not "
+                  "at all" for m in models if (busy := m.scheduler.busy_for(now)) > limit_s}
+
+
 def _model_card(m: ServedModel, created: int) -> dict[str, Any]:
     return {"id": m.id, "object": "model", "created": created, "owned_by": "localaug",
             "context_length": m.n_ctx, "prompt_format": m.style.prompt_format}
@@ -232,7 +242,8 @@ def _errors(app: FastAPI) -> None:
     async def localaug_error(_: HTTPRequest, e: LocalaugError) -> JSONResponse:
         # the message names settings as the JSON fields a client sends; a server-side fault is a 5xx
         kind = "invalid_request_error" if e.http_status < 500 else "server_error"
-        return ApiError(e.http_status, str(e), kind, param=next(iter(e.params), None)).response()
+        code = "context_length_exceeded" if isinstance(e, PromptTooLongError) else None
+        return ApiError(e.http_status, str(e), kind, code, param=next(iter(e.params), None)).response()
 
     @app.exception_handler(Exception)
     async def internal(_: HTTPRequest, e: Exception) -> JSONResponse:
