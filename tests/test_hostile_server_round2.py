@@ -2,13 +2,17 @@
 
 Each class was a measured failure: a JSON schema of under 200 bytes that had the server build a
 grammar for minutes (and llama.cpp crash on it); a chat template looping over a long message with no
-`range` that ran past its time budget; a prompt tokenized whole however long; a stuck scheduler
-behind a /health that said ok. Every answer here is parsed as strict JSON (no NaN, no Infinity).
+`range` that ran past its time budget; a prompt tokenized whole however long; a Host header nobody
+checked (DNS rebinding); /docs loading scripts from a CDN. Every answer here is parsed as strict
+JSON (no NaN, no Infinity), and the server is driven by schemathesis from its own OpenAPI schema.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ import pytest
 from http_fixture import running
 from test_hostile_server import with_template
 
+from localaug.cli.serve import host_check
 from localaug.core.errors import TemplateRenderError
 from localaug.family import prompts, templates
 from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
@@ -96,7 +101,7 @@ def test_a_schema_past_a_limit_is_refused_at_once_naming_it(schema: dict, limit:
 
 def test_converting_stops_at_its_time_budget() -> None:
     limits = GrammarLimits(max_seconds=0.05, max_bytes=10**9, max_nodes=10**6)  # the other budgets out of the way
-    schema = {"anyOf": [{"type": "string", "maxLength": 1000}] * 4000}  # 32 MB of grammar, 4.3 s, unbounded
+    schema = {"anyOf": [wide(256)] * 20}  # 1.3 s unbounded: optional properties cost the converter k^2 steps
     started = time.monotonic()
     with pytest.raises(GrammarLimitError, match="limit max_seconds = 0.05 s"):
         json_grammar(schema, limits)
@@ -331,6 +336,106 @@ def test_a_looping_template_stops_at_its_budget_while_others_are_served(looping:
         assert plain.status_code == 200 and body_of(plain)["choices"][0]["message"]["content"]
         assert plain_end < min(end for *_, end in answers)  # it did not wait for any of the renders
         assert health_s and max(health_s) < 1.0, max(health_s)
+
+
+# --- Host and Origin: no DNS rebinding ---------------------------------------------------------------------
+
+DEFAULT = ServerConfig(limits=LIMITS)
+HOST_CASES = [  # (config, headers, status, error code)
+    (DEFAULT, {}, 200, None),
+    (DEFAULT, {"Host": "localhost:8000"}, 200, None),
+    (DEFAULT, {"Host": "LOCALHOST."}, 200, None),
+    (DEFAULT, {"Host": "127.0.0.1"}, 200, None),
+    (DEFAULT, {"Host": "[::1]:8000"}, 200, None),
+    (DEFAULT, {"Origin": "http://localhost:3000"}, 200, None),
+    (DEFAULT, {"Host": "evil.example"}, 403, "host_not_allowed"),
+    (DEFAULT, {"Host": "evil.example:8000"}, 403, "host_not_allowed"),
+    (DEFAULT, {"Host": "localhost.evil.example"}, 403, "host_not_allowed"),
+    (DEFAULT, {"Host": "127.0.0.1.nip.io:8000"}, 403, "host_not_allowed"),
+    (DEFAULT, {"Origin": "http://evil.example"}, 403, "origin_not_allowed"),
+    (DEFAULT, {"Origin": "null"}, 403, "origin_not_allowed"),
+    (ServerConfig(allowed_hosts=("My.Box",)), {"Host": "my.box:8000", "Origin": "https://my.box"}, 200, None),
+    (ServerConfig(allowed_hosts=("my.box",)), {"Host": "evil.example"}, 403, "host_not_allowed"),
+    (ServerConfig(allowed_hosts=("*",)), {"Host": "evil.example", "Origin": "http://evil.example"}, 200, None),
+    (ServerConfig(api_key="k"), {"Host": "evil.example", "Authorization": "Bearer k"}, 200, None),
+    (ServerConfig(api_key="k"), {"Host": "evil.example"}, 401, "invalid_api_key"),
+    (ServerConfig(api_key="k", allowed_hosts=("my.box",)), {"Host": "evil.example", "Authorization": "Bearer k"}, 403,
+     "host_not_allowed"),
+    (ServerConfig(check_host=False), {"Host": "evil.example"}, 200, None),
+]
+
+
+def test_foreign_host_and_origin_headers_are_refused(smol: ServedModel) -> None:
+    for config in dict.fromkeys(c for c, *_ in HOST_CASES):
+        with running([smol], config) as base:
+            for _, headers, status, code in (case for case in HOST_CASES if case[0] is config):
+                r = httpx.get(f"{base}/v1/models", headers=headers)
+                assert r.status_code == status, (config, headers, r.text)
+                assert body_of(r)["error"]["code"] == code if code else body_of(r)["object"] == "list"
+            if config is DEFAULT:  # /health too: nothing answers a foreign name
+                assert httpx.get(f"{base}/health", headers={"Host": "evil.example"}).status_code == 403
+
+
+@pytest.mark.parametrize(("host", "allowed", "checked"), [
+    ("127.0.0.1", (), None), ("localhost", (), None), ("::1", (), None), ("127.0.0.2", (), None),
+    ("0.0.0.0", (), False), ("192.168.1.5", (), False), ("my.box", (), False), ("0.0.0.0", ("my.box",), True),
+    ("127.0.0.1", ("my.box",), True),
+])
+def test_serve_checks_hosts_on_loopback_binds_and_whenever_names_are_given(host: str, allowed: tuple, checked: bool | None) -> None:
+    assert host_check(host, allowed) is checked
+
+
+# --- docs without a CDN; strict JSON everywhere --------------------------------------------------------
+
+
+def test_docs_are_off_by_default_and_script_free_when_on(url: str, smol: ServedModel) -> None:
+    assert [httpx.get(f"{url}{p}").status_code for p in ("/docs", "/redoc", "/docs/oauth2-redirect")] == [404, 404, 404]
+    spec = body_of(httpx.get(f"{url}/openapi.json"))
+    ops = spec["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert sorted(ops) == ["200", "400", "401", "403", "404", "413", "429", "500", "503"] and "422" not in ops
+    with running([smol], ServerConfig(docs=True)) as base:
+        page = httpx.get(f"{base}/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["content-security-policy"] == "default-src 'none'; style-src 'unsafe-inline'"
+        assert "<script" not in page.text.lower() and "http://" not in page.text and "https://" not in page.text
+        assert "POST /v1/chat/completions" in page.text and httpx.get(f"{base}/redoc").status_code == 404
+
+
+def test_every_answer_is_strict_json(url: str) -> None:
+    raw = [b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+           b'{"prompt": "hi", "top_p": Infinity}', b'{"text": "hi", "seed": -Infinity}', b'{"prompt": 1e999}']
+    for body, path in zip(raw, ("/v1/chat/completions", "/v1/completions", "/v1/refine", "/v1/completions"), strict=True):
+        r = httpx.post(f"{url}{path}", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and body_of(r)["error"]["code"] in ("invalid_value", "invalid_json"), r.text
+    for path in ("/health", "/v1/models", "/v1/models/smol", "/v1/models/nope", "/openapi.json", "/nowhere"):
+        body_of(httpx.get(f"{url}{path}"))
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat_body(stream=True), timeout=60) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and all(isinstance(strict(e), dict) for e in events[:-1]) and len(events) > 2
+
+
+# --- schemathesis: property-based requests from the server's own OpenAPI schema ---------------------------
+
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,strict_json"
+
+
+def test_schemathesis_finds_no_5xx_no_hang_and_only_documented_answers(smol: ServedModel, tmp_path: Path) -> None:
+    config = ServerConfig(limits=Limits(max_tokens=4, max_n=2, max_body_bytes=64 * 1024))
+    with running([smol], config) as base:
+        report = tmp_path / "schemathesis.json"
+        env = {**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+        run = subprocess.run(
+            [sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json", "--checks", CHECKS,
+             "--max-examples", "10", "--seed", "20261201", "--workers", "1", "--request-timeout", "30",
+             "--report", "json", "--report-json-path", str(report)],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-4000:]
+        result = json.loads(report.read_text(encoding="utf-8"))
+        assert result["operations"]["tested"] == 9 and result["test_cases"]["generated"] >= 500
+        assert result["test_cases"]["with_failures"] == 0 and result["errors"] == [] and result["complete"]
+        assert body_of(httpx.get(f"{base}/health")) == {"status": "ok"}
+    assert smol.scheduler.stats.restarts == 0
 
 
 @pytest.fixture(scope="module")

@@ -129,30 +129,19 @@ def check_schema(schema: Any, limits: GrammarLimits = GrammarLimits()) -> None:
         stack.extend((v, _at(where, k), depth + 1) for k, v in children if isinstance(v, (dict, list)))
 
 
+_LITERALS = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]')  # "quoted" and [class] parts of GBNF
+_NOT_PARENS = re.compile(r"[^()]+")
+
+
 def grammar_depth(grammar: str) -> int:
-    """The deepest nesting of parentheses in a GBNF grammar (quoted literals and [classes] skipped)."""
-    depth = deepest = 0
-    quoted = bracket = escaped = False
-    for c in grammar:
-        if escaped:
-            escaped = False
-        elif c == "\\" and (quoted or bracket):
-            escaped = True
-        elif quoted:
-            quoted = c != '"'
-        elif bracket:
-            bracket = c != "]"
-        elif c == '"':
-            quoted = True
-        elif c == "[":
-            bracket = True
-        elif c == "(":
-            depth += 1
+    """The deepest nesting of parentheses in a GBNF grammar (one rule a line; quoted literals and
+    [classes] skipped)."""
+    deepest = 0
+    for line in _LITERALS.sub("", grammar).split("\n"):
+        depth = 0
+        for c in _NOT_PARENS.sub("", line):
+            depth += 1 if c == "(" else -1
             deepest = max(deepest, depth)
-        elif c == ")":
-            depth -= 1
-        elif c == "\n":
-            depth = 0
     return deepest
 
 
@@ -204,6 +193,7 @@ def json_grammar(schema: dict[str, Any] | None = None, limits: GrammarLimits = G
         plain = json.loads(json.dumps(schema))  # a copy: resolving $refs rewrites them in place
         converter.visit(converter.resolve_refs(plain, "stdin"), "")
         grammar = converter.format_grammar()
+        converter._tick()
     except GrammarLimitError:
         raise
     except (Exception, RecursionError) as e:  # noqa: BLE001 - the converter raises anything on odd schemas

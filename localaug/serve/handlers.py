@@ -45,12 +45,26 @@ class Limits:
     grammar: GrammarLimits = field(default_factory=GrammarLimits)  # what a response_format schema may ask
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     retry_after_s: int = 1
+    # Host and Origin headers a request may carry (besides the loopback names; "*": any). Without an
+    # API key a web page could otherwise reach a loopback server through DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
+    check_host: bool | None = None  # None: checked when no api_key is set (or allowed_hosts are given)
+    docs: bool = False  # /docs: the API described in plain HTML (no scripts); /openapi.json is always served
     stall_after_s: float = 60.0  # /health answers 503 "degraded" while one scheduler step runs longer
+
+    @property
+    def host_check(self) -> bool:
+        if self.check_host is not None:
+            return self.check_host
+        return self.api_key is None or bool(self.allowed_hosts)
 
 
 class ApiError(Exception):
