@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Optional
 
 import typer
@@ -22,6 +23,9 @@ def serve(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most new tokens one request may ask for.")] = 2048,
     max_n: Annotated[int, typer.Option("--max-n", help="Most samples (n) one request may ask for.")] = 16,
     ctx: Annotated[Optional[int], typer.Option("--ctx", help="Context of one sequence, prompt + completion (default 4096); the KV cache holds --parallel of them.")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", envvar="LOCALAUG_ALLOWED_HOSTS", help="A Host/Origin name requests may carry besides localhost, 127.0.0.1 and [::1] (repeat, or comma-separated; '*': any). Checked when listening on loopback without --api-key, and whenever given.")] = None,
+    docs: Annotated[bool, typer.Option("--docs", help="Serve /docs: the API as a plain HTML page (no scripts). /openapi.json is always served.")] = False,
+    stall_after: Annotated[float, typer.Option("--stall-after", help="Seconds one scheduler step may run before /health answers 503 'degraded' naming the model.")] = 60.0,
     device: DeviceOpt = Device.auto, layers: LayersOpt = None, threads: ThreadsOpt = None,
 ) -> None:
     """Serve models over HTTP: OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
@@ -35,8 +39,10 @@ def serve(
     from localaug.serve.app import Limits, ServerConfig, bind, run_server, url_of
     from localaug.serve.scheduler import load_models
 
-    if min(parallel or 1, max_tokens, max_n) < 1 or max_queue < 0:
-        raise UsageError("--parallel, --max-tokens and --max-n must be at least 1, --max-queue at least 0")
+    if min(parallel or 1, max_tokens, max_n) < 1 or max_queue < 0 or not stall_after > 0:
+        raise UsageError("--parallel, --max-tokens and --max-n must be at least 1, --max-queue at least 0, "
+                         "--stall-after over 0")
+    hosts = tuple(h.strip() for item in allow_host or [] for h in item.split(",") if h.strip())
     console = err_console()
     sock = bind(host, port)  # before loading, so a busy port fails at once
     try:
@@ -54,10 +60,15 @@ def serve(
                       highlight=False, soft_wrap=True)
     console.print(f"  auth: {'on (Bearer key)' if api_key else 'off'}; limits: max_tokens {max_tokens}, n {max_n}, "
                   f"queue {max_queue}; Ctrl-C stops", highlight=False)
+    checked = host_check(host, hosts)
+    if (checked or (checked is None and not api_key)) and "*" not in hosts:
+        console.print(f"  Host/Origin accepted: localhost, 127.0.0.1, [::1]{''.join(', ' + h for h in hosts)}",
+                      highlight=False)
     if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[bold yellow]warning:[/bold yellow] listening on {host} without --api-key: anyone who can "
                       "reach this port can use the models", highlight=False)
-    config = ServerConfig(api_key=api_key or None, limits=Limits(max_tokens=max_tokens, max_n=max_n))
+    config = ServerConfig(api_key=api_key or None, limits=Limits(max_tokens=max_tokens, max_n=max_n),
+                          allowed_hosts=hosts, check_host=checked, docs=docs, stall_after_s=stall_after)
     try:
         run_server(served, config, sock)
     except KeyboardInterrupt:
@@ -67,3 +78,21 @@ def serve(
             m.close()
         sock.close()
     console.print("server stopped", highlight=False)
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_check(host: str, allowed: tuple[str, ...]) -> bool | None:
+    """Whether the server checks Host/Origin headers: always when names are given; on a loopback
+    bind None (the server's default: checked unless an API key is set); otherwise not (clients
+    reach it by whatever name or address the network gives it)."""
+    if allowed:
+        return True
+    return None if is_loopback(host) else False

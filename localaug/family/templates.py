@@ -4,13 +4,14 @@ A template is data from a file, never trusted code: it renders in Jinja's immuta
 attribute tricks, no mutation of what it is given) and within budgets, so that a hostile template
 cannot freeze or exhaust the process that renders it:
 
-- time: ``MAX_SECONDS`` per render, checked at every function call, filter, ``range`` and chunk of
-  output (a template cannot loop without doing one of those for long: loops run over ``range`` or
-  over the data it was given);
+- time: ``MAX_SECONDS`` of wall-clock time per render, checked at every iteration of every loop
+  (each ``for`` iterates through a ticking wrapper put in when the template is parsed, recursive
+  loops too), every function call, filter, attribute or item lookup, operator and chunk of output:
+  a template cannot run for long without doing one of those;
 - work: all ``range()`` calls of one render together yield at most ``MAX_RANGE`` numbers;
 - size: the output may not exceed the size of what it was given plus ``MAX_EXTRA_OUTPUT``; string
-  and list repetition (``*``), powers (``**``) and numeric filter or method arguments are bounded
-  before they can allocate.
+  and list repetition (``*``), powers (``**``), ``replace`` and ``join`` results, and numeric filter
+  or method arguments are bounded before they can allocate.
 
 Anything a template raises (a syntax error, ``raise_exception``, ZeroDivisionError, OverflowError,
 RecursionError, a budget) is one ``TemplateRenderError`` naming the cause.
@@ -25,7 +26,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import Template, TemplateError
+from jinja2 import Template, TemplateError, nodes
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from localaug.core.errors import TemplateRenderError
@@ -83,6 +85,33 @@ def _bounded_range(*args: int) -> range:
     return numbers
 
 
+def _ticking(iterable: Any) -> Any:
+    """``iterable``, checking the time budget at every item: what every template loop iterates."""
+    budget = _budget()
+    for item in iterable:
+        budget.tick()
+        yield item
+
+
+LOOP_FILTER = "localaug_loop_budget"  # a filter: a template cannot shadow it (filters are not variables)
+
+
+def _check_growth(value: Any, name: str, args: tuple[Any, ...]) -> None:
+    """``replace`` and ``join`` whose result would pass the output budget (a long text joined by or
+    replaced into a long text is quadratic) are refused before they allocate."""
+    budget = _budget()
+    if name == "replace" and isinstance(value, str) and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        count = value.count(old) if old else len(value) + 1
+        if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+            count = min(count, args[2])
+        if len(value) + count * (len(new) - len(old)) > budget.max_output:
+            raise BudgetExceeded(f"a replace() would make {len(value) + count * (len(new) - len(old))} characters")
+    elif name == "join" and isinstance(value, str) and args and hasattr(args[0], "__len__"):
+        if max(len(args[0]) - 1, 0) * len(value) > budget.max_output:
+            raise BudgetExceeded(f"a join() would make over {budget.max_output} characters")
+
+
 def _raise(message: str) -> None:
     raise TemplateError(message)
 
@@ -100,11 +129,30 @@ def _check_format(fmt: Any, pattern: re.Pattern[str]) -> None:
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """The template's syntax tree with every ``for`` iterating through ``_ticking``."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, LOOP_FILTER, [], [], None, None, lineno=loop.lineno)
+        return tree
+
     def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N807 - Jinja's signature
         budget = _budget()
         budget.tick()
         _check_arguments(args, kwargs)
+        if isinstance(__obj, LoopContext) and args:  # loop(children) in a recursive loop: iterate it ticking
+            args = (_ticking(args[0]), *args[1:])
+        elif isinstance(getattr(__obj, "__self__", None), str):
+            _check_growth(__obj.__self__, getattr(__obj, "__name__", ""), args)
         return budget.size(super().call(__context, __obj, *args, **kwargs))
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _budget().tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _budget().tick()
+        return super().getitem(obj, argument)
 
     def wrap_str_format(self, value: Any) -> Any:
         wrapped = super().wrap_str_format(value)  # str.format / format_map of a string, sandboxed
@@ -136,6 +184,10 @@ def _bounded_filter(name: str, fn: Any) -> Any:
         _check_arguments(rest, kwargs)
         if name == "format":
             _check_format(value, _PERCENT_NUMBERS)
+        elif name == "replace":
+            _check_growth(value, name, rest)
+        elif name == "join" and rest and isinstance(rest[0], str):
+            _check_growth(rest[0], name, (value,))
         return budget.size(fn(*args, **kwargs))
 
     if passes:
@@ -150,6 +202,7 @@ def _make_environment() -> _BoundedSandbox:
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt)[:200])
     env.filters = {name: _bounded_filter(name, fn) for name, fn in env.filters.items()}
+    env.filters[LOOP_FILTER] = _ticking
     return env
 
 

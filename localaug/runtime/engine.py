@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import functools
-import json
 import logging
 import os
 import threading
@@ -19,12 +18,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import llama_cpp as L
 
 from localaug.core.errors import EngineError, PromptTooLongError, UsageError, opt
 from localaug.family.registry import DEFAULT_CTX
+from localaug.runtime.grammar import json_grammar  # noqa: F401 - bounded JSON Schema grammars live there
 
 Device = Literal["auto", "cpu", "cuda", "metal"]
 
@@ -118,19 +118,6 @@ def grammar_sampler(vocab: object, grammar: str):
     if not sampler:
         raise UsageError("the grammar (response_format) could not be parsed by llama.cpp: simplify the JSON schema")
     return sampler
-
-
-def json_grammar(schema: dict[str, Any] | None = None) -> str:
-    """A GBNF grammar for any JSON object (``schema`` None) or for JSON that matches ``schema``
-    (llama-cpp-python's JSON-schema converter); a UsageError for a schema it cannot convert."""
-    from llama_cpp import llama_grammar
-
-    if schema is None:
-        return llama_grammar.JSON_GBNF
-    try:
-        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
-    except (Exception, RecursionError) as e:  # noqa: BLE001 - the converter raises anything on odd schemas
-        raise UsageError(f"the JSON schema cannot be turned into a grammar ({type(e).__name__}: {e}): simplify it") from None
 
 
 def make_sampler(p: SamplingParams, n_vocab: int, vocab: object = None):

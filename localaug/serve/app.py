@@ -3,7 +3,9 @@
 Routes hand each request to ``handlers`` (what the endpoints do: prompt tokens, a
 ``runtime.batch.Request`` submitted to the model's scheduler so concurrent requests are decoded
 together, results shaped as the OpenAI API or as the Python API). An outer ASGI ``Gate`` checks the API key and the body size before anything is
-parsed and records every response for /metrics. Every error is one JSON object in OpenAI's shape
+parsed and records every response for /metrics; without an API key it also refuses requests whose
+Host or Origin header is not a loopback name (or one of ``allowed_hosts``): a web page cannot reach
+a loopback server through DNS rebinding. Every error is one JSON object in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}`` with a message that says what to do.
 """
 
@@ -17,17 +19,18 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
-from localaug.core.errors import EngineError, LocalaugError, UsageError, opt
+from localaug.core.errors import EngineError, LocalaugError, PromptTooLongError, UsageError, opt
 from localaug.family.prompts import Pair
-from localaug.serve import handlers, schemas
-from localaug.serve.handlers import ApiError, Limits, ServerConfig
+from localaug.serve import handlers, openapi, schemas
+from localaug.serve.handlers import LOOPBACK_NAMES, ApiError, Limits, ServerConfig
 from localaug.serve.metrics import Metrics
 from localaug.serve.scheduler import ServedModel
 
@@ -40,15 +43,35 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/refin
 OPEN_PATHS = frozenset({"/health"})
 
 
-# --- the gate: auth, body size, metrics --------------------------------------------------------
+# --- the gate: host, auth, body size, metrics ---------------------------------------------------
+
+
+def host_name(value: str) -> str:
+    """The name in a Host header: lowercased, without the port, brackets or a final dot."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        return v[1:v.find("]")] if "]" in v else v
+    return (v.rsplit(":", 1)[0] if v.count(":") == 1 else v).rstrip(".")
+
+
+def origin_name(value: str) -> str | None:
+    """The host name of an Origin header (None for "null" or anything unreadable)."""
+    try:
+        name = urlsplit(value.strip()).hostname
+    except ValueError:
+        return None
+    return name.rstrip(".") if name else None
 
 
 class Gate:
-    """Outermost ASGI layer: API key and body-size checks before any parsing; metrics for every response."""
+    """Outermost ASGI layer: Host/Origin, API key and body-size checks before any parsing; metrics for
+    every response."""
 
     def __init__(self, app: Any, config: ServerConfig, metrics: Metrics) -> None:
         self.app, self.config, self.metrics = app, config, metrics
         self._key = config.api_key.encode() if config.api_key else None
+        self._hosts = (None if not config.host_check or "*" in config.allowed_hosts
+                       else frozenset(LOOPBACK_NAMES) | {host_name(h) for h in config.allowed_hosts})
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -74,8 +97,25 @@ class Gate:
         finally:
             self.metrics.observe(endpoint, status, time.monotonic() - started)
 
+    def _foreign(self, headers: dict[str, bytes]) -> ApiError | None:
+        """A 403 for a Host or Origin this server does not answer to (when it checks them)."""
+        if self._hosts is None:
+            return None
+        host, origin = headers.get("host"), headers.get("origin")
+        if host is not None and host_name(host.decode("latin-1")) not in self._hosts:
+            return ApiError(403, f"Host {host.decode('latin-1')[:100]!r} is not a name this server answers to: reach it "
+                                 "as localhost, 127.0.0.1 or [::1], or add that name to its allowed_hosts",
+                            code="host_not_allowed")
+        if origin is not None and origin_name(origin.decode("latin-1")) not in self._hosts:
+            return ApiError(403, f"requests from the web page {origin.decode('latin-1')[:100]!r} are refused: add its "
+                                 "host to the server's allowed_hosts to let it in", code="origin_not_allowed")
+        return None
+
     def _check(self, scope: dict[str, Any], path: str) -> ApiError | None:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        foreign = self._foreign(headers)
+        if foreign is not None:
+            return foreign
         if self._key is not None and path not in OPEN_PATHS:
             auth = headers.get("authorization", b"")
             scheme, _, given = auth.partition(b" ")
@@ -152,7 +192,8 @@ def create_app(models: Sequence[ServedModel], config: ServerConfig | None = None
                     m.close()
 
     app = FastAPI(title="localaug", summary="OpenAI-compatible and task endpoints for the localaug models",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # FastAPI's pages load scripts from a CDN
+    app.openapi = openapi.describe(app)  # type: ignore[method-assign]
     _errors(app)
 
     @app.get("/health")
@@ -160,7 +201,16 @@ def create_app(models: Sequence[ServedModel], config: ServerConfig | None = None
         down = unhealthy(pool.all)
         if down:
             return JSONResponse({"status": "error", "models": down}, 503)
+        slow = stalled(pool.all, config.stall_after_s)
+        if slow:
+            return JSONResponse({"status": "degraded", "models": slow}, 503)
         return {"status": "ok"}
+
+    if config.docs:
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return HTMLResponse(openapi.docs_page(app.openapi()),
+                                headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text() -> PlainTextResponse:
@@ -208,6 +258,13 @@ def unhealthy(models: Sequence[ServedModel]) -> dict[str, str]:
     return {m.id: m.scheduler.failure or "its scheduler thread is not running" for m in models if not m.scheduler.healthy}
 
 
+def stalled(models: Sequence[ServedModel], limit_s: float) -> dict[str, str]:
+    """Models whose scheduler has been on one step (admitting requests, or one decode) over ``limit_s``."""
+    now = time.monotonic()
+    return {m.id: f"its scheduler has been on one step for {busy:.1f} s (over {limit_s:g} s): it answers late or not "
+                  "at all" for m in models if (busy := m.scheduler.busy_for(now)) > limit_s}
+
+
 def _model_card(m: ServedModel, created: int) -> dict[str, Any]:
     return {"id": m.id, "object": "model", "created": created, "owned_by": "localaug",
             "context_length": m.n_ctx, "prompt_format": m.style.prompt_format}
@@ -232,7 +289,8 @@ def _errors(app: FastAPI) -> None:
     async def localaug_error(_: HTTPRequest, e: LocalaugError) -> JSONResponse:
         # the message names settings as the JSON fields a client sends; a server-side fault is a 5xx
         kind = "invalid_request_error" if e.http_status < 500 else "server_error"
-        return ApiError(e.http_status, str(e), kind, param=next(iter(e.params), None)).response()
+        code = "context_length_exceeded" if isinstance(e, PromptTooLongError) else None
+        return ApiError(e.http_status, str(e), kind, code, param=next(iter(e.params), None)).response()
 
     @app.exception_handler(Exception)
     async def internal(_: HTTPRequest, e: Exception) -> JSONResponse:

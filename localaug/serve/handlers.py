@@ -12,9 +12,10 @@ import json
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request as HTTPRequest
@@ -26,7 +27,8 @@ from localaug.core.errors import QueueFullError
 from localaug.family import prompts, styles
 from localaug.family.prompts import Pair
 from localaug.runtime.batch import Piece, Request, Result
-from localaug.runtime.engine import SamplingParams, json_grammar
+from localaug.runtime.engine import SamplingParams
+from localaug.runtime.grammar import GrammarLimitError, GrammarLimits, json_grammar
 from localaug.serve import schemas
 from localaug.serve.scheduler import SHUTTING_DOWN, STOPPED, Handle, ServedModel
 
@@ -40,6 +42,10 @@ class Limits:
     max_n: int = 16  # samples per request (choices, or expand/pairs items)
     max_body_bytes: int = 1 << 20
     max_stop: int = 16
+    grammar: GrammarLimits = field(default_factory=GrammarLimits)  # what a response_format schema may ask
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,18 @@ class ServerConfig:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     retry_after_s: int = 1
+    # Host and Origin headers a request may carry (besides the loopback names; "*": any). Without an
+    # API key a web page could otherwise reach a loopback server through DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
+    check_host: bool | None = None  # None: checked when no api_key is set (or allowed_hosts are given)
+    docs: bool = False  # /docs: the API described in plain HTML (no scripts); /openapi.json is always served
+    stall_after_s: float = 60.0  # /health answers 503 "degraded" while one scheduler step runs longer
+
+    @property
+    def host_check(self) -> bool:
+        if self.check_host is not None:
+            return self.check_host
+        return self.api_key is None or bool(self.allowed_hosts)
 
 
 class ApiError(Exception):
@@ -65,6 +83,26 @@ class ApiError(Exception):
         return JSONResponse(self.body(), self.status, headers=self.headers)
 
 
+# --- work off the event loop ---------------------------------------------------------------------
+
+T = TypeVar("T")
+# Prompt rendering, tokenizing and grammar building run on worker threads, at most this many at once
+# (each is bounded: a template or a grammar by its 2 s budget). Enough that a few slow ones leave
+# threads for the others; few enough that CPU-bound Python threads, which share the GIL with the
+# event loop, keep /health answering within tens of milliseconds. The rest wait in order.
+PREP_THREADS = 8
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+async def off_loop(fn: Callable[[], T]) -> T:
+    """``fn()`` on a worker thread (one of ``PREP_THREADS``), the event loop free meanwhile."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = anyio.CapacityLimiter(PREP_THREADS)
+    return await anyio.to_thread.run_sync(fn, limiter=limiter)
+
+
 # --- prompts and sampling -------------------------------------------------------------------------
 
 
@@ -81,7 +119,7 @@ def chat_prompt(m: ServedModel, messages: list[dict[str, str]]) -> str:
 async def task_tokens(m: ServedModel, task: str, payload: str | list[Pair]) -> list[int]:
     """The prompt tokens of a task input, built off the event loop (a teacher prompt renders the GGUF's
     template, bounded in time but not free). An empty input is a UsageError (400)."""
-    return await anyio.to_thread.run_sync(lambda: m.tokenize(styles.build_prompt(m.style, task, payload)))
+    return await off_loop(lambda: m.tokenize(styles.build_prompt(m.style, task, payload)))
 
 
 def check_openai(body: schemas.OpenAIBody, limits: Limits) -> None:
@@ -118,13 +156,23 @@ def sampling_for(m: ServedModel, body: schemas.Sampling, n_prompt: int, limits: 
     return replace(base, max_tokens=_max_tokens(m, n_prompt, requested, base.max_tokens, limits))
 
 
-async def with_format(m: ServedModel, body: schemas.OpenAIBody, sampling: SamplingParams) -> SamplingParams:
+async def with_format(m: ServedModel, body: schemas.OpenAIBody, sampling: SamplingParams,
+                      limits: GrammarLimits) -> SamplingParams:
     """``sampling`` under the grammar ``response_format`` asks for (JSON), checked against the model."""
     rf = body.response_format
     if rf is None or rf.type == "text":
         return sampling
-    grammar = json_grammar(rf.json_schema["schema"] if rf.type == "json_schema" and rf.json_schema else None)
-    await anyio.to_thread.run_sync(lambda: m.check_grammar(grammar))
+    schema = rf.json_schema["schema"] if rf.type == "json_schema" and rf.json_schema else None
+
+    def build() -> str:
+        grammar = json_grammar(schema, limits)
+        m.check_grammar(grammar)
+        return grammar
+
+    try:
+        grammar = await off_loop(build)
+    except GrammarLimitError as e:
+        raise ApiError(400, f"response_format: {e}", code="response_format_too_complex", param="response_format") from None
     return replace(sampling, grammar=grammar)
 
 
@@ -211,7 +259,7 @@ def usage_of(results: Sequence[Result]) -> dict[str, int]:
 def sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def lines() -> AsyncIterator[str]:
         async for chunk in chunks:
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield f"data: {json.dumps(chunk, ensure_ascii=False, allow_nan=False)}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(lines(), media_type="text/event-stream",
@@ -302,9 +350,10 @@ async def chat(m: ServedModel, body: schemas.ChatBody, http: HTTPRequest, config
     """POST /v1/chat/completions: the messages rendered as the model expects, n choices."""
     check_openai(body, config.limits)
     messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()} for x in body.messages]
-    tokens = await anyio.to_thread.run_sync(lambda: m.tokenize(chat_prompt(m, messages)))
+    tokens = await off_loop(lambda: m.tokenize(chat_prompt(m, messages)))
     sampling = await with_format(m, body, sampling_for(m, body, len(tokens), config.limits,
-                                                       body.max_completion_tokens or body.max_tokens))
+                                                       body.max_completion_tokens or body.max_tokens),
+                                 config.limits.grammar)
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     reqs = [Request(rid, tokens, sampling, tuple(dict.fromkeys((*m.style.stop, *body.stops()))), body.n)]
     if body.stream:
@@ -325,10 +374,11 @@ async def complete(m: ServedModel, body: schemas.CompletionBody, http: HTTPReque
                             f"{body.n}): split it", param="prompt")
     if any(not t for t in texts):
         raise ApiError(400, "a prompt is empty: give some text", param="prompt")
-    token_lists = await anyio.to_thread.run_sync(lambda: [m.tokenize(t) for t in texts])
+    token_lists = await off_loop(lambda: [m.tokenize(t) for t in texts])
     longest = max(len(t) for t in token_lists)
     sampling = await with_format(m, body, sampling_for(m, body, longest, config.limits,
-                                                       body.max_completion_tokens or body.max_tokens))
+                                                       body.max_completion_tokens or body.max_tokens),
+                                 config.limits.grammar)
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"
     reqs = [Request(f"{rid}-{i}", toks, sampling, body.stops(), body.n) for i, toks in enumerate(token_lists)]
     prefix = {r.id: (texts[i] if body.echo else "") for i, r in enumerate(reqs)}

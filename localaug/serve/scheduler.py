@@ -24,7 +24,7 @@ from typing import Any
 
 from localaug.augment.calibrate import choose_parallel
 from localaug.augment.resolve import resolve_style
-from localaug.core.errors import EngineError, QueueFullError, UsageError, opt
+from localaug.core.errors import EngineError, PromptTooLongError, QueueFullError, UsageError, opt
 from localaug.core.files import cached_sha256
 from localaug.family.registry import DEFAULT_CTX, ModelSpec
 from localaug.family.styles import PromptStyle
@@ -130,6 +130,12 @@ class Scheduler:
         self._thread = threading.Thread(target=self._main, name=f"localaug-scheduler-{name}", daemon=True)
         self._started = False
         self.failure: str | None = None  # why the scheduler stopped for good (None: running, or stopped on request)
+        self.busy_since: float | None = None  # monotonic start of the admission or decode step running now
+
+    def busy_for(self, now: float | None = None) -> float:
+        """Seconds the step running now (admitting requests, or one decode) has taken so far; 0 when idle."""
+        since = self.busy_since
+        return 0.0 if since is None else (time.monotonic() if now is None else now) - since
 
     @property
     def queued(self) -> int:
@@ -244,12 +250,17 @@ class Scheduler:
                             self._queue.remove(handle)
                 stats.requests_cancelled += not handle.done.is_set()
                 handle._fail(CANCELLED)
-            for result in state.fill(self._pull):
-                self._deliver(result)
+            self.busy_since = time.monotonic()  # read by /health: a step stuck past its budget shows there
+            try:
+                for result in state.fill(self._pull):
+                    self._deliver(result)
+            finally:
+                self.busy_since = None
             stats.active = state.active
             stats.peak_active = max(stats.peak_active, stats.active)
             if not state.active:
                 continue
+            self.busy_since = time.monotonic()
             try:
                 for event in state.step():
                     self._deliver(event)
@@ -261,6 +272,8 @@ class Scheduler:
                     if handle is not None:
                         stats.requests_failed += 1
                         handle._fail(message)
+            finally:
+                self.busy_since = None
             stats.decode_steps += 1
             stats.batch_tokens += state.last_batch_tokens
             stats.active = state.active
@@ -307,7 +320,12 @@ class ServedModel:
         return self.batch.n_ctx_seq
 
     def tokenize(self, text: str) -> list[int]:
-        """The prompt tokens of ``text`` (special tokens parsed)."""
+        """The prompt tokens of ``text`` (special tokens parsed). A text whose bytes cannot fit one
+        sequence's context is refused untokenized (a PromptTooLongError): tokenizing costs time and
+        token buffers in proportion to the text, whatever the context."""
+        if self.engine.surely_too_long(text, self.n_ctx):
+            raise PromptTooLongError(f"the prompt ({len(text)} characters) cannot fit the context of {self.n_ctx} "
+                                     "tokens per sequence: shorten it")
         return self.engine.tokenize(text)
 
     def check_grammar(self, grammar: str) -> None:
