@@ -4,11 +4,11 @@ Each mutant is one small edit of the product code (a stop string that is never m
 row that is never "ok", a row key that forgets its occurrence, a bundle check skipped, an API key
 not checked, ...) applied to a scratch copy of the working tree; the tests that guard that
 behaviour run against the copy and must fail. The table printed at the end (Markdown, also
-written with ``--write docs/mutation.md``) names the test that caught each mutant.
+written with ``--write docs/mutation-smoke.md``) names the test that caught each mutant.
 
     python tools/mutants.py                  # every mutant
     python tools/mutants.py -k stop -k auth  # mutants whose id contains these words
-    python tools/mutants.py --write docs/mutation.md
+    python tools/mutants.py --write docs/mutation-smoke.md
 
 Exit status 1 if any mutant survives (its tests still pass), or an edit no longer applies (the
 code moved: update the mutant).
@@ -176,7 +176,7 @@ tests claim to guard, applied to a scratch copy of the tree. The guarding tests 
 copy and must fail ("caught"); the first failing test is named. Rerun with:
 
 ```bash
-python tools/mutants.py --write docs/mutation.md     # or -k ID to run some
+python tools/mutants.py --write docs/mutation-smoke.md     # or -k ID to run some
 ```
 
 {table}

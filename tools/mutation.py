@@ -1,0 +1,252 @@
+"""Mutation testing with mutmut over the modules whose results users keep; writes docs/mutation.md.
+
+mutmut (configured under ``[tool.mutmut]`` in pyproject.toml) makes every small edit it knows
+(an operator, a number, a string, a removed argument, a swapped ``and``/``or`` ...) to each
+function of a module and runs the tests that reach that function: a mutant the tests still pass
+is a *survivor*. This driver runs mutmut once per module in a scratch copy of the working tree
+(so the checkout is never touched), with the fast tests that guard that module (``MODULES``),
+reads mutmut's results, and writes the score per module and every survivor.
+
+A survivor that no behaviour can tell apart from the original (an equivalent mutant) is listed in
+``tools/mutation-equivalent/*.toml`` with the reason; it leaves the score's denominator. Every other
+survivor is a gap: a test should kill it.
+
+    python tools/mutation.py                              # every module
+    python tools/mutation.py localaug/jobs/keys.py        # some modules
+    python tools/mutation.py --write docs/mutation.md     # and write the report
+    python tools/mutation.py --survivors localaug/jobs/keys.py   # the survivors' diffs
+
+Exit status 1 when a module scores under ``--goal`` (default 85 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENT = ROOT / "tools" / "mutation-equivalent"  # *.toml: [[equivalent]] module, function, diff, reason
+SCRATCH = Path(os.environ.get("LOCALAUG_MUTATION_DIR", "/tmp/localaug-mutation"))
+
+# module -> the fast tests that guard it (run for every mutant that these tests reach)
+MODULES: dict[str, tuple[str, ...]] = {
+    "localaug/jobs/ledger.py": ("tests/test_mut_jobs.py",),
+    "localaug/jobs/merge.py": ("tests/test_mut_jobs.py",),
+    "localaug/jobs/keys.py": ("tests/test_mut_jobs.py",),
+    "localaug/jobs/dataio.py": ("tests/test_mut_jobs.py",),
+    "localaug/jobs/chain.py": ("tests/test_mut_jobs.py",),
+    "localaug/augment/tasks.py": ("tests/test_mut_augment.py",),
+    "localaug/augment/filters.py": ("tests/test_mut_augment.py", "tests/test_filters.py"),
+    "localaug/family/prompts.py": ("tests/test_mut_augment.py", "tests/test_prompts.py"),
+    "localaug/family/judging.py": ("tests/test_mut_augment.py",),
+    "localaug/family/templates.py": ("tests/test_mut_augment.py",),
+    "localaug/report/judge.py": ("tests/test_mut_report.py",),
+    "localaug/report/metrics.py": ("tests/test_mut_report.py",),
+    "localaug/augment/calibrate.py": ("tests/test_mut_runtime.py",),
+    "localaug/serve/scheduler.py": ("tests/test_mut_runtime.py",),
+    "localaug/runtime/batch.py": ("tests/test_mut_runtime.py",),
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault"}
+DETECTED = {"killed", "timeout", "segfault"}  # a mutant that makes the tests fail, hang or crash is caught
+
+
+@dataclass
+class Survivor:
+    name: str
+    function: str
+    diff: str  # the changed lines, "-old" / "+new"
+    reason: str | None = None  # why it is equivalent (tools/mutation-equivalent.toml)
+
+
+@dataclass
+class Result:
+    module: str
+    tests: tuple[str, ...]
+    statuses: dict[str, str] = field(default_factory=dict)
+    survivors: list[Survivor] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def equivalent(self) -> int:
+        return sum(s.reason is not None for s in self.survivors)
+
+    @property
+    def detected(self) -> int:
+        return sum(s in DETECTED for s in self.statuses.values())
+
+    @property
+    def counted(self) -> int:
+        return sum(s != "skipped" for s in self.statuses.values()) - self.equivalent
+
+    @property
+    def score(self) -> float:
+        return 100.0 * self.detected / self.counted if self.counted else 100.0
+
+
+def copy_tree(dest: Path) -> None:
+    """The working tree as it is (tracked and untracked files git does not ignore) into ``dest``."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def configure(dest: Path, module: str, tests: tuple[str, ...]) -> None:
+    """The scratch copy's [tool.mutmut]: pyproject's settings, this module, its tests."""
+    pyproject = dest / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    base = tomllib.loads(text).get("tool", {}).get("mutmut", {})
+    conf = {**base, "only_mutate": [module], "pytest_add_cli_args_test_selection": list(tests)}
+    text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "", text)
+    lines = ["[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in conf.items()]
+    pyproject.write_text(text.rstrip() + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run_module(module: str, jobs: int, quiet: bool) -> Result:
+    tests = MODULES[module]
+    dest = SCRATCH / module.replace("/", "_").removesuffix(".py")
+    copy_tree(dest)
+    configure(dest, module, tests)
+    # the tests' own child processes (the CLI) import the mutated package too; the folder exists
+    # before Python starts, or its import system remembers it as absent
+    (dest / "mutants").mkdir()
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(dest / "mutants")}
+    t0 = time.monotonic()
+    log = dest / "mutmut.log"
+    with open(log, "w") as out:
+        r = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=dest, env=env,
+                           stdout=out, stderr=subprocess.STDOUT)
+    result = Result(module, tests, seconds=time.monotonic() - t0)
+    meta = dest / "mutants" / (module + ".meta")
+    if r.returncode != 0 or not meta.exists():
+        tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:]
+        raise SystemExit(f"mutmut failed on {module} (exit {r.returncode}); see {log}:\n" + "\n".join(tail))
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    result.statuses = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+    equivalent = load_equivalent()
+    for name, status in sorted(result.statuses.items(), key=lambda kv: _order(kv[0])):
+        if status in DETECTED or status == "skipped":
+            continue
+        diff = show(dest, name, env)
+        base = name.rsplit(".", 1)[-1].split("__mutmut_")[0]  # x_function, or xǁClassǁmethod
+        function = base[2:].replace("ǁ", ".") if base.startswith(("x_", "xǁ")) else base
+        result.survivors.append(Survivor(name, function, diff, equivalent.get((module, function, diff))))
+    if not quiet:
+        print(f"{module}: {result.score:.1f} % ({result.detected}/{result.counted}, {result.equivalent} equivalent) "
+              f"in {result.seconds:.0f} s", flush=True)
+    return result
+
+
+def _order(name: str) -> tuple[str, int]:
+    head, _, n = name.rpartition("__mutmut_")
+    return head, int(n) if n.isdigit() else 0
+
+
+def show(dest: Path, name: str, env: dict[str, str]) -> str:
+    """The lines a mutant changes ("-old" and "+new", stripped), from ``mutmut show``."""
+    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=dest, env=env, capture_output=True,
+                         text=True).stdout
+    lines = [ln for ln in out.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return "\n".join(ln[0] + ln[1:].strip() for ln in lines)
+
+
+def load_equivalent() -> dict[tuple[str, str, str], str]:
+    """(module, function, diff) -> why that mutant cannot be told apart from the original."""
+    found = {}
+    for path in sorted(EQUIVALENT.glob("*.toml")):
+        for e in tomllib.loads(path.read_text(encoding="utf-8")).get("equivalent", []):
+            found[(e["module"], e["function"], e["diff"].strip())] = e["reason"]
+    return found
+
+
+def report(results: list[Result], command: str) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    import mutmut
+
+    lines = [
+        "# Mutation testing",
+        "",
+        "[mutmut](https://github.com/boxed/mutmut) makes every small edit it knows to each function of the modules",
+        "whose results users keep (an operator, a comparison, a number, a string, a dropped argument, `and`/`or`,",
+        "a `break`...), and runs the tests that guard that module against each edit. A mutant the tests still",
+        "pass *survives*. Equivalent mutants (no behaviour can tell them from the original) are listed in",
+        "`tools/mutation-equivalent/` with the reason and leave the denominator; a mutant that makes the tests",
+        "fail, hang or crash is caught. Score = caught / (mutants − equivalent).",
+        "",
+        f"Run on {time.strftime('%Y-%m-%d')} at commit `{commit}`{' (with uncommitted changes)' if dirty else ''}, "
+        f"mutmut {getattr(mutmut, '__version__', '?')}, with:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "| module | guarding tests | mutants | caught | equivalent | survived | score | time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        survived = len(r.survivors) - r.equivalent
+        lines.append(f"| `{r.module}` | {', '.join(f'`{t}`' for t in r.tests)} | {len(r.statuses)} | {r.detected} | "
+                     f"{r.equivalent} | {survived} | **{r.score:.1f} %** | {r.seconds:.0f} s |")
+    lines += ["", "## Survivors", ""]
+    for r in results:
+        if not r.survivors:
+            continue
+        lines += [f"### `{r.module}`", ""]
+        for s in r.survivors:
+            verdict = f"equivalent: {s.reason}" if s.reason else "**not killed** (a gap)"
+            lines += [f"- `{s.function}` — {verdict}", "  ```diff", *("  " + ln for ln in s.diff.splitlines()), "  ```"]
+        lines.append("")
+    lines += ["The fast smoke set of hand-written mutants (`python tools/mutants.py`) is in "
+              "[mutation-smoke.md](mutation-smoke.md).", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help="modules to mutate (default: all of MODULES)")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    ap.add_argument("--goal", type=float, default=85.0, help="lowest acceptable score per module, in percent")
+    ap.add_argument("--write", type=Path, help="write the Markdown report here")
+    ap.add_argument("--survivors", action="store_true", help="print every survivor's diff")
+    args = ap.parse_args()
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        ap.error(f"not in MODULES: {', '.join(unknown)}")
+    results = [run_module(m, args.jobs, quiet=False) for m in (args.modules or MODULES)]
+    if args.survivors:
+        for r in results:
+            for s in r.survivors:
+                print(f"\n{r.module} {s.name} ({'equivalent: ' + s.reason if s.reason else 'SURVIVED'})\n{s.diff}")
+    if args.write:
+        command = "python tools/mutation.py" + "".join(f" {m}" for m in args.modules) + f" --write {args.write}"
+        args.write.write_text(report(results, command), encoding="utf-8")
+    low = [r for r in results if r.score < args.goal]
+    for r in low:
+        print(f"{r.module}: {r.score:.1f} % is under {args.goal:.0f} %", file=sys.stderr)
+    return 1 if low else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
