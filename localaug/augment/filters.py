@@ -12,7 +12,6 @@ Every rejection has a reason from ``REASONS``; jobs count them per reason.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -41,21 +40,24 @@ REASONS = {
 }
 DUPLICATE_REASONS = ("duplicate", "near-duplicate")
 
-# Opening phrases of refusals (matched at the start of the text, case-folded, after NFKC).
+# Opening phrases of refusals (matched at the start of the text, case-folded, after NFKC, with
+# typographic apostrophes read as ASCII ones: models write "I’m sorry" as often as "I'm sorry").
 _REFUSAL = re.compile(
     r"^\W*(?:"
     r"(?:i'?m|i am) (?:so |very |really )?sorry\b|sorry,? (?:but )?i\b|i apologi[sz]e\b|my apologies\b"
-    r"|i (?:can ?not|can't|won't|will not|am unable to|'m unable to|am not able to|'m not able to) "
+    r"|(?:i (?:can ?not|can't|won't|will not)|(?:i'?m|i am) (?:unable to|not able to)) "
     r"(?:help|assist|provide|comply|fulfil|fulfill|do that|create|write|generate|answer|complete)"
     r"|as an ai\b|as a language model\b|as an ai language model\b|i'?m just an ai\b"
     r"|(?:很|非常)?抱歉|对不起|不好意思，?我|我(?:无法|不能|没有办法)(?:帮助|协助|提供|完成|回答|满足|生成|创作)"
     r"|作为(?:一[个名])?(?:ai|人工智能|语言模型|ai语言模型)"
     r")"
 )
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 
 def is_refusal(text: str) -> bool:
-    return bool(_REFUSAL.match(unicodedata.normalize("NFKC", text).strip().casefold()))
+    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+    return bool(_REFUSAL.match(text.strip().casefold()))
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,8 @@ class DedupFilter:
     seeds: an *echo*) or of earlier accepts (a *duplicate* / *near-duplicate*)."""
 
     threshold: float = DEFAULT_ROUGE_L
-    seen_exact: dict[str, str] = field(default_factory=dict)  # normalised text -> reason if seen again
-    seen_tokens: list[tuple[list[str], str]] = field(default_factory=list)
+    seen_exact: dict[str, str] = field(default_factory=dict)  # normalised text -> the reason if seen again
+    seen_tokens: list[tuple[list[str], str]] = field(default_factory=list)  # tokens -> the reason if near
 
     def add_reference(self, texts: Iterable[str]) -> None:
         for t in texts:
@@ -105,13 +107,13 @@ class DedupFilter:
             return "empty"
         key = normalize(text)
         if key in self.seen_exact:
-            return "echo" if self.seen_exact[key] == "echo" else "duplicate"
+            return self.seen_exact[key]
         toks = tokens(text)
-        for other, kind in self.seen_tokens:
+        for other, reason in self.seen_tokens:
             if rouge_l(toks, other) >= self.threshold:
-                return "echo" if kind == "echo" else "near-duplicate"
-        self.seen_exact[key] = "accepted"
-        self.seen_tokens.append((toks, "accepted"))
+                return reason
+        self.seen_exact[key] = "duplicate"
+        self.seen_tokens.append((toks, "near-duplicate"))
         return None
 
 
@@ -153,15 +155,13 @@ def jaccard(a: set[str], b: set[str]) -> float:
 def lsh_bands(num_perm: int, threshold: float) -> tuple[int, int]:
     """(bands, rows) with bands*rows <= num_perm whose S-curve midpoint (1/b)^(1/r) is nearest
     the threshold, preferring fewer missed pairs (a lower midpoint)."""
-    best = (1, num_perm)
-    best_cost = math.inf
-    for r in range(1, num_perm + 1):
-        b = num_perm // r
-        mid = (1 / b) ** (1 / r)
-        cost = abs(mid - threshold) + (0.05 if mid > threshold else 0.0)
-        if cost < best_cost:
-            best, best_cost = (b, r), cost
-    return best
+
+    def cost(r: int) -> float:
+        mid = (1 / (num_perm // r)) ** (1 / r)
+        return abs(mid - threshold) + (0.05 if mid > threshold else 0.0)
+
+    rows = min(range(1, num_perm + 1), key=cost)  # the first of equal costs
+    return num_perm // rows, rows
 
 
 class MinHashIndex:

@@ -13,6 +13,8 @@ together). Its rules are the same whoever drives it:
 - expand and pairs draw until ``n`` are accepted or ``cap`` samples were drawn (``default_cap``);
   refine draws one sample, judged against its input (an echo of it is not a refinement); respond
   draws one answer, judged by the response rules (empty, refusal, max_chars);
+- a reply cut at max_tokens is rejected as ``truncated``; in pairs, only its last pair (the one the
+  cut ends), the complete pairs before it are judged as usual;
 - every rejection is counted by reason (``filters.REASONS``).
 
 A driver asks ``want`` (how many samples to decode next, at most), decodes them with
@@ -76,17 +78,21 @@ def _accept_instructions(style: PromptStyle, gen: Generation, dedup: DedupFilter
 
 def _accept_pairs(style: PromptStyle, gen: Generation, dedup: DedupFilter, rules: QualityRules,
                   seen: Seen | None, room: int) -> tuple[list[Any], list[str]]:
+    cut = gen.finish_reason == "length"
     try:
         found = parse_reply(style, "pairs", gen.text)
     except ReplyParseError:
-        return [], ["unparseable"]
+        return [], ["truncated" if cut else "unparseable"]
+    # a reply cut at max_tokens inside its last response: that pair is cut, the ones before it are whole
+    last_cut = len(found) - 1 if cut and gen.text.rstrip().endswith(found[-1].response) else -1
     accepted: list[Pair] = []
     reasons: list[str] = []
-    for pair in found:
+    for i, pair in enumerate(found):
         if len(accepted) >= room:
             break
-        reason = (rules.check(pair.instruction) or rules.check_response(pair.response)
-                  or dedup.check(pair.instruction) or (seen.check(pair.instruction) if seen is not None else None))
+        reason = "truncated" if i == last_cut else (
+            rules.check(pair.instruction) or rules.check_response(pair.response)
+            or dedup.check(pair.instruction) or (seen.check(pair.instruction) if seen is not None else None))
         (reasons.append(reason) if reason else accepted.append(pair))  # type: ignore[func-returns-value]
     return accepted, reasons
 

@@ -53,7 +53,8 @@ def combine(first: str | None, second: str | None) -> str:
     """The verdict on (A, B) from the judge's two readings: ``first`` with A shown first, ``second``
     with B shown first (its "A" is B). The same answer preferred both times wins; anything else —
     a disagreement, a tie, a reply with no verdict — is a tie."""
-    swapped = {"A": "B", "B": "A", "C": "C"}.get(second or "")
-    if first in ("A", "B") and first == swapped:
-        return first
+    if (first, second) == ("A", "B"):
+        return "A"
+    if (first, second) == ("B", "A"):
+        return "B"
     return "tie"

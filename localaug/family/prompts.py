@@ -43,8 +43,10 @@ def qwen2_chatml(messages: list[Message], add_generation_prompt: bool = True) ->
     return "".join(parts)
 
 
+# A header's own line ends at its first newline: an empty response must not swallow the next block.
 PAIR_RE = re.compile(
-    r"###\s*Instruction\s*:?\s*\n(?P<instruction>.*?)\n\s*###\s*Response\s*:?\s*\n(?P<response>.*?)(?=\n\s*###|\Z)",
+    r"###\s*Instruction[^\S\n]*:?[^\S\n]*\n(?P<instruction>.*?)\n\s*###\s*Response[^\S\n]*:?[^\S\n]*\n"
+    r"(?P<response>.*?)(?=\n\s*###|\Z)",
     re.DOTALL,
 )
 
@@ -68,10 +70,22 @@ def parse_pairs(reply: str) -> list[Pair]:
 
 
 def json_records(body: str) -> list[object]:
-    """A JSON array, or JSON Lines (blank lines skipped); json.JSONDecodeError names the line."""
+    """A JSON array, or JSON Lines (blank lines skipped); json.JSONDecodeError names the line of
+    ``body``. Lines end at "\\n" only: U+2028 and the like are text inside a JSON string."""
     import json
 
-    return json.loads(body) if body.startswith("[") else [json.loads(line) for line in body.splitlines() if line.strip()]
+    if body.startswith("["):
+        return json.loads(body)
+    records: list[object] = []
+    offset = 0
+    for line in body.split("\n"):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise json.JSONDecodeError(e.msg, body, offset + e.pos) from None
+        offset += len(line) + 1
+    return records
 
 
 def read_seed_pairs(text: str) -> list[Pair]:
@@ -197,7 +211,7 @@ def render_chat_template(
 
 # --- reply parsing ----------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
+_FENCE = re.compile(r"^```(?:[\w-]*[^\S\n]*\n)?(.*?)\n?```\s*$", re.DOTALL)  # a language tag only on its own line
 _LABEL = re.compile(
     r"^\s*\**\s*(?:(?:refined|rewritten|improved|new|expanded)(?:\s+(?:instruction|prompt|version))?|instruction|prompt)"
     r"\s*\**\s*[:：]\s*\**\s*",
@@ -213,7 +227,7 @@ def _strip_fences(text: str) -> str:
 
 def clean_instruction(reply: str) -> str:
     """One instruction from a teacher reply: no code fences, 'Refined:' labels or wrapping quotes."""
-    text = _LABEL.sub("", _strip_fences(reply.strip()), count=1).strip()
+    text = _LABEL.sub("", _strip_fences(reply.strip())).strip()  # _LABEL is anchored: one label at most
     for left, right in _QUOTES:
         inner = text[len(left):-len(right)]
         if len(text) >= 2 and text.startswith(left) and text.endswith(right) and left not in inner and right not in inner:

@@ -62,11 +62,7 @@ _BUDGET: contextvars.ContextVar[_Budget] = contextvars.ContextVar("template_budg
 
 
 def _budget() -> _Budget:
-    budget = _BUDGET.get(None)
-    if budget is None:  # rendering outside render_chat_template (compile-time folding): the defaults
-        budget = _Budget(MAX_EXTRA_OUTPUT)
-        _BUDGET.set(budget)
-    return budget
+    return _BUDGET.get()  # set by render() around compiling and rendering alike
 
 
 def _check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -76,8 +72,7 @@ def _check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
 
 
 def _bounded_range(*args: int) -> range:
-    budget = _budget()
-    budget.tick()
+    budget = _budget()  # its call has ticked (_BoundedSandbox.call)
     numbers = range(*args)
     budget.range_left -= len(numbers)
     if budget.range_left < 0:
@@ -102,13 +97,13 @@ def _check_growth(value: Any, name: str, args: tuple[Any, ...]) -> None:
     budget = _budget()
     if name == "replace" and isinstance(value, str) and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         old, new = args[0], args[1]
-        count = value.count(old) if old else len(value) + 1
+        count = value.count(old)  # an empty old string: len(value) + 1
         if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
             count = min(count, args[2])
         if len(value) + count * (len(new) - len(old)) > budget.max_output:
             raise BudgetExceeded(f"a replace() would make {len(value) + count * (len(new) - len(old))} characters")
     elif name == "join" and isinstance(value, str) and args and hasattr(args[0], "__len__"):
-        if max(len(args[0]) - 1, 0) * len(value) > budget.max_output:
+        if (len(args[0]) - 1) * len(value) > budget.max_output:
             raise BudgetExceeded(f"a join() would make over {budget.max_output} characters")
 
 
@@ -206,12 +201,14 @@ def _make_environment() -> _BoundedSandbox:
     return env
 
 
-_ENV = _make_environment()
+@lru_cache(maxsize=1)
+def _environment() -> _BoundedSandbox:
+    return _make_environment()  # on first use: importing this module builds nothing
 
 
 @lru_cache(maxsize=32)
 def _compiled(template: str) -> Template:
-    return _ENV.from_string(template)
+    return _environment().from_string(template)
 
 
 def render(template: str, **context: Any) -> str:
