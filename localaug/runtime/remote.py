@@ -114,12 +114,18 @@ class RemoteOptions:
 
 
 class RemoteFailure(Exception):
-    """One request that did not succeed: the HTTP status (None: no answer) and whether to retry."""
+    """One request that did not succeed: the HTTP status (None: no answer) and whether to retry.
+    The message is ``head`` (what happened) then ``tail`` (the server's words, or advice)."""
 
-    def __init__(self, message: str, status: int | None = None, retryable: bool = False,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, head: str, status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None, tail: str = "") -> None:
+        super().__init__(head + tail)
+        self.head, self.tail = head, tail
         self.status, self.retryable, self.retry_after = status, retryable, retry_after
+
+    def after(self, attempts: int) -> RemoteFailure:
+        """The same failure, saying how many attempts it took."""
+        return RemoteFailure(f"{self.head} after {attempts} attempts", self.status, tail=self.tail)
 
 
 @dataclass
@@ -211,9 +217,7 @@ class RemoteClient:
                                             status) from None
                 error = self._http_failure(status, headers, data)
             if not error.retryable or attempt == o.retries or self._closed.is_set():
-                if error.retryable and attempt:
-                    raise RemoteFailure(f"{error} (after {attempt + 1} attempts)", error.status)
-                raise error
+                raise error.after(attempt + 1) if error.retryable and attempt else error
             wait_s = min(o.max_backoff, o.backoff * 2 ** attempt) * (0.75 + 0.5 * random.random())
             if error.retry_after is not None:
                 wait_s = max(wait_s, min(error.retry_after, o.max_retry_after))
@@ -230,8 +234,8 @@ class RemoteClient:
             else:
                 why = f"refused the API key in {self.key_env} ({status}: {said}): set {self.key_env} to the server's key"
             return RemoteFailure(f"{self.base_url} {why}", status)
-        return RemoteFailure(f"{self.base_url} answered {status}: {said}", status,
-                             retryable=status == 429 or status >= 500, retry_after=retry_after)
+        return RemoteFailure(f"{self.base_url} answered {status}", status, retryable=status == 429 or status >= 500,
+                             retry_after=retry_after, tail=f": {said}")
 
     def _exchange(self, method: str, path: str, payload: bytes | None) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One HTTP exchange on this thread's connection: (status, headers, body up to the limit)."""
@@ -247,8 +251,7 @@ class RemoteClient:
             try:
                 conn, reused = self._connection()
             except (OSError, http.client.HTTPException) as e:
-                raise RemoteFailure(f"cannot reach {self.base_url} ({self._scrub(_reason(e))}): check the URL and that "
-                                    "the server is running", retryable=True) from None
+                raise self._unreachable(e) from None
             try:
                 conn.request(method, self._path + path, body=payload, headers=headers)
                 response = conn.getresponse()
@@ -258,8 +261,7 @@ class RemoteClient:
                 if reused and not again and isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError,
                                                            BrokenPipeError)):
                     continue  # the server closed an idle keep-alive connection: once more on a new one, at once
-                raise RemoteFailure(f"cannot reach {self.base_url} ({self._scrub(_reason(e))}): check the URL and that "
-                                    "the server is running", retryable=True) from None
+                raise self._unreachable(e) from None
             if len(data) > limit:
                 self._drop(conn)
                 raise RemoteFailure(f"{self.base_url}{path} answered with more than {limit >> 20} MiB: lower max_tokens",
@@ -298,6 +300,10 @@ class RemoteClient:
             if conn in self._connections:
                 self._connections.remove(conn)
         _shut(conn)
+
+    def _unreachable(self, e: BaseException) -> RemoteFailure:
+        return RemoteFailure(f"cannot reach {self.base_url} ({self._scrub(_reason(e))})", retryable=True,
+                             tail=": check the URL and that the server is running")
 
     def _scrub(self, text: str) -> str:
         """``text`` without the key, should a server echo it."""
