@@ -201,7 +201,7 @@ class RemoteClient:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """The JSON answer of ``method path``; retried on connection errors, 429 and 5xx; a
         RemoteFailure (with the server's message) when it does not succeed."""
-        payload = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+        payload = json.dumps(body).encode() if body is not None else None  # ASCII: a lone surrogate stays an escape
         o = self.options
         for attempt in range(o.retries + 1):
             try:
@@ -212,7 +212,7 @@ class RemoteClient:
                 if 200 <= status < 300:
                     try:
                         return json.loads(data)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise RemoteFailure(f"{self.base_url}{path} answered {status} with something that is not JSON",
                                             status) from None
                 error = self._http_failure(status, headers, data)
