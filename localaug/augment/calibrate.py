@@ -22,6 +22,7 @@ from localaug.core.files import read_json, write_json_atomic
 from localaug.core.settings import default_parallel, localaug_home
 from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, batch_curve, fastest
 from localaug.runtime.engine import Engine, llama_cpp_version
+from localaug.runtime.remote import DEFAULT_PARALLEL
 
 KV_SHARE_OF_MEMORY = 0.25  # the KV cache of all sequences may take at most this share of RAM
 CALIBRATION_TOKENS = 12
@@ -33,7 +34,7 @@ class Parallel:
     """The batch size a run uses and how it was chosen: given, calibrated now, or cached."""
 
     value: int
-    source: str  # "given" | "LOCALAUG_PARALLEL" | "calibrated" | "cached"
+    source: str  # "given" | "LOCALAUG_PARALLEL" | "calibrated" | "cached" | "default" (a remote model)
     seconds: float = 0.0
 
     def describe(self) -> str:
@@ -99,3 +100,13 @@ def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None =
         pass
     return choice
 
+
+
+def remote_parallel(given: int | None = None) -> Parallel:
+    """Requests in flight to a model on a server: ``given``, else LOCALAUG_PARALLEL, else a fixed
+    default (the server batches them; nothing here to measure)."""
+    if given is not None:
+        return Parallel(given, "given")
+    if default_parallel() is not None:
+        return Parallel(default_parallel(), "LOCALAUG_PARALLEL")  # type: ignore[arg-type]
+    return Parallel(DEFAULT_PARALLEL, "default")

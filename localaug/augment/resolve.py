@@ -1,6 +1,7 @@
 """From what a user names (a family name, a repo id, a GGUF file, a checkpoint folder) to a GGUF path,
 its family spec, its prompt style (with your own system prompt and examples, if given) and its
-metadata; and the sampling defaults of a model."""
+metadata; and the sampling defaults of a model. A URL (``http://gpu-box:8000/v1#MODEL``) names a
+model on an OpenAI-compatible server instead: ``resolve_remote`` (jobs and the judge take one)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Any
 from localaug.core.errors import UsageError, opt
 from localaug.core.files import read_bounded
 from localaug.family import registry
-from localaug.family.prompts import read_examples
+from localaug.family.prompts import FAMILY_FORMATS, read_examples
 from localaug.family.registry import ModelSpec
-from localaug.family.styles import PromptStyle, check_overrides, family_spec_from_metadata, style_for
+from localaug.family.styles import TEACHER, PromptStyle, check_overrides, family_spec_from_metadata, style_for
 from localaug.runtime.engine import SamplingParams
+from localaug.runtime.remote import RemoteModel, connect, is_remote, parse_endpoint
 from localaug.store.gguf_info import read_kv
 
 DEFAULT_MODELS = {"refine": "qwen2-refine:1.5b", "expand": "qwen2-exp:1.5b", "pairs": "qwen2-response-exp:7b",
@@ -45,10 +47,40 @@ def resolve_style(
     model: str | os.PathLike[str], quant: str | None = None, prompt_format: str | None = None
 ) -> ResolvedModel:
     """The GGUF path, family spec, prompt style and metadata for ``model`` (tensors are not read)."""
+    if is_remote(model):
+        raise UsageError(f"{opt('model')}: a model on a server (a URL) is for localaug run and localaug judge; here give "
+                         "a GGUF file, a family or store name, or a checkpoint folder")
     path, spec = resolve_model(model, quant)
     meta = read_kv(path)
     spec = spec or family_spec_from_metadata(meta)
     return ResolvedModel(path, spec, style_for(meta, spec, prompt_format), meta)
+
+
+@dataclass(frozen=True)
+class ResolvedRemote:
+    model: RemoteModel
+    spec: ModelSpec | None  # a family model served under its own name or repo id
+    style: PromptStyle
+
+
+def resolve_remote(model: str, prompt_format: str | None = None, param: str = "model") -> ResolvedRemote:
+    """The model a URL names (the server is asked: it must answer with the key), and its style:
+    messages sent as they are, a family model's bare user turn or teacher mode's task prompt."""
+    target = connect(parse_endpoint(model, param))
+    spec = registry.find(target.name)
+    return ResolvedRemote(target, spec, remote_style(spec, prompt_format))
+
+
+def remote_style(spec: ModelSpec | None, prompt_format: str | None = None) -> PromptStyle:
+    """How to prompt a model on a server: as its family was trained (a family name or repo id, or
+    ``prompt_format`` naming a family format), else teacher mode; its server renders the messages."""
+    if prompt_format is not None and prompt_format not in (*FAMILY_FORMATS, TEACHER):
+        raise UsageError(f"unknown prompt format {prompt_format!r}; use {', '.join((*FAMILY_FORMATS, TEACHER))}")
+    if prompt_format in FAMILY_FORMATS:
+        return PromptStyle(prompt_format, family_name=spec.name if spec else None, remote=True)
+    if spec is not None and prompt_format is None and spec.task != "respond":
+        return PromptStyle(spec.prompt_format, stop=spec.stop, family_name=spec.name, remote=True)
+    return PromptStyle(TEACHER, stop=(), remote=True)
 
 
 def default_sampling(spec: ModelSpec | None, **overrides: Any) -> SamplingParams:

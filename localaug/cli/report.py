@@ -40,11 +40,11 @@ def report(
 def judge(
     a: Annotated[Path, typer.Argument(help="Responses A (a localaug run respond output), e.g. answers to the seed instructions.")],
     b: Annotated[Path, typer.Argument(help="Responses B, e.g. answers to the refined instructions.")],
-    judge_model: Annotated[str, typer.Option("--judge", help="The judge: any instruct GGUF or store name (a larger one judges better).")],
+    judge_model: Annotated[str, typer.Option("--judge", help="The judge: any instruct GGUF or store name, or a model on an OpenAI-compatible server, URL#MODEL (key in LOCALAUG_REMOTE_API_KEY); a larger one judges better.")],
     aspect: Annotated[str, typer.Option("--aspect", help="detail, truthfulness or helpfulness.")] = "detail",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The verdicts ledger (default: B.judge-ASPECT.jsonl); resumable.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="The longest judge reply.")] = 512,
-    parallel: Annotated[Optional[int], typer.Option("--parallel", help="Sequences decoded together (default: calibrated).")] = None,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", help="Sequences decoded together (default: calibrated); a judge at a URL: requests in flight (default 8).")] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Add the table to this report page (made by localaug report), or write one.")] = None,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,

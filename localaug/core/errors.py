@@ -145,3 +145,10 @@ class ReplyParseError(LocalaugError):
 
 class TemplateRenderError(LocalaugError):
     """A GGUF chat template that fails to render in the sandbox (the model's fault, not the request's)."""
+
+
+class RemoteError(LocalaugError):
+    """An OpenAI-compatible server named by URL could not be reached, refused the key, or does not
+    serve the model asked for (the key itself never appears in the message)."""
+
+    http_status = 502

@@ -25,6 +25,14 @@ Message = dict[str, str]
 
 
 @dataclass(frozen=True)
+class Chat:
+    """A conversation sent as messages to a model on an OpenAI-compatible server, which applies its
+    own chat template (a local model gets the rendered text instead)."""
+
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True)
 class Pair:
     instruction: str
     response: str

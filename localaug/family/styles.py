@@ -34,6 +34,7 @@ class PromptStyle:
     family_name: str | None = None
     system: str | None = None  # your own system prompt (teacher mode and respond)
     examples: tuple[prompts.Example, ...] | None = None  # your own in-context examples (teacher mode)
+    remote: bool = False  # on an OpenAI-compatible server: prompts are messages, its template renders them
 
     @property
     def is_family(self) -> bool:
@@ -104,18 +105,24 @@ def examples_for(style: PromptStyle, task: str, turn: str) -> list[prompts.Examp
     return prompts.choose_examples(task, turn, style.examples)
 
 
-def render_messages(style: PromptStyle, messages: list[prompts.Message]) -> str:
+def render_messages(style: PromptStyle, messages: list[prompts.Message]) -> str | prompts.Chat:
     """A conversation as this model reads it: Qwen2 ChatML for family models (their default system
-    turn when none is given), else the GGUF's own chat template (sandboxed)."""
+    turn when none is given), else the GGUF's own chat template (sandboxed); a remote model gets the
+    messages themselves (its server renders them)."""
+    if style.remote:
+        return prompts.Chat(tuple(dict(m) for m in messages))
     if style.is_family:
         return prompts.qwen2_chatml(messages)
     assert style.chat_template is not None
     return prompts.render_chat_template(style.chat_template, messages, bos_token=style.bos_token, eos_token=style.eos_token)
 
 
-def build_prompt(style: PromptStyle, task: str, payload: str | list[Pair]) -> str:
+def build_prompt(style: PromptStyle, task: str, payload: str | list[Pair]) -> str | prompts.Chat:
+    """The prompt of one input: text for a local model, messages (``prompts.Chat``) for a remote one.
+    A family model on a server gets the bare user turn, which its ChatML template wraps in the
+    default system turn exactly as ``family_prompt`` does here."""
     turn = user_turn(task, payload)
-    if style.is_family and task != "respond" and not style.system:
+    if style.is_family and task != "respond" and not style.system and not style.remote:
         return prompts.family_prompt(style.prompt_format, turn)
     if style.is_family:
         system = [{"role": "system", "content": style.system}] if style.system else []

@@ -65,8 +65,9 @@ class JobConfig:
         return filters.ExactIndex() if self.dedup == "exact" else filters.MinHashIndex(self.minhash_threshold)
 
 
-def run_config(cfg: JobConfig, model_sha256: str, style: PromptStyle) -> dict[str, Any]:
-    """Everything that makes a row's result what it is (the run id is its hash)."""
+def run_config(cfg: JobConfig, model_sha256: str | None, style: PromptStyle) -> dict[str, Any]:
+    """Everything that makes a row's result what it is (the run id is its hash); ``model_sha256`` is
+    None for a model on a server, whose URL and name the caller adds."""
     own: dict[str, Any] = {}  # your own system prompt and examples, only when given (older run ids stay)
     if style.system is not None:
         own["system"] = style.system

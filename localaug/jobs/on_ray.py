@@ -62,6 +62,7 @@ from localaug.jobs.ledger import lock_path, record_counts
 from localaug.jobs.run import JobOptions, JobPlan, JobProgress, JobStats, JobSummary, Target, execute
 from localaug.jobs.worker import Worker, result_keys
 from localaug.runtime.engine import EngineOptions
+from localaug.runtime.remote import is_remote
 
 ROW, KEY, RECORD, ERROR, RAW = "__localaug_row", "__localaug_key", "__localaug_record", "__localaug_error", "__localaug_raw"
 
@@ -261,6 +262,13 @@ def actor_job(opts: JobOptions, plan: JobPlan, res: Resources, records: bool) ->
                     records)
 
 
+def _refuse_remote(*models: object) -> None:
+    """Actors load a GGUF each; a model on a server (a URL) is driven from one machine."""
+    if any(is_remote(m) for m in models):
+        raise UsageError("a model on a server (a URL) is not run on Ray: run localaug run without --ray (its "
+                         f"{opt('parallel')} requests stay in flight to the server)")
+
+
 def augment(ds: ray.data.Dataset, task: str, model: str | os.PathLike[str] | None = None, *, actors: int | None = None,
             num_cpus: float | None = None, num_gpus: float = 0, batch_size: int | None = None,
             respond_with: str | os.PathLike[str] | None = None, respond: dict[str, Any] | None = None,
@@ -277,6 +285,7 @@ def augment(ds: ray.data.Dataset, task: str, model: str | os.PathLike[str] | Non
     (``instruction``, ``origin`` = {task, source_id, item}) with the responder's result columns
     (``response``, ``status``, …), answered by a second actor pool loading that model; ``respond``
     holds the responder's own JobOptions fields (system, max_tokens, …)."""
+    _refuse_remote(model, respond_with)
     if not ray.is_initialized():
         ray.init()
     res = plan_resources(Resources(actors, num_cpus, num_gpus, batch_size))
@@ -453,6 +462,7 @@ def run_job(
     """``localaug run --ray``: every row of ``input`` (a file or folder, local or on any filesystem
     Ray reads) into the folder ``output``: part files and ``manifest.json``. Resumable; see the
     module doc. ``options`` are ``JobOptions``' fields."""
+    _refuse_remote(options.get("model"))
     opts = JobOptions(task, **options)
     if fmt != "jsonl":
         raise UsageError(f"{opt('fmt')} {fmt} with Ray: the output is a folder of JSONL parts; "

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localaug.augment import filters
-from localaug.augment.calibrate import Parallel, choose_parallel
-from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_style, with_overrides
+from localaug.augment.calibrate import Parallel, choose_parallel, remote_parallel
+from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_remote, resolve_style, with_overrides
 from localaug.augment.tasks import SINGLE_SAMPLE
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
 from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
@@ -71,8 +71,9 @@ from localaug.jobs.ledger import (
 )
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
-from localaug.runtime.batch import open_backend
+from localaug.runtime.batch import Backend, open_backend
 from localaug.runtime.engine import Engine, EngineOptions, llama_cpp_version
+from localaug.runtime.remote import RemoteModel, is_remote, open_remote
 from localaug.store.gguf_info import file_type_name
 
 __all__ = ["OUTPUT_FORMATS", "JobOptions", "JobPlan", "JobStats", "JobSummary", "execute", "run_job"]
@@ -129,6 +130,10 @@ class JobOptions:
             raise UsageError(f"{opt('n')} and {opt('parallel')} must be at least 1, {opt('limit')} at least 0, "
                              f"{opt('max_samples')} at least {opt('n')}")
         self.config(PromptStyle("qwen2-chatml"), None, "").validate()
+        unsent = [name for name in ("top_k", "min_p", "repeat_penalty") if getattr(self, name) is not None]
+        if unsent and is_remote(self.model):  # a chat completions request does not carry them
+            raise UsageError(f"{', '.join(map(opt, unsent))}: not sent to a model on a server (it takes temperature, "
+                             "top_p, max_tokens, seed and stop): drop them")
         return parse_shard(self.shard)
 
     def config(self, style: PromptStyle, spec: ModelSpec | None, model_name: str) -> JobConfig:
@@ -141,7 +146,9 @@ class JobOptions:
                              n_ctx=self.n_ctx)
 
     def plan(self) -> JobPlan:
-        """Resolve the model (pulling it on first use) and the run it makes."""
+        """Resolve the model (pulling it on first use; a URL: asking its server) and the run it makes."""
+        if is_remote(self.model):
+            return self._remote_plan(str(self.model))
         m = resolve_style(self.model or DEFAULT_MODELS[self.task], self.quant, self.prompt_format)
         style = with_overrides(m.style, self.task, self.system, self.examples)
         cfg = self.config(style, m.spec, m.spec.name if m.spec else m.path.name)
@@ -150,21 +157,34 @@ class JobOptions:
         config = run_config(cfg, sha, style)
         return JobPlan(m.path, m.spec, style, m.meta, sha, cfg, config, run_id_of(config))
 
+    def _remote_plan(self, model: str) -> JobPlan:
+        """A model on a server: the run id hashes its base URL and name instead of a file's sha256."""
+        r = resolve_remote(model, self.prompt_format)
+        style = with_overrides(r.style, self.task, self.system, self.examples)
+        cfg = self.config(style, r.spec, r.model.name)
+        cfg.validate()
+        config = {**run_config(cfg, None, style), "remote": r.model.identity()}
+        return JobPlan(None, r.spec, style, {}, None, cfg, config, run_id_of(config), remote=r.model)
+
 
 @dataclass(frozen=True)
 class JobPlan:
-    """A resolved run: the model file and its style, the worker config and the run id."""
+    """A resolved run: the model file (or on a server) and its style, the worker config and the run id."""
 
-    path: Path
+    path: Path | None  # None: a remote model
     spec: ModelSpec | None
     style: PromptStyle
     meta: dict[str, Any]
-    sha256: str
+    sha256: str | None
     cfg: JobConfig
     config: dict[str, Any]  # what the run id hashes (in the manifest, to name what changed)
     run_id: str
+    remote: RemoteModel | None = None
 
     def model_fields(self) -> dict[str, Any]:
+        if self.remote is not None:  # the endpoint and the model's name; the key is never written
+            return {"remote": self.remote.base_url, "name": self.remote.name,
+                    "family": self.spec.name if self.spec else None}
         return {"path": str(self.path), "sha256": self.sha256, "quant": file_type_name(self.meta),
                 "family": self.spec.name if self.spec else None}
 
@@ -417,6 +437,10 @@ class LocalExecutor:
 
     def plan(self, opts: JobOptions) -> JobPlan:
         plan = opts.plan()
+        if plan.remote is not None:  # nothing to load: requests in flight instead of sequences decoded
+            self.parallel = remote_parallel(opts.parallel)
+            self.note = f"{self.parallel.value} requests in flight to {plan.remote}"
+            return plan
         options = opts.engine_options()
         self.engine = Engine(plan.path, options, context=False)
         self.parallel = choose_parallel(self.engine, plan.sha256, options.n_ctx or DEFAULT_CTX, opts.parallel)
@@ -434,9 +458,13 @@ class LocalExecutor:
         pass  # read again, lazily, when the run starts
 
     def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]:
-        assert self.engine is not None and self.parallel is not None, "plan() loads the model"
-        engine, self.engine = self.engine, None  # the backend owns it now
-        backend = open_backend(engine, self.opts.engine_options(), self.parallel.value)
+        assert self.parallel is not None, "plan() chooses the batch size"
+        if plan.remote is not None:
+            backend: Backend = open_remote(plan.remote, self.parallel.value)
+        else:
+            assert self.engine is not None, "plan() loads the model"
+            engine, self.engine = self.engine, None  # the backend owns it now
+            backend = open_backend(engine, self.opts.engine_options(), self.parallel.value)
         try:
             seen = plan.cfg.new_seen()
             if seen is not None and target.statuses:

@@ -5,7 +5,10 @@ by the input row they come from: ``origin.row`` (+ ``origin.item``) when the ins
 a refine or expand output, else ``row`` — so answers to the original seeds (A) meet the answers to
 their refined versions (B). The question the judge sees is A's instruction. Every pair is judged
 twice, A shown first and then B shown first, greedily; the two readings agree on a winner or the
-pair is a tie (``family.judging.combine``), which cancels the judge's position bias.
+pair is a tie (``family.judging.combine``), which cancels the judge's position bias. The judge is a
+GGUF run here, or a model on an OpenAI-compatible server named by URL (``runtime.remote``), whose
+URL and name then stand for the judge's sha256 in the run. A pair whose request failed (after the
+retries, for a server) is not recorded: the summary counts it and the same command judges it again.
 
 Per-pair verdicts are appended to a JSONL ledger (default ``B.judge-<aspect>.jsonl``), keyed by the
 run (the files' sha256, the judge's, the aspect and the settings): a run killed at any moment is
@@ -21,13 +24,13 @@ import html as html_lib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from localaug.augment.calibrate import choose_parallel
-from localaug.augment.resolve import resolve_style
+from localaug.augment.calibrate import choose_parallel, remote_parallel
+from localaug.augment.resolve import resolve_remote, resolve_style
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import (
     cached_sha256,
@@ -43,8 +46,9 @@ from localaug.family.styles import PromptStyle, render_messages
 from localaug.jobs.dataio import chunked
 from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, parse_line, record_lines, repair_ledger
 from localaug.jobs.schema import Skipped
-from localaug.runtime.batch import Request, open_backend
+from localaug.runtime.batch import Backend, Request, open_backend
 from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.remote import RemoteModel, is_remote, open_remote
 
 MAX_REPLY_KEPT = 4000  # characters of each judge reply kept in the ledger
 
@@ -65,6 +69,7 @@ class JudgeSummary:
     done_now: int
     verdicts: str  # the ledger
     missing: int  # rows answered in only one of A and B (not judged)
+    failed: int = 0  # pairs whose judge request failed this run (not recorded: the same command retries them)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +78,9 @@ class JudgeSummary:
         """The summary as (what, value) lines, for the terminal and the page."""
         lo, hi = self.interval
         shown = "—" if math.isnan(self.score) else f"{self.score:.3f}  (95% interval {lo:.3f}–{hi:.3f})"
-        return [("aspect", self.aspect), ("judge", Path(self.judge).name), ("pairs judged", str(self.n)),
+        judge = self.judge if is_remote(self.judge) else Path(self.judge).name
+        failed = [("pairs whose request failed (rerun to judge them)", str(self.failed))] if self.failed else []
+        return [("aspect", self.aspect), ("judge", judge), ("pairs judged", str(self.n)), *failed,
                 ("B better (wins)", str(self.wins)), ("ties", str(self.ties)), ("A better (losses)", str(self.losses)),
                 ("B's score (wins + ties/2) / n", shown), ("replies with no verdict (ties)", str(self.no_verdict)),
                 ("rows in only one file", str(self.missing)), ("verdicts", self.verdicts)]
@@ -156,28 +163,41 @@ def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str |
         if page_path is not None:
             refuse_overwriting_inputs(page_path, [*read, out, summary_path], "html")
 
-    refuse_inputs([pa, pb, *([Path(judge)] if Path(judge).is_file() else [])])  # before the judge is resolved (or pulled)
+    remote = is_remote(judge)
+    judge_file = [Path(judge)] if not remote and Path(judge).is_file() else []
+    refuse_inputs([pa, pb, *judge_file])  # before the judge is resolved (or pulled)
     if page_path is not None:
         _page_text(page_path)  # an existing file that is not a page is refused now, not after the judging
-    m = resolve_style(judge)
-    refuse_inputs([pa, pb, m.path])
-    config = {"a": sha256_file(pa), "b": sha256_file(pb), "judge": cached_sha256(m.path), "aspect": aspect,
+    model: Path | RemoteModel
+    if remote:  # a model on a server: its URL and name stand for the file's sha256
+        r = resolve_remote(str(judge), param="judge")
+        model, style, identity = r.model, r.style, r.model.identity()
+    else:
+        m = resolve_style(judge)
+        refuse_inputs([pa, pb, m.path])
+        model, style, identity = m.path, m.style, cached_sha256(m.path)
+    config = {"a": sha256_file(pa), "b": sha256_file(pb), "judge": identity, "aspect": aspect,
               "max_tokens": max_tokens, "prompt": hashlib.sha256(judging.SYSTEM.encode()).hexdigest()[:16]}
     run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     with output_lock(lock_path(out)):
         done = _done(out, run_id)
         todo = [k for k in keys if k not in done]
+        failures: list[str] = []
         if todo:
-            _judge(todo, left, right, m.path, m.style, aspect, out, run_id, EngineOptions(device=device, threads=threads, n_ctx=n_ctx),  # type: ignore[arg-type]
-                   parallel, max_tokens, lambda k: progress(len(keys) - len(todo) + k, len(keys)) if progress else None)
+            failures = _judge(todo, left, right, model, style, aspect, out, run_id,
+                              EngineOptions(device=device, threads=threads, n_ctx=n_ctx),  # type: ignore[arg-type]
+                              parallel, max_tokens, lambda k: progress(len(keys) - len(todo) + k, len(keys)) if progress else None)
         done = _done(out, run_id)
     verdicts = [done[k]["verdict"] for k in keys if k in done]
     mean, interval = score(verdicts)
-    summary = JudgeSummary(str(pa), str(pb), str(m.path), aspect, verdicts.count("B"), verdicts.count("tie"),
+    summary = JudgeSummary(str(pa), str(pb), str(model), aspect, verdicts.count("B"), verdicts.count("tie"),
                            verdicts.count("A"), len(verdicts), mean, interval,
                            sum(1 for k in keys if k in done and None in (done[k]["first"], done[k]["second"])),
-                           len(todo), str(out), len(set(left) ^ set(right)))
+                           len(todo) - len(failures), str(out), len(set(left) ^ set(right)), len(failures))
     write_json_atomic(summary_path, summary.to_json())  # strict JSON: no pair judged is a null score
+    if failures and len(failures) == len(todo):
+        raise JobError(f"no pair could be judged ({len(failures)} failed): {failures[0]}; run the same command again "
+                       "to retry them", path=str(out))
     if page_path is not None:
         add_to_page(page_path, summary)
     return summary
@@ -247,15 +267,16 @@ def add_to_page(path: Path, summary: JudgeSummary) -> None:
     write_atomic(path, text, "html")
 
 
-def _judge(todo: list[str], left: dict[str, tuple[str, str]], right: dict[str, tuple[str, str]], path: Path,
+def _judge(todo: list[str], left: dict[str, tuple[str, str]], right: dict[str, tuple[str, str]], model: Path | RemoteModel,
            style: PromptStyle, aspect: str, out: Path, run_id: str, options: EngineOptions, parallel: int | None,
-           max_tokens: int, tick: Callable[[int], Any]) -> None:
-    engine = Engine(path, options, context=False)
-    chosen = choose_parallel(engine, cached_sha256(path), options.n_ctx or DEFAULT_CTX, parallel).value
-    backend = open_backend(engine, options, chosen)
+           max_tokens: int, tick: Callable[[int], Any]) -> list[str]:
+    """Judge the pairs ``todo`` into the ledger; the errors of the pairs whose request failed (not
+    written, so that the same command judges them again)."""
+    backend, chosen = _backend(model, options, parallel)
     greedy = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
     appender = Appender(out)
     finished = 0
+    failures: list[str] = []
     try:
         for chunk in chunked(iter(todo), max(4 * chosen, 8)):  # type: ignore[arg-type]
             requests = []
@@ -264,24 +285,37 @@ def _judge(todo: list[str], left: dict[str, tuple[str, str]], right: dict[str, t
                 ans_b = right[key][1]
                 requests.append(Request(f"{key}|AB", render_messages(style, judging.messages(aspect, question, ans_a, ans_b)), greedy, style.stop))
                 requests.append(Request(f"{key}|BA", render_messages(style, judging.messages(aspect, question, ans_b, ans_a)), greedy, style.stop))
-            replies: dict[str, dict[str, str]] = {}
-            for result in _results(backend.run(requests)):
-                key, order = result[0].rsplit("|", 1)
-                replies.setdefault(key, {})[order] = result[1]
-                if len(replies[key]) == 2:
-                    first, second = judging.verdict(replies[key]["AB"]), judging.verdict(replies[key]["BA"])
-                    appender.write({"run_id": run_id, "key": key, "aspect": aspect, "first": first, "second": second,
-                                    "verdict": judging.combine(first, second),
-                                    "reply_first": replies[key]["AB"][:MAX_REPLY_KEPT],
-                                    "reply_second": replies[key]["BA"][:MAX_REPLY_KEPT]})
-                    finished += 1
-                    tick(finished)
+            replies: dict[str, dict[str, str | None]] = {}
+            errors: dict[str, str] = {}
+            for result in backend.run(requests):
+                key, order = result.id.rsplit("|", 1)
+                replies.setdefault(key, {})[order] = result.generation.text if result.generation is not None else None
+                if result.generation is None:
+                    errors.setdefault(key, result.error or "no reply")
+                if len(replies[key]) < 2:
+                    continue
+                if key in errors:
+                    failures.append(errors[key])
+                    tick(finished + len(failures))
+                    continue
+                ab, ba = replies[key]["AB"] or "", replies[key]["BA"] or ""
+                first, second = judging.verdict(ab), judging.verdict(ba)
+                appender.write({"run_id": run_id, "key": key, "aspect": aspect, "first": first, "second": second,
+                                "verdict": judging.combine(first, second), "reply_first": ab[:MAX_REPLY_KEPT],
+                                "reply_second": ba[:MAX_REPLY_KEPT]})
+                finished += 1
+                tick(finished + len(failures))
     finally:
         appender.close()
         backend.close()
+    return failures
 
 
-def _results(results: Iterator[Any]) -> Iterator[tuple[str, str]]:
-    """(request id, reply text); a request that failed is a reply with no verdict."""
-    for r in results:
-        yield r.id, (r.generation.text if r.generation is not None else f"(no reply: {r.error})")
+def _backend(model: Path | RemoteModel, options: EngineOptions, parallel: int | None) -> tuple[Backend, int]:
+    """The judge's backend and its batch size (a remote model: requests in flight)."""
+    if isinstance(model, RemoteModel):
+        chosen = remote_parallel(parallel).value
+        return open_remote(model, chosen), chosen
+    engine = Engine(model, options, context=False)
+    chosen = choose_parallel(engine, cached_sha256(model), options.n_ctx or DEFAULT_CTX, parallel).value
+    return open_backend(engine, options, chosen), chosen

@@ -44,6 +44,7 @@ from typing import Protocol
 import llama_cpp as L
 
 from localaug.core.errors import EngineError, opt
+from localaug.family.prompts import Chat
 from localaug.family.registry import DEFAULT_CTX
 from localaug.runtime.engine import (
     Closing,
@@ -60,7 +61,7 @@ from localaug.runtime.engine import (
 @dataclass(frozen=True)
 class Request:
     id: str
-    prompt: str | list[int]
+    prompt: str | list[int] | Chat  # Chat: messages, for a model on a server (runtime.remote)
     sampling: SamplingParams
     stop: tuple[str, ...] = ()
     n: int = 1
