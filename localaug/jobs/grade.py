@@ -298,6 +298,7 @@ def _run(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path, r
     with output_lock(lock_path(out)):
         done = read_judged(out, run_id, valid)
         repair_ledger(out)
+        Appender(out).close()  # the ledger exists from here on, even with nothing to judge
         todo = [item for item in items if item.key not in done]
         failures: list[str] = []
         if todo:
