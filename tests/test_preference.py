@@ -118,6 +118,8 @@ def test_the_scores_rule_keeps_exactly_these_pairs():
         "r7": (record("r7", ["a", "b"]), [4, 5]),            # kept at margin 1 (b over a), dropped at margin 2
         "r8": (record("r8", ["a", "b", "c"]), [9, 9, 1]),    # kept: a (the earlier of two 9s) over c
         "r9": (record("r9", ["a", "b", "c"]), [9, 2, 2]),    # kept: a over c (the later of two 2s)
+        "r10": (record("r10", ["a", "b"], ["filtered", "failed"]), [None, None]),  # dropped: no answer kept at all
+        "r11": (record("r11", ["a", "a", "b"]), [9, 1, 5]),  # kept: a over b (the worst answer that is another text)
     }
     judged = graded(list(recs.values()))
 
@@ -127,12 +129,13 @@ def test_the_scores_rule_keeps_exactly_these_pairs():
         return out, tally
 
     kept, tally = pairs(Selection("scores", margin=1))
-    assert kept == {"r1": ("a", "b"), "r3": ("b", "c"), "r7": ("b", "a"), "r8": ("a", "c"), "r9": ("a", "c")}
-    assert tally.kept == 5 and dict(tally.dropped) == {pref.BELOW_MARGIN: 1, pref.NOT_GRADED: 1, pref.ONE_ANSWER: 2}
+    assert kept == {"r1": ("a", "b"), "r3": ("b", "c"), "r7": ("b", "a"), "r8": ("a", "c"), "r9": ("a", "c"), "r11": ("a", "b")}
+    assert tally.kept == 6 and dict(tally.dropped) == {pref.BELOW_MARGIN: 1, pref.NOT_GRADED: 1, pref.ONE_ANSWER: 2,
+                                                       pref.NO_ANSWER: 1}
     kept, tally = pairs(Selection("scores", margin=2))
-    assert set(kept) == {"r1", "r3", "r8", "r9"} and tally.dropped[pref.BELOW_MARGIN] == 2
+    assert set(kept) == {"r1", "r3", "r8", "r9", "r11"} and tally.dropped[pref.BELOW_MARGIN] == 2
     kept, tally = pairs(Selection("scores", margin=1, min_score=8.5))  # the chosen answer must be graded >= 8.5
-    assert set(kept) == {"r8", "r9"} and tally.dropped[pref.BELOW_MIN] == 3  # r1 (8), r3 (8), r7 (5)
+    assert set(kept) == {"r8", "r9", "r11"} and tally.dropped[pref.BELOW_MIN] == 3  # r1 (8), r3 (8), r7 (5)
 
 
 def verdicts(rec: dict, outcomes: dict[tuple[int, int], str | None]) -> dict[str, str]:

@@ -110,7 +110,7 @@ def run(
         raise UsageError("--judge, --samples and --input-field run on one machine: drop --ray")
     if judge is not None:
         extra.update(judge=judge, judging={"max_tokens": judge_max_tokens, "threads": threads, "device": value(device),
-                                           "parallel": parallel, "progress": ui.counter(console, "judging").tick},
+                                           "n_ctx": ctx, "parallel": parallel, "progress": ui.counter(console, "judging").tick},
                      selection={"rule": value(rule), "margin": margin, "min_score": min_score})
     elif min_score is not None or value(rule) != "scores" or margin != 1.0:
         raise UsageError("--min-score, --rule and --margin choose among judged answers: give --judge")

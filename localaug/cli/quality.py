@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from localaug.cli.main import app, err_console, handled, out_console
-from localaug.cli.options import JsonOpt, OutputFormat, PreferenceRule, ThreadsOpt, value
+from localaug.cli.options import CtxOpt, JsonOpt, OutputFormat, PreferenceRule, ThreadsOpt, value
 
 
 @app.command()
@@ -26,6 +26,7 @@ def grade(
     parallel: Annotated[Optional[int], typer.Option("--parallel", help="Sequences decoded together (default: calibrated).")] = None,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
+    ctx: CtxOpt = None,
 ) -> None:
     """Grade every answer 1-10 with a judge model (MT-Bench's single-answer prompt), keeping its reason; resumable.
 
@@ -37,7 +38,7 @@ def grade(
     console = err_console()
     with ui.counter(console, "judging") as tick:
         opts = JudgeOptions(judge_model, max_tokens=max_tokens, temperature=temperature, seed=seed, aspect=aspect,
-                            parallel=parallel, threads=threads, progress=tick)
+                            parallel=parallel, threads=threads, n_ctx=ctx, progress=tick)
         summary = (run_verdicts if pairwise else run_grade)(output, opts, ledger=ledger)
     if as_json:
         ui.print_json(out_console(), summary.to_json())

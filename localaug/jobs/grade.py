@@ -68,8 +68,8 @@ class JudgeOptions:
 
     def check(self) -> None:
         if self.max_tokens < 1 or not 0.0 <= self.temperature <= 2.0 or (self.parallel is not None and self.parallel < 1):
-            raise UsageError(f"the judge's {opt('judge_max_tokens')} must be at least 1, {opt('judge_temperature')} "
-                             f"from 0 to 2 and {opt('parallel')} at least 1")
+            raise UsageError("the judge's longest reply must be at least 1 token, its temperature from 0 to 2 and "
+                             f"{opt('parallel')} at least 1")
         if self.aspect not in judging.ASPECTS:
             raise UsageError(f"{opt('aspect')} {self.aspect!r}: use {', '.join(judging.ASPECTS)}")
 
@@ -325,6 +325,7 @@ class GradeSummary:
     graded: int  # of them, with a grade
     done_now: int
     failed: int  # requests that failed this run (the same command retries them)
+    first_error: str | None  # why the first of them failed
     no_rating: int  # replies that gave no rating from 1 to 10
     distribution: dict[str, int]  # "1".."10" -> answers (a rating counts in the bin of its whole part)
     mean: float | None
@@ -338,7 +339,8 @@ class GradeSummary:
         return [("judge", Path(self.judge).name), ("answers", str(self.answers)), ("graded", str(self.graded)),
                 ("graded now", str(self.done_now)), ("no rating in the reply", str(self.no_rating)),
                 ("mean rating", mean), ("ratings 1–10", " ".join(f"{k}:{v}" for k, v in self.distribution.items())),
-                *([("requests that failed (rerun)", str(self.failed))] if self.failed else []), ("grades", self.ledger)]
+                *([("requests that failed (rerun)", f"{self.failed}: {self.first_error}")] if self.failed else []),
+                ("grades", self.ledger)]
 
 
 def distribution(scores: list[float]) -> dict[str, int]:
@@ -371,7 +373,8 @@ def run_grade(output: str | os.PathLike[str], opts: JudgeOptions, *, ledger: str
     graded = [done[k] for k in answers if k in done]
     scores = [float(g["score"]) for g in graded if g["score"] is not None]
     summary = GradeSummary(str(output), str(records), model.name, str(out), len(answers), len(graded), now, len(failures),
-                           len(graded) - len(scores), distribution(scores), sum(scores) / len(scores) if scores else None)
+                           failures[0] if failures else None, len(graded) - len(scores), distribution(scores),
+                           sum(scores) / len(scores) if scores else None)
     write_json_atomic(summary_file, summary.to_json())
     return summary
 
@@ -390,6 +393,7 @@ class VerdictSummary:
     judged: int
     done_now: int
     failed: int
+    first_error: str | None
     outcomes: dict[str, int]  # A (the earlier sample better), B, tie, inconsistent, no-verdict
     first_shown_preferred: int  # readings (of 2 per pair) that named the answer shown first
     decided_readings: int  # readings that named an answer (not a tie, not none)
@@ -402,7 +406,8 @@ class VerdictSummary:
         return [("judge", Path(self.judge).name), ("aspect", self.aspect), ("pairs of answers", str(self.pairs)),
                 ("judged", str(self.judged)), ("judged now", str(self.done_now)),
                 *((k, str(v)) for k, v in self.outcomes.items()), ("readings naming the answer shown first", shown),
-                *([("requests that failed (rerun)", str(self.failed))] if self.failed else []), ("verdicts", self.ledger)]
+                *([("requests that failed (rerun)", f"{self.failed}: {self.first_error}")] if self.failed else []),
+                ("verdicts", self.ledger)]
 
 
 def verdicts_run_id(model: JudgeModel, opts: JudgeOptions) -> str:
@@ -433,7 +438,8 @@ def run_verdicts(output: str | os.PathLike[str], opts: JudgeOptions, *,
     judged = [done[k] for k in pairs if k in done]
     readings = [r for v in judged for r in (v["first"], v["second"]) if r in ("A", "B")]
     summary = VerdictSummary(str(output), str(records), model.name, str(out), opts.aspect, len(pairs), len(judged), now,
-                             len(failures), {o: sum(v["outcome"] == o for v in judged) for o in OUTCOMES},
+                             len(failures), failures[0] if failures else None,
+                             {o: sum(v["outcome"] == o for v in judged) for o in OUTCOMES},
                              readings.count("A"), len(readings))
     write_json_atomic(summary_file, summary.to_json())
     return summary

@@ -8,7 +8,8 @@ score only instructions whose chosen answer is graded at least that are kept.
 Preference files (dpo) take one pair per instruction, by one of two rules:
 
 - ``scores``: chosen = the best-graded answer, rejected = the worst-graded (the earlier sample of
-  equals for the chosen, the later for the rejected), kept when the two grades differ by at least
+  equals for the chosen, the later for the rejected, among the answers whose text differs from the
+  chosen one), kept when the two grades differ by at least
   the margin (default 1: on MT-Bench's 1–10 whole-number scale, any strict preference of the
   judge; raise it for a noisy judge, since a difference of one point from a small judge is often
   noise — the manifest and ``localaug report`` show the grades to choose from);
@@ -38,13 +39,14 @@ from localaug.core.files import read_json, refuse_overwriting_inputs, write_json
 from localaug.family import judging
 from localaug.jobs import PREFERENCE_RULES, dataio
 from localaug.jobs.exports import PREFERENCE_FORMATS, Preference, preference_shape
-from localaug.jobs.grade import GRADES, VERDICTS, Answer, answers_of, judged_lines, ledger_path, pair_key, pairs_of, records_path
+from localaug.jobs.grade import GRADES, VERDICTS, Answer, answers_of, judged_lines, ledger_path, pair_key, pairs_of, read_answers
 from localaug.jobs.ledger import iter_ledger
 
 RULES = PREFERENCE_RULES
 DEFAULT_MARGIN = 1.0
 
 # why an instruction is left out of a training file
+NO_ANSWER = "no answer kept (the row failed, or every answer was filtered)"
 ONE_ANSWER = "fewer than two different answers"
 NOT_GRADED = "not graded"
 BELOW_MARGIN = "grades differ by less than the margin"
@@ -130,7 +132,9 @@ def choose(rec: dict[str, Any], judged: Judged, sel: Selection, tally: Tally) ->
     (left out, counted in ``tally``). Records that are not answers pass as they are."""
     answers = answers_of(rec)
     if not answers:
-        return rec
+        if rec.get("task") == "respond":
+            _drop(tally, NO_ANSWER)
+        return rec  # it holds no example, or examples that are not answers (pairs)
     answer, score = best_answer(answers, judged)
     if sel.min_score is not None and (score is None or score < sel.min_score):
         _drop(tally, NOT_GRADED if score is None else BELOW_MIN)
@@ -145,8 +149,8 @@ def by_scores(answers: list[Answer], judged: Judged, sel: Selection, tally: Tall
         _drop(tally, NOT_GRADED if len({a.text for a in answers}) > 1 else ONE_ANSWER)
         return None
     top, chosen = max(graded, key=lambda sa: (sa[0], -sa[1].sample))
-    low, rejected = min(graded, key=lambda sa: (sa[0], -sa[1].sample))
-    if top - low < sel.margin or chosen.text == rejected.text:
+    low, rejected = min(((s, a) for s, a in graded if a.text != chosen.text), key=lambda sa: (sa[0], -sa[1].sample))
+    if top - low < sel.margin:
         _drop(tally, BELOW_MARGIN)
         return None
     return chosen, rejected
@@ -180,6 +184,7 @@ def preference(rec: dict[str, Any], judged: Judged, sel: Selection, tally: Tally
     """The preference pair of one respond record by the selection's rule, or None (counted)."""
     answers = answers_of(rec)
     if not answers:
+        _drop(tally, NO_ANSWER)
         return None
     pair = by_scores(answers, judged, sel, tally) if sel.rule == "scores" else by_verdicts(answers, judged, tally)
     if pair is None:
@@ -235,9 +240,7 @@ def export_output(output: str | os.PathLike[str], dest: str | os.PathLike[str], 
     if fmt not in dataio.RESPONSE_FORMATS:
         raise UsageError(f"{opt('fmt')} {fmt!r}: export writes {', '.join(dataio.RESPONSE_FORMATS)}")
     src, out = Path(output), Path(dest)
-    records = records_path(src)
-    if not records.is_file():
-        raise UsageError(f"{src} does not exist: give a localaug run respond output")
+    records, _ = read_answers(src)  # a file that holds no respond records is refused here
     want_grades, want_verdicts = sel.needs(fmt)
     grades_file = Path(grades) if grades else ledger_path(src, GRADES)
     verdicts_file = Path(verdicts) if verdicts else ledger_path(src, VERDICTS)
