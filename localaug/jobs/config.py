@@ -59,7 +59,8 @@ class JobConfig:
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise UsageError(f"{opt('samples')} must be from 1 to {MAX_SAMPLES}")
         if self.samples > 1 and self.task != "respond":
-            raise UsageError(f"{opt('samples')} (answers per instruction) goes with respond; {self.task} takes {opt('n')}")
+            raise UsageError(f"{opt('samples')} (answers per instruction) goes with respond; with {self.task}, give "
+                             f"{opt('respond_samples')} to the responder of {opt('respond_with')}")
         if self.input_field is not None and (not self.input_field or self.input_field == self.field):
             raise UsageError(f"{opt('input_field')} must name a column other than {opt('field')}")
 

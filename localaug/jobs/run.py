@@ -476,10 +476,8 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
     to ``output`` (``respond``: the responder's own JobOptions fields, e.g. system, max_tokens,
     samples). The summary is the responder's, with the augmenter's in ``summary.stages``.
 
-    ``judge`` (answers: respond, or respond_with): then grade every answer (or judge them pairwise)
-    and write the training file from the judged answers (``jobs.chain.run_judged``; ``judging``:
-    ``grade.JudgeOptions`` fields, ``selection``: ``preference.Selection`` fields). ``export``
-    False leaves the training file unwritten (the judged run writes it)."""
+    ``judge``: then judge the answers and write the training file from them (``chain.run_judged``);
+    ``export`` False leaves the training file to the caller."""
     if judge is not None or selection:
         from localaug.jobs.chain import run_judged
 
