@@ -10,7 +10,8 @@ from typing import Any
 
 from localaug._version import __version__
 
-__all__ = ["__version__", "Augmenter", "Pair", "run_job", "merge_outputs", "doctor"]
+__all__ = ["__version__", "Augmenter", "Pair", "run_job", "merge_outputs", "doctor", "run_grade", "run_verdicts", "export_output",
+           "JudgeOptions", "Selection"]
 
 
 def __getattr__(name: str) -> Any:

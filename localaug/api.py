@@ -7,7 +7,9 @@
     aug.pairs([Pair("Name three primary colors.", "Red, yellow and blue.")], n=2)
 
 Each method has a ``*_stream`` twin that yields text as it is generated. ``run_job`` runs a task
-over a dataset (resumable), ``merge_outputs`` joins job outputs, ``doctor`` describes the install.
+over a dataset (resumable), ``merge_outputs`` joins job outputs, ``run_grade`` / ``run_verdicts``
+judge the answers of a respond output, ``export_output`` writes a training file from judged
+answers, ``doctor`` describes the install.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from localaug.augment.doctor import doctor
 from localaug.augment.resolve import DEFAULT_MODELS, ResolvedModel, default_sampling, resolve_model, resolve_style
 from localaug.augment.tasks import ExpandResult
 from localaug.family.prompts import Pair
+from localaug.jobs.grade import JudgeOptions, run_grade, run_verdicts
 from localaug.jobs.merge import MergeSummary, merge_outputs
+from localaug.jobs.preference import Selection, export_output
 from localaug.jobs.run import JobSummary, run_job
 from localaug.runtime.engine import Generation, SamplingParams
 
 __all__ = [
-    "DEFAULT_MODELS", "Augmenter", "ExpandResult", "Generation", "JobSummary", "MergeSummary", "Pair", "ResolvedModel",
-    "SamplingParams", "default_sampling", "doctor", "merge_outputs", "resolve_model", "resolve_style", "run_job",
+    "DEFAULT_MODELS", "Augmenter", "ExpandResult", "Generation", "JobSummary", "JudgeOptions", "MergeSummary", "Pair",
+    "ResolvedModel", "SamplingParams", "Selection", "default_sampling", "doctor", "export_output", "merge_outputs",
+    "resolve_model", "resolve_style", "run_grade", "run_job", "run_verdicts",
 ]

@@ -457,6 +457,10 @@ def render_job_summary(console: Console, summary: Any) -> None:
         rows.append(("rejected, by reason", " · ".join(f"{k} {v}" for k, v in sorted(reasons.items()))))
     if s.stale:
         rows.append(("dropped (rows no longer in the input)", f"{s.stale} records, kept in {s.stale_where}"))
+    for judged in getattr(summary, "judging", ()):  # --judge: the grades or verdicts
+        rows.append((judged_line(judged), judged.ledger))
+    if getattr(summary, "selection", None):
+        rows.append(("kept (judged)", kept_line(summary.selection)))
     if summary.exported is not None:
         what = "records" if str(summary.output).endswith(".parquet") else "examples"
         rows.append(("written", f"{summary.output} ({summary.exported} {what})"))
@@ -485,6 +489,39 @@ def render_merge_summary(console: Console, summary: Any) -> None:
         console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
 
 
+def judged_line(judged: Any) -> str:
+    """One line on a grade or verdict run (jobs.grade summaries)."""
+    if hasattr(judged, "distribution"):
+        mean = "—" if judged.mean is None else f"{judged.mean:.2f}"
+        return f"graded {judged.graded} of {judged.answers} answers (mean {mean}, {judged.done_now} now)"
+    return f"judged {judged.judged} of {judged.pairs} pairs of answers in both orders ({judged.done_now} now)"
+
+
+def kept_line(selection: dict[str, Any]) -> str:
+    """How many instructions a judged export kept, and why the others were left out."""
+    rule = f"rule {selection['rule']}" + (f", margin {selection['margin']:g}" if selection.get("margin") is not None else "") \
+        if selection.get("rule") else "the best-graded answer"
+    floor = f", min score {selection['min_score']:g}" if selection.get("min_score") is not None else ""
+    dropped = " · ".join(f"{k}: {v}" for k, v in selection.get("dropped", {}).items())
+    return f"{selection['kept']} instructions ({rule}{floor})" + (f"; left out: {dropped}" if dropped else "")
+
+
+def render_rows(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column table of (what, value) lines."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what", style="bold cyan")
+    table.add_column("value", overflow="fold")
+    for k, v in rows:
+        table.add_row(k, plain(v))
+    console.print(table)
+
+
+def render_export(console: Console, summary: Any) -> None:
+    render_rows(console, f"localaug export ({summary.fmt})", [
+        ("answers from", str(summary.records)), ("kept", kept_line(summary.selection)),
+        ("written", f"{summary.output} ({summary.written} examples)"), ("manifest", str(summary.manifest))])
+
+
 def render_interrupted(console: Console, message: str) -> None:
     console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False, soft_wrap=True)
 
@@ -508,6 +545,12 @@ def render_report(console: Console, report: Any) -> None:
     reasons = " · ".join(f"{k} {v}" for k, v in sorted((c.get("rejected_by_reason") or {}).items())) or "none"
     console.print(f"rows {c['rows']} (ok {c['ok']}, filtered {c['filtered']}, failed {c['failed']}); rejected: {escape(reasons)}",
                   highlight=False, soft_wrap=True)
+    if report.grades:
+        g = report.grades
+        shown = " ".join(f"{k}:{v}" for k, v in g["distribution"].items())
+        mean = "—" if g["mean"] is None else f"{g['mean']:.2f}"
+        console.print(f"grades: {g['graded']} answers, mean {mean}, by rating {shown} ({g['no_rating']} without a rating)",
+                      highlight=False, soft_wrap=True)
     for note in report.notes:
         console.print(f"[dim]{escape(note)}[/dim]", highlight=False)
     console.print(f"map: {report.projection}; page: {report.html}; figures: {report.figures['map'].parent}",

@@ -49,6 +49,16 @@ SCRIPTS: dict[str, list[str]] = {
     "refusal": ["I'm sorry, but I can't help with that request."],
     "respond": ["Walk along West Lake early and visit Lingyin Temple before trying Longjing tea."],
     "judge": ["Assistant A is clearer and more complete. [[A]]"],
+    # several answers to one instruction (sampled: one per sample), and judges of them: "grader"
+    # always rates 7; "grades" rates 3 or 8 (sampled); "verdicts" names A, B or a tie (sampled)
+    "answers": [
+        "Visit West Lake at dawn.",
+        "Take a boat across the lake, then walk to Lingyin Temple for the afternoon.",
+        "Hangzhou is nice.",
+    ],
+    "grader": ["The answer is relevant and clear, with some useful detail. Rating: [[7]]"],
+    "grades": ["Weighed against the question. Rating: [[3]]", "Weighed against the question. Rating: [[8]]"],
+    "verdicts": ["Compared both answers. [[A]]", "Compared both answers. [[B]]", "Compared both answers. [[C]]"],
     "pairs": [
         "### Instruction:\nName three primary colors.\n\n### Response \nRed, yellow and blue",
         "### Instruction:\nWhat is the capital of France?\n\n ### Response:\n\nParis",

@@ -272,6 +272,19 @@ def _judge(c: Ctx) -> list[tuple[list[Any], Path]]:
             (["judge", a, b, "--judge", c.refiner, "--html", c.refiner], c.refiner)]
 
 
+def _grade(c: Ctx) -> list[tuple[list[Any], Path]]:
+    a = _respond_records(c.tmp / "a.jsonl")
+    return [(["grade", a, "--judge", c.refiner, "-o", _link(a, c.tmp / "grades.jsonl")], a),
+            (["grade", a, "--judge", c.refiner, "--pairwise", "-o", c.refiner], c.refiner)]
+
+
+def _export(c: Ctx) -> list[tuple[list[Any], Path]]:
+    a = _respond_records(c.tmp / "a.jsonl")
+    grades = write_jsonl(c.tmp / "a.jsonl.grades.jsonl", [{"run_id": "r", "key": "k", "score": 7}])
+    return [(["export", a, "-o", _link(a, c.tmp / "train.json"), "--format", "alpaca"], a),
+            (["export", a, "-o", grades, "--format", "messages", "--min-score", "5"], grades)]
+
+
 def _bundle_export(c: Ctx) -> list[tuple[list[Any], Path]]:
     return [(["bundle", "export", "qwen2-refine:1.5b", "-o", _link(c.store_gguf, c.tmp / "models.tar")], c.store_gguf)]
 
@@ -282,7 +295,7 @@ def _export_modelfile(c: Ctx) -> list[tuple[list[Any], Path]]:
 
 # writing command -> how to make its output one of its inputs (each case: arguments, the input to keep)
 WRITERS: dict[str, Callable[[Ctx], list[tuple[list[Any], Path]]]] = {
-    "convert": _convert, "run": _run, "merge": _merge, "report": _report, "judge": _judge,
+    "convert": _convert, "run": _run, "merge": _merge, "report": _report, "judge": _judge, "grade": _grade, "export": _export,
     "bundle export": _bundle_export, "export-modelfile": _export_modelfile,
 }
 # commands that write only inside the store (LOCALAUG_HOME), at names the store chooses
@@ -376,15 +389,19 @@ def _foreign_case(command: str, bad: Path, tmp: Path, refiner: Path, responder: 
     return {"report": ["report", bad, "--embed-model", refiner, "--html", tmp / "page.html"],
             "judge": ["judge", good, bad, "--judge", refiner],
             "merge": ["merge", bad, "-o", tmp / "merged.jsonl"],
+            "grade": ["grade", bad, "--judge", refiner],
+            "export": ["export", bad, "-o", tmp / "merged.jsonl", "--format", "alpaca"],
             "run respond": ["run", "respond", "-i", bad, "-o", tmp / "answers.jsonl", "-m", responder]}[command]
 
 
-@pytest.mark.parametrize("command", ["report", "judge", "merge", "run respond"])
+@pytest.mark.parametrize("command", ["report", "judge", "merge", "grade", "export", "run respond"])
 def test_foreign_and_malformed_files_are_one_line_errors(command: str, tmp_path: Path, refiner: Path,
                                                          responder: Path) -> None:
     expected = {"report": "expected JSON Lines of localaug job records",
                 "judge": "give a localaug run respond output (JSON Lines of records with task respond",
-                "merge": "expected JSON Lines of localaug job records"}
+                "merge": "expected JSON Lines of localaug job records",
+                "grade": "give a localaug run respond output (JSON Lines of records with task respond",
+                "export": "give a localaug run respond output (JSON Lines of records with task respond"}
     for kind, data in FOREIGN.items():
         bad = tmp_path / f"{kind.replace(' ', '-')}.jsonl"
         bad.write_bytes(data)

@@ -12,7 +12,8 @@ together). Its rules are the same whoever drives it:
   duplicate of an earlier accepted sample; optionally of any text accepted across a job);
 - expand and pairs draw until ``n`` are accepted or ``cap`` samples were drawn (``default_cap``);
   refine draws one sample, judged against its input (an echo of it is not a refinement); respond
-  draws one answer, judged by the response rules (empty, refusal, max_chars);
+  draws exactly ``n`` answers (one by default), each judged alone by the response rules (empty,
+  refusal, max_chars) and kept with its reason in ``answers``;
 - a reply cut at max_tokens is rejected as ``truncated``; in pairs, only its last pair (the one the
   cut ends), the complete pairs before it are judged as usual;
 - every rejection is counted by reason (``filters.REASONS``).
@@ -174,12 +175,13 @@ class Draw:
         self.rules = rules or QualityRules()
         self.echo, self.seen = echo, seen
         single = task in SINGLE_SAMPLE
-        self.n = 1 if single else n
-        self.cap = 1 if single else (max_samples or default_cap(n))
+        self.n = n if task == "respond" else 1 if single else n
+        self.cap = self.n if single else (max_samples or default_cap(n))
         self.dedup = None if single else new_dedup(style, task, payload, threshold)
         self.result = ExpandResult([], self.n, 0)
         self.errors: list[str] = []
         self.refined: str | None = None  # refine and respond: the parsed reply, kept or not
+        self.answers: list[tuple[str, str | None]] = []  # respond: (answer, why it is not kept or None), by sample
         self.completion_tokens = 0
 
     @property
@@ -210,11 +212,12 @@ class Draw:
         return accepted
 
     def _take_refined(self, gen: Generation) -> list[Any]:
-        """refine and respond: the one sample, kept or rejected for one reason."""
+        """refine and respond: one sample, kept or rejected for one reason."""
         self.refined = str(parse_reply(self.style, self.task, gen.text))
         reason = single_reason(self.style, self.task, str(self.payload), self.refined, gen, self.rules, self.echo)
+        self.answers.append((self.refined, reason))
         if reason is not None:
-            self.result.rejected[reason] = 1
+            self.result.rejected[reason] = self.result.rejected.get(reason, 0) + 1
             return []
         self.result.items.append(self.refined)
         return [self.refined]

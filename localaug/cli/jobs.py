@@ -20,6 +20,7 @@ from localaug.cli.options import (
     MaxTokOpt,
     MergeDedup,
     OutputFormat,
+    PreferenceRule,
     PromptFormatOpt,
     SystemOpt,
     Task,
@@ -49,6 +50,14 @@ def run(
     respond_with: Annotated[Optional[str], typer.Option("--respond-with", help="refine/expand: then answer every new instruction with this model (a GGUF, store name, e.g. qwen2-instruct:1.5b, or a model on an OpenAI-compatible server, URL#MODEL), so --format alpaca|sharegpt|messages has responses.")] = None,
     respond_system: Annotated[Optional[str], typer.Option("--respond-system", help="--respond-with: the responder's system prompt.")] = None,
     respond_max_tokens: Annotated[Optional[int], typer.Option("--respond-max-tokens", help="--respond-with: the longest answer, in tokens (default: the responder's, 2048).")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="respond: answers per instruction, sample k with seed+k (all kept in the record's responses).")] = 1,
+    respond_samples: Annotated[Optional[int], typer.Option("--respond-samples", help="--respond-with: answers per new instruction (as --samples).")] = None,
+    input_field: Annotated[Optional[str], typer.Option("--input-field", help="A column of context given with the text (Alpaca's input): the prompt is the text, a newline, then it; respond keeps it apart in the record and exports (alpaca input).")] = None,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="Grade every answer 1-10 with this model (MT-Bench's prompt; respond or --respond-with), then write --format from the judged answers: the best-graded, --min-score, or dpo pairs.")] = None,
+    rule: Annotated[PreferenceRule, typer.Option("--rule", help="--format dpo: pairs from grades (chosen - rejected >= --margin) or from pairwise verdicts in both orders.")] = PreferenceRule.scores,  # type: ignore[valid-type,attr-defined]
+    margin: Annotated[float, typer.Option("--margin", help="--rule scores: the least grade difference between chosen and rejected.")] = 1.0,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="--judge: keep only instructions whose chosen answer is graded at least this (1-10).")] = None,
+    judge_max_tokens: Annotated[int, typer.Option("--judge-max-tokens", help="--judge: the longest judge reply.")] = 512,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/N: only the rows whose key falls in shard i of N (join with localaug merge).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows (of this shard).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the rows recorded as failed.")] = False,
@@ -79,6 +88,7 @@ def run(
 
     run_job: Callable[..., Any] = jobs.run_job
     extra: dict[str, Any] = {}
+    console = err_console()
     if ray_address is not None:
         from localaug.jobs import on_ray  # the same job on Ray, into a folder of parts
 
@@ -90,12 +100,22 @@ def run(
     elif actors is not None or num_cpus is not None or num_gpus is not None:
         raise UsageError("--actors, --num-cpus and --num-gpus go with --ray")
     if respond_with is not None:
-        responder = {k: v for k, v in (("system", respond_system), ("max_tokens", respond_max_tokens)) if v is not None}
+        responder = {k: v for k, v in (("system", respond_system), ("max_tokens", respond_max_tokens),
+                                       ("samples", respond_samples)) if v is not None}
         extra = dict(respond_with=respond_with, respond=responder)
-    elif respond_system is not None or respond_max_tokens is not None:
-        raise UsageError("--respond-system and --respond-max-tokens go with --respond-with")
+    elif respond_system is not None or respond_max_tokens is not None or respond_samples is not None:
+        raise UsageError("--respond-system, --respond-max-tokens and --respond-samples go with --respond-with")
+    if ray_address is not None and (judge is not None or samples != 1 or input_field is not None):
+        raise UsageError("--judge, --samples and --input-field run on one machine: drop --ray")
+    if judge is not None:
+        extra.update(judge=judge, judging={"max_tokens": judge_max_tokens, "threads": threads, "device": value(device),
+                                           "n_ctx": ctx, "parallel": parallel, "progress": ui.counter(console, "judging").tick},
+                     selection={"rule": value(rule), "margin": margin, "min_score": min_score})
+    elif min_score is not None or value(rule) != "scores" or margin != 1.0:
+        raise UsageError("--min-score, --rule and --margin choose among judged answers: give --judge")
+    if samples != 1 or input_field is not None:
+        extra.update(samples=samples, input_field=input_field)
 
-    console = err_console()
     try:
         summary = run_job(
             value(task), input, output, model=model, field=field, response_field=response_field, n=n, fmt=value(out_format),

@@ -1,8 +1,8 @@
 """The ``localaug`` app: the root command, one-line errors with the right exit code, and ``main``.
 
 Commands live by family in ``models`` (convert, inspect, pull, models/list, rm, bundle,
-export-modelfile), ``generate`` (refine, expand, pairs, bench, doctor), ``jobs`` (run, merge) and
-``serve``; each is a thin shell over the API, drawing through ``localaug.ui``."""
+export-modelfile), ``generate`` (refine, expand, pairs, bench, doctor), ``jobs`` (run, merge),
+``report`` (report, judge), ``quality`` (grade, export) and ``serve``; each is a thin shell over the API, drawing through ``localaug.ui``."""
 
 from __future__ import annotations
 
@@ -105,4 +105,4 @@ def main() -> None:
 
 
 # the commands register themselves on ``app``
-from localaug.cli import generate, jobs, models, report, serve  # noqa: E402,F401
+from localaug.cli import generate, jobs, models, quality, report, serve  # noqa: E402,F401

@@ -12,7 +12,7 @@ import typer
 from localaug.family.prompts import FAMILY_FORMATS
 from localaug.family.registry import TASKS
 from localaug.family.styles import TEACHER
-from localaug.jobs import DEDUP_MODES, MERGE_DEDUP
+from localaug.jobs import DEDUP_MODES, MERGE_DEDUP, PREFERENCE_RULES
 from localaug.jobs.dataio import EXPORT_FORMATS, RECORD_FORMATS
 from localaug.runtime import DEVICES
 
@@ -27,6 +27,7 @@ PromptFormat = _choices("PromptFormat", (*FAMILY_FORMATS, TEACHER))
 OutputFormat = _choices("OutputFormat", (*RECORD_FORMATS, *EXPORT_FORMATS))
 Dedup = _choices("Dedup", DEDUP_MODES)
 MergeDedup = _choices("MergeDedup", MERGE_DEDUP)
+PreferenceRule = _choices("PreferenceRule", PREFERENCE_RULES)
 
 
 def value(choice: Enum | None) -> str | None:

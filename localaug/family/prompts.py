@@ -38,6 +38,13 @@ class Pair:
     response: str
 
 
+def user_text(instruction: str, context: str = "") -> str:
+    """An instruction and its context (Alpaca's ``input``) as one user turn, joined as
+    LLaMA-Factory's alpaca converter joins ``instruction`` and ``input`` ("\\n", the context left out
+    when empty): what a model is prompted with is then exactly what a trainer shows it."""
+    return f"{instruction}\n{context}" if context else instruction
+
+
 # --- the family: Qwen2 ChatML ------------------------------------------------------------------
 
 def qwen2_chatml(messages: list[Message], add_generation_prompt: bool = True) -> str:

@@ -19,6 +19,7 @@ from localaug.runtime.engine import SamplingParams
 
 __all__ = ["DEDUP_MODES", "TASKS", "JobConfig", "run_config", "run_id_of"]
 
+MAX_SAMPLES = 16  # respond: answers per instruction at most (pairwise judging grows with its square)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class JobConfig:
     echo: float = filters.DEFAULT_ECHO  # refine: an output this close to its input (ROUGE-L) is an echo
     dedup: str = "exact"  # across rows: "row" (none), "exact", or "minhash" near duplicates
     minhash_threshold: float = filters.DEFAULT_MINHASH
+    input_field: str | None = None  # a column of context (Alpaca's input) joined to the text (prompts.user_text)
+    samples: int = 1  # respond: answers per instruction (sample k with seed + k)
+    system: str | None = None  # respond: the system prompt the answers were given with (kept in records and exports)
 
     @property
     def rules(self) -> QualityRules:
@@ -52,10 +56,18 @@ class JobConfig:
                 raise UsageError(f"{opt(name)} must be in (0, 1]")
         if self.min_chars < 0 or (self.max_chars is not None and self.max_chars < max(self.min_chars, 1)):
             raise UsageError(f"{opt('min_chars')} must be at least 0 and {opt('max_chars')} at least {opt('min_chars')}")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise UsageError(f"{opt('samples')} must be from 1 to {MAX_SAMPLES}")
+        if self.samples > 1 and self.task != "respond":
+            raise UsageError(f"{opt('samples')} (answers per instruction) goes with respond; with {self.task}, give "
+                             f"{opt('respond_samples')} to the responder of {opt('respond_with')}")
+        if self.input_field is not None and (not self.input_field or self.input_field == self.field):
+            raise UsageError(f"{opt('input_field')} must name a column other than {opt('field')}")
 
     def draw(self, style: PromptStyle, payload: str | list[Pair], seen: tasks.Seen | None = None) -> tasks.Draw:
         """The sampling loop of one row (``tasks.Draw``) with this job's sampling and filters."""
-        return tasks.Draw(style, self.task, payload, self.n, self.sampling, rules=self.rules, threshold=self.threshold,
+        n = self.samples if self.task == "respond" else self.n
+        return tasks.Draw(style, self.task, payload, n, self.sampling, rules=self.rules, threshold=self.threshold,
                           echo=self.echo, max_samples=self.max_samples, seen=seen)
 
     def new_seen(self) -> tasks.Seen | None:
@@ -73,6 +85,10 @@ def run_config(cfg: JobConfig, model_sha256: str | None, style: PromptStyle) -> 
         own["system"] = style.system
     if style.examples is not None:
         own["examples_sha256"] = hashlib.sha256(json.dumps(style.examples, ensure_ascii=False).encode()).hexdigest()
+    if cfg.input_field is not None:  # like the above: only when given, so that older run ids stay
+        own["input_field"] = cfg.input_field
+    if cfg.samples > 1:
+        own["samples"] = cfg.samples
     return {**own, "task": cfg.task, "model_sha256": model_sha256, "prompt_format": style.prompt_format,
             "sampling": asdict(cfg.sampling), "seed": cfg.sampling.seed, "n": cfg.n if cfg.task not in tasks.SINGLE_SAMPLE else 1,
             "field": cfg.field, "response_field": cfg.response_field, "max_samples": cfg.max_samples,

@@ -21,17 +21,19 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from localaug.core.errors import UsageError
 from localaug.core.files import dumps_strict
+from localaug.jobs import exports
+from localaug.jobs.exports import DATASET_INFO, PREFERENCE_FORMATS, Example, no_responses
 from localaug.jobs.schema import record_problem
 
-EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "prompts")  # training files
-RESPONSE_FORMATS = ("alpaca", "sharegpt", "messages")  # each example needs a response
+EXPORT_FORMATS = (*exports.SFT_FORMATS, *PREFERENCE_FORMATS)  # training files
+RESPONSE_FORMATS = ("alpaca", "sharegpt", "messages", *PREFERENCE_FORMATS)  # each example needs a response
 INSTRUCTION_TASKS = ("refine", "expand")  # their records hold new instructions, no responses
 RECORD_FORMATS = ("jsonl", "parquet")  # job records as they are
 
@@ -344,41 +346,29 @@ def examples(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(p["instruction"], p["response"]) for p in record.get("pairs", [])]
 
 
-def no_responses(what: str) -> UsageError:
-    return UsageError(f"{what} holds instructions without responses: answer them with --respond-with MODEL (or "
-                      "localaug run respond), or write them with --format prompts")
+def training_examples(record: dict[str, Any]) -> list[Example]:
+    """The training examples in one ``ok`` job record, with all they hold: a respond record's
+    context (``input``) and system prompt too (those keys always mean what the responder was given,
+    ``worker.result_keys``)."""
+    if record.get("task") == "respond" and record.get("status") == "ok":
+        context, system = record.get("input"), record.get("system")
+        return [Example(record["instruction"], record["response"], context if isinstance(context, str) else "",
+                        system if isinstance(system, str) and system else None)]
+    return [Example(instruction, response) for instruction, response in examples(record)]
 
 
 def shape(fmt: str, instruction: str, response: str) -> dict[str, Any]:
-    if fmt == "prompts":
-        return {"prompt": [{"role": "user", "content": instruction}]}
-    if not response:
-        raise no_responses("this output")
-    if fmt == "alpaca":
-        return {"instruction": instruction, "input": "", "output": response}
-    if fmt == "sharegpt":
-        return {"conversations": [{"from": "human", "value": instruction}, {"from": "gpt", "value": response}]}
-    if fmt == "messages":
-        return {"messages": [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]}
-    raise UsageError(f"unknown output format {fmt!r}: use jsonl, {', '.join(EXPORT_FORMATS)}")
+    """One row of an SFT training file for an instruction and its response (``exports.shape``)."""
+    return exports.shape(fmt, Example(instruction, response))
 
 
-# How LLaMA-Factory reads each export (its data/dataset_info.json schema).
-DATASET_INFO: dict[str, dict[str, Any]] = {
-    "alpaca": {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
-    "sharegpt": {"formatting": "sharegpt", "columns": {"messages": "conversations"},
-                 "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}},
-    "messages": {"formatting": "sharegpt", "columns": {"messages": "messages"},
-                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                          "assistant_tag": "assistant", "system_tag": "system"}},
-}
 MAX_DATASET_INFO_BYTES = 16 << 20
 
 
-def write_dataset_info(export: Path, fmt: str) -> Path | None:
+def write_dataset_info(export: Path, fmt: str, system_column: bool = False) -> Path | None:
     """Add (or replace) the entry of ``export`` in ``dataset_info.json`` beside it, keeping the
     other entries; the entry is named after the file (``train.json`` -> ``train``). None for a
-    format LLaMA-Factory does not read."""
+    format LLaMA-Factory does not read. ``system_column``: the file's rows carry a system prompt."""
     from localaug.core.files import read_bounded, write_json_atomic
 
     if fmt not in DATASET_INFO:
@@ -393,7 +383,7 @@ def write_dataset_info(export: Path, fmt: str) -> Path | None:
                              f"{export} is written") from None
         if not isinstance(info, dict):
             raise UsageError(f"{info_path} is not a JSON object: fix or move it; {export} is written")
-    info[export.name.split(".")[0]] = {"file_name": export.name, **DATASET_INFO[fmt]}
+    info[export.name.split(".")[0]] = {"file_name": export.name, **exports.dataset_info_entry(fmt, system_column)}
     write_json_atomic(info_path, info)
     return info_path
 
@@ -421,26 +411,62 @@ def instruction_rows(rows: Iterable[InputRow]) -> Iterator[InputRow]:
         index += 1
 
 
-def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path) -> int:
+def write_records(records: Iterable[dict[str, Any]], fmt: str, path: Path,
+                  choose: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> int:
     """Write job records as ``fmt`` atomically (temporary file beside ``path``, then rename) and
     return how many were written: records for jsonl and parquet, training examples for the
     training formats (a JSON array if ``path`` ends in .json, else JSON Lines); beside a training
-    file LLaMA-Factory reads, its ``dataset_info.json`` entry."""
+    file LLaMA-Factory reads, its ``dataset_info.json`` entry. ``choose`` (training formats) maps
+    each record to the one to export (e.g. with its best-graded answer as ``response``) or None."""
     from localaug.core.files import temp_beside
 
     if fmt not in (*RECORD_FORMATS, *EXPORT_FORMATS):
         raise UsageError(f"unknown output format {fmt!r}: use {', '.join((*RECORD_FORMATS, *EXPORT_FORMATS))}")
+    if fmt not in RECORD_FORMATS:
+        system = [False]
+
+        def rows() -> Iterator[dict[str, Any]]:
+            for rec in records:
+                chosen = choose(rec) if choose is not None else rec
+                for ex in training_examples(chosen) if chosen is not None else []:
+                    system[0] = system[0] or ex.system is not None
+                    yield exports.shape(fmt, ex)
+
+        n = write_rows(rows(), path)
+        write_dataset_info(path, fmt, system[0])
+        return n
     with temp_beside(path) as tmp:
         if fmt == "parquet":
             n = _write_parquet(list(records), tmp)
         else:
             with open(tmp, "w", encoding="utf-8") as f:
-                n = (_write_jsonl(records, f) if fmt == "jsonl"
-                     else _write_examples(records, fmt, f, as_array=path.suffix.lower() == ".json"))
+                n = _write_jsonl(records, f)
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    write_dataset_info(path, fmt)
+    return n
+
+
+def write_rows(rows: Iterable[dict[str, Any]], path: Path) -> int:
+    """Rows of a training file, written atomically: a JSON array if ``path`` ends in .json, else
+    JSON Lines; how many."""
+    from localaug.core.files import temp_beside
+
+    as_array = path.suffix.lower() == ".json"
+    n = 0
+    with temp_beside(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            if as_array:
+                f.write("[")
+            for row in rows:
+                line = json_line(row)
+                f.write(("," if n else "") + "\n" + line if as_array else line + "\n")
+                n += 1
+            if as_array:
+                f.write("\n]\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     return n
 
 
@@ -449,21 +475,6 @@ def _write_jsonl(records: Iterable[dict[str, Any]], f: Any) -> int:
     for rec in records:
         f.write(json_line(rec) + "\n")
         n += 1
-    return n
-
-
-def _write_examples(records: Iterable[dict[str, Any]], fmt: str, f: Any, as_array: bool) -> int:
-    """The training examples of ``records`` in ``fmt``'s shape."""
-    n = 0
-    if as_array:
-        f.write("[")
-    for rec in records:
-        for instruction, response in examples(rec):
-            line = json_line(shape(fmt, instruction, response))
-            f.write(("," if n else "") + "\n" + line if as_array else line + "\n")
-            n += 1
-    if as_array:
-        f.write("\n]\n")
     return n
 
 

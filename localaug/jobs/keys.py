@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from localaug.core.errors import UsageError, opt
-from localaug.family.prompts import Pair
+from localaug.family.prompts import Pair, user_text
 from localaug.jobs import dataio
 from localaug.jobs.config import JobConfig
 from localaug.jobs.dataio import InputRow
@@ -34,6 +34,7 @@ def row_payload(cfg: JobConfig, row: InputRow) -> str | list[Pair]:
         raise ValueError(f"field {cfg.field!r} is not text")
     if not text.strip():
         raise ValueError("empty text")
+    text = user_text(text, row_context(cfg, row))
     if cfg.task != "pairs":
         return text
     names = [cfg.response_field] if cfg.response_field else ["response", "output"]
@@ -43,6 +44,22 @@ def row_payload(cfg: JobConfig, row: InputRow) -> str | list[Pair]:
             if isinstance(response, str) and response.strip():
                 return [Pair(text, response)]
     raise ValueError(f"pairs needs a response: no non-empty {' or '.join(repr(n) for n in names)} field")
+
+
+def row_context(cfg: JobConfig, row: InputRow) -> str:
+    """The row's context (``cfg.input_field``, Alpaca's ``input``): "" when not asked for, absent,
+    null or blank; raises ValueError when it is there but not text."""
+    if cfg.input_field is None:
+        return ""
+    try:
+        value = dataio.get_field(row.record, cfg.input_field)
+    except KeyError:
+        return ""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"field {cfg.input_field!r} is not text")
+    return value if value.strip() else ""
 
 
 def row_identity(cfg: JobConfig, row: InputRow) -> str:

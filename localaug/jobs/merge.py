@@ -108,6 +108,9 @@ def merge_outputs(
         raise UsageError(f"{opt('dedup')} {dedup!r}: use {', '.join(MERGE_DEDUP)}")
     if fmt not in (*dataio.RECORD_FORMATS, *dataio.EXPORT_FORMATS):
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join((*dataio.RECORD_FORMATS, *dataio.EXPORT_FORMATS))}")
+    if fmt in dataio.PREFERENCE_FORMATS:
+        raise UsageError(f"{opt('fmt')} {fmt} is made from judged answers: merge to jsonl, then localaug grade and "
+                         "localaug export the merged file")
     if not inputs:
         raise UsageError("give the outputs to merge, e.g. localaug merge out.*.jsonl -o merged.jsonl")
     out = Path(output)

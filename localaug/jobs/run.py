@@ -120,6 +120,8 @@ class JobOptions:
     minhash_threshold: float = filters.DEFAULT_MINHASH
     system: str | None = None  # your own system prompt (teacher mode; respond: the responder's)
     examples: str | os.PathLike[str] | tuple[tuple[str, str], ...] | None = None  # teacher mode: a JSON/JSONL file or pairs
+    input_field: str | None = None  # a column of context (Alpaca's input) joined to the text
+    samples: int = 1  # respond: answers per instruction
 
     def check(self) -> tuple[int, int] | None:
         """Refuse bad settings before anything is read or written; the parsed shard."""
@@ -139,7 +141,8 @@ class JobOptions:
     def config(self, style: PromptStyle, spec: ModelSpec | None, model_name: str) -> JobConfig:
         sampling = default_sampling(spec, seed=self.seed, **{k: getattr(self, k) for k in _SAMPLING})
         return JobConfig(self.task, sampling, self.field, self.response_field, 1 if self.task in SINGLE_SAMPLE else self.n,
-                         model_name, **{k: getattr(self, k) for k in _FILTERS})
+                         model_name, **{k: getattr(self, k) for k in _FILTERS}, input_field=self.input_field,
+                         samples=self.samples, system=style.system if self.task == "respond" else None)
 
     def engine_options(self, threads_default: int | None = None) -> EngineOptions:
         return EngineOptions(device=self.device, gpu_layers=self.gpu_layers, threads=self.threads or threads_default,  # type: ignore[arg-type]
@@ -366,8 +369,8 @@ class LedgerTarget:
     """The output of ``localaug run``: the ledger (the output itself for jsonl, else OUT.ledger.jsonl
     beside the training file written at the end), its manifest and its lock."""
 
-    def __init__(self, output: Path, fmt: str) -> None:
-        self.output, self.fmt = output, fmt
+    def __init__(self, output: Path, fmt: str, export: bool = True) -> None:
+        self.output, self.fmt, self.export = output, fmt, export
         self.where, self.manifest_path, self.lock = job_paths(output, fmt)
         self.statuses: dict[str, str] = {}
         self._superseded = 0
@@ -408,7 +411,7 @@ class LedgerTarget:
     def finish(self) -> int | None:
         if self._superseded:
             compact_ledger(self.where)
-        if self.fmt == "jsonl":
+        if self.fmt == "jsonl" or not self.export:  # not export: the caller writes it (from judged answers)
             return None
         return dataio.write_records(iter_ledger(self.where, latest_only=False), self.fmt, self.output)
 
@@ -490,23 +493,36 @@ class LocalExecutor:
 
 def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str], *,  # noqa: A002 - the CLI's --input
             fmt: str = "jsonl", progress: JobProgress | None = None, respond_with: str | os.PathLike[str] | None = None,
-            respond: dict[str, Any] | None = None, **options: Any) -> JobSummary:
+            respond: dict[str, Any] | None = None, judge: str | os.PathLike[str] | None = None,
+            judging: dict[str, Any] | None = None, selection: dict[str, Any] | None = None, export: bool = True,
+            **options: Any) -> JobSummary:
     """Run ``task`` over every row of ``input`` into ``output`` on this machine; resumable (see the
     module doc). ``options`` are ``JobOptions``' fields (model, field, n, sampling, filters, parallel…).
 
     ``respond_with`` (refine, expand): then answer every new instruction with that model (one model
     in memory at a time): the augmenter's records go to ``OUTPUT.<task>.jsonl``, the answered ones
-    to ``output`` (``respond``: the responder's own JobOptions fields, e.g. system, max_tokens).
-    The summary is the responder's, with the augmenter's in ``summary.stages``."""
+    to ``output`` (``respond``: the responder's own JobOptions fields, e.g. system, max_tokens,
+    samples). The summary is the responder's, with the augmenter's in ``summary.stages``.
+
+    ``judge``: then judge the answers and write the training file from them (``chain.run_judged``);
+    ``export`` False leaves the training file to the caller."""
+    if judge is not None or selection:
+        from localaug.jobs.chain import run_judged
+
+        return run_judged(task, input, output, judge, fmt=fmt, progress=progress, respond_with=respond_with,
+                          respond=respond or {}, judging=judging or {}, selection=selection or {}, **options)
     if respond_with is not None:
         from localaug.jobs.chain import run_chain
 
-        return run_chain(task, input, output, respond_with, fmt=fmt, progress=progress, respond=respond or {}, **options)
+        return run_chain(task, input, output, respond_with, fmt=fmt, progress=progress, respond=respond or {},
+                         export=export, **options)
     opts = JobOptions(task, **options)
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")
     if task in dataio.INSTRUCTION_TASKS and fmt in dataio.RESPONSE_FORMATS:
         raise dataio.no_responses(f"{task}'s output")
+    if fmt in dataio.PREFERENCE_FORMATS and export:
+        raise UsageError(f"{opt('fmt')} {fmt} pairs judged answers: give {opt('judge')} (and two answers per instruction)")
     opts.check()
     input_path, out = Path(input), Path(output)
     if not input_path.exists():
@@ -515,7 +531,7 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
     if input_path.is_file() and dataio.is_blank(input_path):
         raise UsageError(f"input {input_path} is empty: give a file with at least one row")
     out.parent.mkdir(parents=True, exist_ok=True)
-    target = LedgerTarget(out, fmt)
+    target = LedgerTarget(out, fmt, export)
     refuse_overwriting_inputs(written_by(target, fmt), read_by(input_path, opts))
     return execute(opts, str(input_path), target, LocalExecutor(input_path, opts), progress)
 

@@ -9,8 +9,9 @@ the wrong type.
 
 Only the fields localaug sets are checked (an input column carried into a record may hold
 anything): ``source_id`` (text), ``task``, ``status``, ``row`` (a position), ``error``,
-``rejected`` and ``shortfall``, and the result of an ``ok`` record: ``output`` (refine),
-``outputs`` (expand), ``pairs`` (pairs), ``instruction`` and ``response`` (respond).
+``rejected`` and ``shortfall``, ``responses`` (respond with several answers: a list of ``{text,
+sample, status, ...}``) and the result of an ``ok`` record: ``output`` (refine), ``outputs``
+(expand), ``pairs`` (pairs), ``instruction`` and ``response`` (respond).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def _pairs(value: Any) -> bool:
         isinstance(p, dict) and isinstance(p.get("instruction"), str) and isinstance(p.get("response"), str) for p in value)
 
 
+def _answers(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(a, dict) and isinstance(a.get("text"), str) and _count(a.get("sample")) and a.get("status") in STATUSES
+        for a in value)
+
+
 # the result an ok record of each task holds: (field, check, what it must be)
 RESULTS: dict[str, tuple[tuple[str, Any, str], ...]] = {
     "refine": (("output", lambda v: isinstance(v, str), "text"),),
@@ -84,6 +91,8 @@ def record_problem(rec: Any) -> str | None:
         return "rejected is not an object of counts"
     if rec.get("shortfall") is not None and not _count(rec["shortfall"]):
         return f"shortfall is {kind(rec['shortfall'])}, not a count"
+    if rec.get("responses") is not None and not _answers(rec["responses"]):
+        return "responses is not a list of answers ({text, sample, status})"
     if status == "ok":
         for name, check, what in RESULTS[task]:
             if not check(rec.get(name)):

@@ -105,6 +105,8 @@ class JobSummary:
     counts: dict[str, Any] | None = None  # over the whole output (earlier runs too), see output_counts
     stages: list[JobSummary] = field(default_factory=list)  # --respond-with: the augmenter's run before this one
     task: str = ""
+    judging: list[Any] = field(default_factory=list)  # --judge: the grade and verdict summaries (jobs.grade)
+    selection: dict[str, Any] | None = None  # --judge: how the training file's answers were chosen (jobs.preference)
 
     @property
     def complete(self) -> bool:

@@ -23,22 +23,25 @@ from localaug.core.files import cached_sha256
 from localaug.family.registry import DEFAULT_CTX
 from localaug.family.styles import PromptStyle
 from localaug.jobs.config import JobConfig, run_config, run_id_of
-from localaug.jobs.dataio import InputRow
-from localaug.jobs.keys import make_key, row_identity, row_payload
+from localaug.jobs.dataio import InputRow, get_field
+from localaug.jobs.keys import make_key, row_context, row_identity, row_payload
 from localaug.runtime.batch import Backend, Request, Result, open_backend
-from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.engine import Engine, EngineOptions, sample_seed
 
 # Result keys a record sets; input columns with these names are kept as source_<name>.
 RESULT_KEYS = ("output", "outputs", "pairs", "task", "model", "seed", "status", "finish_reason", "error",
                "source_id", "row", "samples", "rejected", "shortfall", "prompt_tokens", "completion_tokens", "raw")
 
 
-def result_keys(task: str, field_name: str = "instruction") -> tuple[str, ...]:
-    """The keys a record of ``task`` sets: respond also sets ``response`` and ``instruction`` (the
-    text it answered; an input column of that name that is not the answered field is kept too)."""
+def result_keys(task: str, field_name: str = "instruction", input_field: str | None = None) -> tuple[str, ...]:
+    """The keys a record of ``task`` sets: respond also sets ``response``, ``responses``, ``system``,
+    ``instruction`` (the text it answered) and ``input`` (the context it was given with it, with an
+    input field), so that these always mean what the responder saw; an input column of one of those
+    names is kept as ``source_<name>``, unless it is the answered field (or the context) itself."""
     if task != "respond":
         return RESULT_KEYS
-    return RESULT_KEYS + ("response",) + (("instruction",) if field_name != "instruction" else ())
+    return (RESULT_KEYS + ("response", "responses", "system") + (("instruction",) if field_name != "instruction" else ())
+            + (("input",) if input_field != "input" else ()))
 
 
 @dataclass
@@ -91,14 +94,16 @@ def _finish(cfg: JobConfig, r: _RowRun) -> dict[str, Any]:
     extra: dict[str, Any] = {"finish_reason": "length" if "length" in finishes else ("stop" if finishes else None),
                              "prompt_tokens": draw.last.prompt_tokens if draw.last else 0,
                              "completion_tokens": draw.completion_tokens}
+    if cfg.task == "respond":
+        extra.update(_answered(cfg, r))
+        if cfg.samples > 1:
+            return _answers_record(cfg, r, extra)
     if draw.errors:
         if cfg.task not in tasks.SINGLE_SAMPLE:
             extra.update(_items(cfg, draw))
         return _record(cfg, r.row, "ok" if res.items else "failed", None if res.items else draw.errors[0], extra)
     if cfg.task in tasks.SINGLE_SAMPLE:
-        if cfg.task == "respond":
-            extra.update(instruction=draw.payload, response=draw.refined)
-        else:
+        if cfg.task != "respond":
             extra["output"] = draw.refined
         reason = next(iter(res.rejected), None)
         if reason == "truncated":
@@ -118,6 +123,41 @@ def _finish(cfg: JobConfig, r: _RowRun) -> dict[str, Any]:
     return _record(cfg, r.row, "filtered", "every sample rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(res.rejected.items())), extra)
 
 
+def _answered(cfg: JobConfig, r: _RowRun) -> dict[str, Any]:
+    """What a respond record says it answered: the instruction (and, with an input field, its
+    context apart), the system prompt it was given, and the (first kept) response."""
+    fields: dict[str, Any] = {"instruction": r.draw.payload, "response": r.draw.refined}
+    if cfg.input_field is not None:  # the prompt joined them (prompts.user_text); the record keeps them apart
+        fields.update(instruction=get_field(r.row.record, cfg.field), input=row_context(cfg, r.row))
+    if cfg.system is not None:
+        fields["system"] = cfg.system
+    return fields
+
+
+def _answers_record(cfg: JobConfig, r: _RowRun, extra: dict[str, Any]) -> dict[str, Any]:
+    """respond with several samples: every answer in ``responses`` (its text, sample index, seed,
+    model, status and why it was not kept), ``response`` the first kept one; ok when one was kept."""
+    draw = r.draw
+    answers = []
+    for k, ((text, reason), gen) in enumerate(zip(draw.answers, draw.result.generations)):
+        status = "ok" if reason is None else "failed" if reason == "truncated" else "filtered"
+        answers.append({"text": text, "sample": k, "seed": sample_seed(cfg.sampling.seed, k), "model": cfg.model_name,
+                        "status": status, "reason": reason, "finish_reason": gen.finish_reason,
+                        "completion_tokens": gen.completion_tokens})
+    kept = [a["text"] for a in answers if a["status"] == "ok"]
+    extra.update(responses=answers, response=kept[0] if kept else None, samples=len(answers))
+    if draw.result.rejected:
+        extra["rejected"] = dict(draw.result.rejected)
+    if kept:
+        return _record(cfg, r.row, "ok", None, extra)
+    if draw.errors:
+        return _record(cfg, r.row, "failed", draw.errors[0], extra)
+    reasons = draw.result.rejected
+    if set(reasons) == {"truncated"}:
+        return _record(cfg, r.row, "failed", "max_tokens hit on every answer: raise max_tokens", extra)
+    return _record(cfg, r.row, "filtered", "every answer rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())), extra)
+
+
 def _items(cfg: JobConfig, draw: tasks.Draw) -> dict[str, Any]:
     res = draw.result
     items: dict[str, Any] = {"samples": res.samples, "rejected": res.rejected, "shortfall": res.shortfall}
@@ -129,7 +169,7 @@ def _items(cfg: JobConfig, draw: tasks.Draw) -> dict[str, Any]:
 
 
 def _record(cfg: JobConfig, row: InputRow, status: str, error: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    reserved = result_keys(cfg.task, cfg.field)
+    reserved = result_keys(cfg.task, cfg.field, cfg.input_field)
     rec = {(f"source_{k}" if k in reserved else k): v for k, v in row.record.items()}
     if row.raw is not None:
         rec["raw"] = row.raw

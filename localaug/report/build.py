@@ -20,6 +20,7 @@ from localaug.augment.filters import DEFAULT_ROUGE_L, REASONS
 from localaug.augment.resolve import resolve_model
 from localaug.core.errors import UsageError, opt
 from localaug.core.files import read_bounded, refuse_overwriting_inputs, write_atomic, write_json_atomic
+from localaug.jobs.grade import GRADES, distribution, judged_lines, ledger_path
 from localaug.report import metrics
 from localaug.report.records import Collected, collect
 from localaug.runtime.embed import embed
@@ -38,6 +39,7 @@ class Report:
     embed_model: str
     judge: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    grades: dict[str, Any] | None = None  # the judge's grades of the answers, when the output has them
 
 
 def need_extra() -> None:
@@ -80,13 +82,15 @@ def make_report(output: str | os.PathLike[str], html_path: str | os.PathLike[str
     fig_dir = html.with_suffix("").with_name(html.with_suffix("").name + "_figures")
     summary_path = html.with_suffix(".json")
     written = [html, summary_path, *(fig_dir / f"{name}.png" for name in FIGURES)]
-    read = [*_files(Path(output)), *_files(data.path), *data.read, path, *([Path(judge)] if judge else [])]
+    read = [*_files(Path(output)), *_files(data.path), *data.read, path, *([Path(judge)] if judge else []),
+            ledger_path(Path(output), GRADES)]
     if html.resolve() == summary_path.resolve():
         raise UsageError(f"{opt('html')} {html} would be both the page and its JSON summary: give a name ending in .html")
     refuse_overwriting_inputs(written, read, "html")
     if fig_dir.exists() and not fig_dir.is_dir():
         raise UsageError(f"{fig_dir} (where the figures go) is a file: move it, or give another {opt('html')}")
     verdicts = read_judge_summary(Path(judge)) if judge else None
+    graded = read_grades(Path(output))
     sources, outputs = data.sources, data.outputs
     with Engine(path, EngineOptions(threads=threads), context=False) as engine:
         vecs = embed(engine, [*sources, *outputs])
@@ -104,13 +108,15 @@ def make_report(output: str | os.PathLike[str], html_path: str | os.PathLike[str
         "rejections": figures.rejections(reasons),
         "nearest-rouge-l": figures.nearest_rouge(nn, DEFAULT_ROUGE_L),
     }
+    if graded is not None:
+        pngs["grades"] = figures.grades(graded["distribution"])
     html.parent.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, png in pngs.items():
         files[name] = fig_dir / f"{name}.png"
         write_atomic(files[name], png, "html")
-    report = Report(html, files, data, diversity, method, str(path), verdicts)
+    report = Report(html, files, data, diversity, method, str(path), verdicts, grades=graded)
     if data.sampled:
         report.notes.append(f"{len(data.rows)} of {data.total_rows} rows, sampled with seed {seed}.")
     if data.skipped.count:
@@ -120,11 +126,23 @@ def make_report(output: str | os.PathLike[str], html_path: str | os.PathLike[str
     # strict JSON: a metric that is undefined here (a cosine over one text) is null
     write_json_atomic(summary_path, {"diversity": diversity, "counts": data.counts, "projection": method,
                                      "embed_model": str(path), "rows": len(data.rows), "total_rows": data.total_rows,
-                                     "figures": {k: str(v) for k, v in files.items()}}, "html")
+                                     "figures": {k: str(v) for k, v in files.items()}, "grades": graded}, "html")
     return report
 
 
-FIGURES = ("map", "lengths-characters", "lengths-tokens", "rejections", "nearest-rouge-l")
+FIGURES = ("map", "lengths-characters", "lengths-tokens", "rejections", "nearest-rouge-l", "grades")
+
+
+def read_grades(output: Path) -> dict[str, Any] | None:
+    """The judge's grades of an output's answers (``localaug grade``, or ``run --judge``): how many
+    answers got each rating 1..10, how many replies gave none, the mean; None when there are none."""
+    ledger = ledger_path(output, GRADES)
+    if not ledger.is_file():
+        return None
+    scores: list[float | None] = [line["score"] for line in judged_lines(ledger)]
+    rated = [float(s) for s in scores if s is not None]
+    return {"ledger": str(ledger), "graded": len(scores), "no_rating": len(scores) - len(rated),
+            "mean": sum(rated) / len(rated) if rated else None, "distribution": distribution(rated)}
 MAX_SUMMARY_BYTES = 1 << 20
 
 
@@ -179,6 +197,13 @@ def _page(r: Report, pngs: dict[str, bytes], page: Any) -> str:
                                                       "nearest-rouge-l.png")))
     shown = [(s, new) for s, new in d.rows if new][:SAMPLE_ROWS]
     sections.append(("Samples", page.table(["source", "new"], [[s, "\n\n".join(new)] for s, new in shown])))
+    if r.grades:
+        g = r.grades
+        mean = "—" if g["mean"] is None else f"{g['mean']:.2f}"
+        sections.append(("Grades", page.paragraph(
+            f"{g['graded']} answers graded 1–10 by the judge (MT-Bench's single-answer prompt), mean {mean}; "
+            f"{g['no_rating']} replies gave no rating.") + page.figure(pngs["grades"], "answers by rating", "grades.png")
+            + page.table(["rating", "answers"], [[k, v] for k, v in g["distribution"].items()])))
     if r.judge:
         j = r.judge
         sections.append((f"Judge: {j.get('aspect', '')}", page.table(

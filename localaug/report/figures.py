@@ -73,3 +73,17 @@ def nearest_rouge(values: Sequence[float], threshold: float) -> bytes:
     ax.set_ylabel("new texts")
     ax.legend()
     return _png(fig)
+
+
+def grades(distribution: dict[str, int]) -> bytes:
+    """How many answers the judge rated 1, 2, ... 10."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ratings, counts = list(distribution), list(distribution.values())
+    ax.bar(ratings, counts, color=NEW)
+    for x, v in zip(ratings, counts):
+        if v:
+            ax.text(x, v, f"{v}", ha="center", va="bottom")
+    ax.set_xlabel("rating (1-10)")
+    ax.set_ylabel("answers")
+    return _png(fig)

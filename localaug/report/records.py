@@ -14,6 +14,7 @@ from localaug.core.errors import JobError, UsageError
 from localaug.core.files import read_json
 from localaug.jobs import parts
 from localaug.jobs.dataio import get_field
+from localaug.jobs.grade import answers_of
 from localaug.jobs.ledger import accepted_texts, best_records, iter_ledger, record_counts
 from localaug.jobs.schema import EXPECTED, Skipped
 
@@ -65,6 +66,8 @@ def _manifests(path: Path) -> list[Path]:
 def _new_texts(rec: dict[str, Any]) -> list[str]:
     if rec.get("status") != "ok":
         return []
+    if rec.get("task") == "respond":  # the answers (every kept one, with several samples)
+        return [a.text for a in answers_of(rec)]
     if rec.get("task") == "refine":
         return [str(rec["output"])] if rec.get("output") else []
     return accepted_texts(rec)
@@ -113,11 +116,13 @@ def collect(path: str | Path, max_rows: int = 2000, seed: int = 0) -> Collected:
                 inner = collect(stage, max_rows, seed)
                 inner.read += [records_path, *_manifests(records_path)]
                 return inner
-    if len(tasks) > 1 or tasks <= {"respond"}:
-        raise UsageError(f"{records_path}: the report covers one refine, expand or pairs output (found {', '.join(sorted(tasks))})")
+    if len(tasks) > 1:
+        raise UsageError(f"{records_path}: the report covers one refine, expand, pairs or respond output (found {', '.join(sorted(tasks))})")
     manifest = manifest or {}
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     field_name = config["field"] if isinstance(config.get("field"), str) and config["field"] else "instruction"
+    if tasks == {"respond"}:  # its records name what they answered "instruction", whatever the column was
+        field_name = "instruction"
     rows = [(src, _new_texts(r)) for r in records if (src := _source(r, field_name)) is not None]
     total = len(rows)
     sampled = total > max_rows
