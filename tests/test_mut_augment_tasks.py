@@ -415,11 +415,25 @@ def test_teacher_refine_cleans_and_rejects_a_copied_example():
 ])
 def test_respond(reply, finish, max_chars, kept, reason):
     rules = QualityRules(max_chars=max_chars, min_chars=50)
-    d = Draw(FAMILY, "respond", "What is 2+2?", 3, SamplingParams(seed=2), rules=rules)
+    d = Draw(FAMILY, "respond", "What is 2+2?", 1, SamplingParams(seed=2), rules=rules)
     assert d.n == 1 and d.cap == 1
     got = d.take(gen(reply, finish))
     assert got == ([reply.strip()] if kept else [])
     assert d.result.rejected == ({} if kept else {reason: 1})
+
+
+def test_respond_draws_exactly_n_answers_each_judged_alone():
+    d = Draw(FAMILY, "respond", "What is 2+2?", 3, SamplingParams(seed=2), rules=QualityRules(max_chars=10))
+    assert (d.n, d.cap, d.want) == (3, 3, 3)
+    assert d.sampling_for_next().seed == 2
+    assert d.take(gen("4")) == ["4"]
+    assert d.sampling_for_next().seed == 3
+    assert d.take(gen("")) == []
+    assert d.want == 1  # a rejected answer is not drawn again: exactly n samples
+    assert d.take(gen("0123456789A")) == []
+    assert d.want == 0
+    assert d.answers == [("4", None), ("", "empty"), ("0123456789A", "too-long")]
+    assert d.result.rejected == {"empty": 1, "too-long": 1}
 
 
 def test_teacher_respond_keeps_the_answer_as_written():
