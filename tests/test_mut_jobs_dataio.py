@@ -773,3 +773,18 @@ def test_instruction_rows_round_trip_through_a_written_output(tmp_path):
     got = list(D.instruction_rows(D.read_rows(out)))
     assert [(r.index, r.record) for r in got] == [
         (0, {"instruction": "新的指令", "origin": {"task": "refine", "source_id": "a", "row": 0, "item": 0}})]
+
+
+@pytest.mark.parametrize("name, data", [("e.jsonl", b""), ("e.jsonl", b"\n\n  \n"), ("e.json", b"[]"), ("e.csv", b"instruction\n")])
+def test_inputs_without_rows(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    assert rows(p) == []
+
+
+@pytest.mark.parametrize("name, data", [("one.jsonl", '{"instruction": "唯一"}'), ("one.json", '[{"instruction": "唯一"}]'),
+                                        ("one.csv", "instruction\r\n唯一\r\n")])
+def test_inputs_of_one_row(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_text(data, encoding="utf-8")
+    assert rows(p) == [(0, {"instruction": "唯一"}, None, None)]

@@ -606,3 +606,67 @@ def test_output_counts(tmp_path):
     assert (counts["rows"], counts["ok"], counts["failed"], counts["items"]) == (2, 1, 1, 1)
     assert counts["most_common_error"] == {"error": "boom 2", "rows": 1}
     assert read_json(tmp_path / "absent.json") is None
+
+
+# --- a retried row: exactly one record, in the ledger, the export and the counts ---------------------------
+
+
+def respond_rec(key: str, status: str, row: int, **extra) -> dict:
+    r = {"source_id": key, "task": "respond", "status": status, "row": row, "instruction": f"Q{row}", **extra}
+    if status == "ok":
+        r["response"] = f"A{row}"
+    return r
+
+
+def retried(tmp_path: Path, second: dict) -> tuple[object, Path]:
+    """A ledger whose row 1 failed, then (a retry with retry_failed) got ``second``; row 0 and 2 ok."""
+    from localaug.jobs.run import LedgerTarget
+
+    out = tmp_path / "train.json"
+    ledger = write(tmp_path / "train.json.ledger.jsonl", respond_rec("k0", "ok", 0),
+                   respond_rec("k1", "failed", 1, error="max_tokens hit (64 tokens): raise max_tokens"),
+                   respond_rec("k2", "ok", 2))
+    target = LedgerTarget(out, "alpaca")
+    assert target.prepare() == ""
+    assert target.statuses == {"k0": "ok", "k1": "failed", "k2": "ok"}
+    target.write([second])
+    target.close()
+    return target, ledger
+
+
+def test_a_row_that_failed_then_succeeded_is_one_ok_record_everywhere(tmp_path):
+    target, ledger = retried(tmp_path, respond_rec("k1", "ok", 1))
+    assert target.finish() == 3
+    assert ledger.read_bytes() == line(respond_rec("k0", "ok", 0)) + line(respond_rec("k2", "ok", 2)) + line(respond_rec("k1", "ok", 1))
+    assert (tmp_path / "train.json").read_bytes() == (
+        b'[\n{"instruction": "Q0", "input": "", "output": "A0"},\n{"instruction": "Q2", "input": "", "output": "A2"},\n'
+        b'{"instruction": "Q1", "input": "", "output": "A1"}\n]\n')
+    counts = target.counts()
+    assert (counts["rows"], counts["ok"], counts["failed"]) == (3, 3, 0) and "most_common_error" not in counts
+    assert L.scan_ledger(ledger) == ({"k0": "ok", "k2": "ok", "k1": "ok"}, 0)
+
+
+def test_a_retried_row_that_fails_again_is_one_failed_record_with_the_new_error(tmp_path):
+    target, ledger = retried(tmp_path, respond_rec("k1", "failed", 1, error="unparseable reply"))
+    assert target.finish() == 2
+    assert ledger.read_bytes() == (line(respond_rec("k0", "ok", 0)) + line(respond_rec("k2", "ok", 2))
+                                   + line(respond_rec("k1", "failed", 1, error="unparseable reply")))
+    assert json.loads((tmp_path / "train.json").read_bytes()) == [{"instruction": "Q0", "input": "", "output": "A0"},
+                                                                  {"instruction": "Q2", "input": "", "output": "A2"}]
+    counts = target.counts()
+    assert (counts["rows"], counts["ok"], counts["failed"]) == (3, 2, 1)
+    assert counts["most_common_error"] == {"error": "unparseable reply", "rows": 1}
+
+
+def test_a_ledger_with_nothing_superseded_is_not_rewritten(tmp_path):
+    from localaug.jobs.run import LedgerTarget
+
+    out = tmp_path / "out.jsonl"
+    write(out, rec("a", row=0), rec("b", row=1))
+    target = LedgerTarget(out, "jsonl")
+    target.prepare()
+    target.write([rec("c", row=2)])
+    target.close()
+    before = untouched(out)
+    assert target.finish() is None
+    assert (out.stat().st_mtime_ns, out.read_bytes()) == before
