@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from localaug.augment.filters import ExactIndex
 from localaug.core.errors import JobLockedError, opt
-from localaug.core.files import read_json
 from localaug.jobs import ledger as L
 from localaug.jobs.schema import Skipped
 
@@ -230,11 +229,10 @@ def test_records_in_skips_blank_lines_and_counts_the_rest(tmp_path):
     path = write(tmp_path / "r.jsonl", rec("a"), b"\n", b"   \n", b"[1]\n", rec("b"), b"oops\n", b'{"source_id": ""}\n')
     skipped = Skipped()
     got = list(L.records_in(path, skipped))
-    a, b = len(line(rec("a"))), len(line(rec("b")))
+    a = len(line(rec("a")))
     assert got == [(1, 0, rec("a")), (5, a + 1 + 4 + 4, rec("b"))]
     assert skipped.count == 3 and skipped.first == "line 4: an array, not an object"
     assert [r for _, _, r in L.records_in(path)] == [rec("a"), rec("b")]  # no Skipped given: still read
-    assert b > 0
 
 
 # --- scan, iterate, compact -----------------------------------------------------------------------------
@@ -605,7 +603,6 @@ def test_output_counts(tmp_path):
     counts = L.output_counts(path)
     assert (counts["rows"], counts["ok"], counts["failed"], counts["items"]) == (2, 1, 1, 1)
     assert counts["most_common_error"] == {"error": "boom 2", "rows": 1}
-    assert read_json(tmp_path / "absent.json") is None
 
 
 # --- a retried row: exactly one record, in the ledger, the export and the counts ---------------------------
