@@ -662,6 +662,7 @@ def test_exports_are_utf8_whatever_the_locale(tmp_path):
     assert (tmp_path / "r.jsonl").read_bytes() == (
         '{"source_id": "k", "task": "respond", "status": "ok", "instruction": "你好", "response": "😀"}\n').encode()
     assert D.write_records([], "jsonl", tmp_path / "e.jsonl") == 0  # and in this process
+    assert [r.record for r in D.read_rows(ds)] == [{"x": 1}]
 
 
 # --- examples and shapes ------------------------------------------------------------------------------------------
