@@ -399,7 +399,9 @@ def test_resume_after_kill_9_at_random_moments(tmp_path, refiner):
     def lines() -> int:
         return out.read_bytes().count(b"\n") if out.exists() else 0
 
-    while kills < 12:
+    for _ in range(40):  # starts: a run that finishes before its kill is started again, but not forever
+        if kills == 12:
+            break
         proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # kill once the run has written a few more records than before: mid-run on any machine speed
         target = min(lines() + rng.randint(1, 6), 39)
@@ -415,6 +417,7 @@ def test_resume_after_kill_9_at_random_moments(tmp_path, refiner):
         progress.append(lines())
         if progress[-1] >= 39:
             out.unlink()
+    assert kills == 12, f"only {kills} of 12 kills landed mid-run in 40 starts: {progress}"
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     recs = one_per_row(out, 40)

@@ -43,11 +43,11 @@ SCRATCH = Path(os.environ.get("LOCALAUG_MUTATION_DIR", "/tmp/localaug-mutation")
 
 # module -> the fast tests that guard it (run for every mutant that these tests reach)
 MODULES: dict[str, tuple[str, ...]] = {
-    "localaug/jobs/ledger.py": ("tests/test_mut_jobs.py",),
-    "localaug/jobs/merge.py": ("tests/test_mut_jobs.py",),
-    "localaug/jobs/keys.py": ("tests/test_mut_jobs.py",),
-    "localaug/jobs/dataio.py": ("tests/test_mut_jobs.py",),
-    "localaug/jobs/chain.py": ("tests/test_mut_jobs.py",),
+    "localaug/jobs/ledger.py": ("tests/test_mut_jobs_ledger.py",),
+    "localaug/jobs/merge.py": ("tests/test_mut_jobs_merge.py", "tests/test_mut_jobs_ledger.py"),
+    "localaug/jobs/keys.py": ("tests/test_mut_jobs_keys.py",),
+    "localaug/jobs/dataio.py": ("tests/test_mut_jobs_dataio.py",),
+    "localaug/jobs/chain.py": ("tests/test_mut_jobs_chain.py",),
     "localaug/augment/tasks.py": ("tests/test_mut_augment_tasks.py",),
     "localaug/augment/filters.py": ("tests/test_mut_augment_filters.py", "tests/test_filters.py"),
     "localaug/family/prompts.py": ("tests/test_mut_augment_prompts.py",),

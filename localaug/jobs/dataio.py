@@ -288,7 +288,8 @@ def _read_csv(f: TextIO, start: int, name: str) -> Iterator[InputRow]:
         except StopIteration:
             return
         except csv.Error as e:  # a malformed or oversized record fails alone
-            yield InputRow(i, {}, f"bad CSV record near line {reader.line_num}: {e}")
+            # the csv reader's own count: DictReader's is that of the last record read whole
+            yield InputRow(i, {}, f"bad CSV record near line {reader.reader.line_num}: {e}")
         else:
             why = invalid_text(rec)
             yield InputRow(i, {} if why else dict(rec), why)

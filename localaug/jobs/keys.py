@@ -109,7 +109,7 @@ class KeysMet:
 
     def stale(self) -> set[str]:
         """The keys of rows that are no longer in the input (a row edited or removed since)."""
-        return set() if self.done else set(self.statuses) - self.met
+        return set(self.statuses) - self.met
 
 
 def select_rows(rows: Iterable[InputRow], cfg: JobConfig, run_id: str, shard: tuple[int, int] | None = None,

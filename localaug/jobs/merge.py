@@ -57,7 +57,7 @@ def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            parts = sorted(q for q in p.glob("*.jsonl") if q.is_file() and not q.name.endswith((".tmp", ".manifest.json")))
+            parts = sorted(q for q in p.glob("*.jsonl") if q.is_file())
             if not parts:
                 raise UsageError(f"{p} holds no .jsonl part files")
             manifest = read_json(p / "manifest.json")  # a folder's run (localaug run --ray)
@@ -135,7 +135,7 @@ def merge_outputs(
             if seen is not None:
                 summary.items_removed += _dedup_items(rec, seen)
             summary.rows += 1
-            summary.by_status[rec.get("status", "failed")] = summary.by_status.get(rec.get("status", "failed"), 0) + 1
+            summary.by_status[rec["status"]] = summary.by_status.get(rec["status"], 0) + 1  # a checked record: it has one
             yield rec
 
     out.parent.mkdir(parents=True, exist_ok=True)
