@@ -74,7 +74,7 @@ def write_rows(path: Path, texts: list[str]) -> Path:
 
 @pytest.mark.parametrize("fmt, words", [
     ("parquet", f"{opt('respond_with')} writes jsonl or a training file: use --format jsonl and convert"),
-    ("csv", f"{opt('fmt')} 'csv': use jsonl, parquet, alpaca, sharegpt, messages, prompts"),
+    ("csv", f"{opt('fmt')} 'csv': use jsonl, parquet, alpaca, sharegpt, messages, prompts, dpo"),
 ])
 def test_formats_refused_before_anything_runs(tmp_path, fmt, words):
     src = write_rows(tmp_path / "in.jsonl", ["a"])

@@ -590,7 +590,8 @@ def test_dataset_info_bytes(tmp_path):
         "train": {"file_name": "train.json", "formatting": "alpaca",
                   "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
         "chat": {"file_name": "chat.v2.jsonl", "formatting": "sharegpt", "columns": {"messages": "conversations"},
-                 "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}},
+                 "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                          "system_tag": "system"}},
         "msgs": {"file_name": "msgs.json", "formatting": "sharegpt", "columns": {"messages": "messages"},
                  "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                           "system_tag": "system"}},
@@ -691,7 +692,7 @@ def test_shape_of_each_format():
                             "localaug run respond), or write them with --format prompts")
     with pytest.raises(UsageError) as e:
         D.shape("csv", "q", "r")
-    assert str(e.value) == "unknown output format 'csv': use jsonl, alpaca, sharegpt, messages, prompts"
+    assert str(e.value) == "unknown output format 'csv': use jsonl, alpaca, sharegpt, messages, prompts, dpo"
 
 
 @pytest.mark.parametrize("fmt", ["alpaca", "sharegpt", "messages"])
@@ -708,7 +709,7 @@ def test_instructions_without_responses_are_refused_and_nothing_is_written(tmp_p
 def test_unknown_output_format(tmp_path):
     with pytest.raises(UsageError) as e:
         D.write_records([], "csv", tmp_path / "o.csv")
-    assert str(e.value) == "unknown output format 'csv': use jsonl, parquet, alpaca, sharegpt, messages, prompts"
+    assert str(e.value) == "unknown output format 'csv': use jsonl, parquet, alpaca, sharegpt, messages, prompts, dpo"
     assert list(tmp_path.iterdir()) == []
 
 

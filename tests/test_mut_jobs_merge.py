@@ -337,7 +337,7 @@ def test_bad_arguments(tmp_path):
     assert e.value.template == f"{opt('dedup')} 'fuzzy': use none, exact, minhash"
     with pytest.raises(UsageError) as e:
         merge_outputs([a], tmp_path / "m.jsonl", fmt="csv")
-    assert e.value.template == f"{opt('fmt')} 'csv': use jsonl, parquet, alpaca, sharegpt, messages, prompts"
+    assert e.value.template == f"{opt('fmt')} 'csv': use jsonl, parquet, alpaca, sharegpt, messages, prompts, dpo"
     with pytest.raises(UsageError) as e:
         merge_outputs([], tmp_path / "m.jsonl")
     assert str(e.value) == "give the outputs to merge, e.g. localaug merge out.*.jsonl -o merged.jsonl"
