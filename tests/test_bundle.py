@@ -293,12 +293,12 @@ def test_a_failure_while_landing_is_undone(bundle: Path, store_a: Path, converte
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import localaug.store.bundle
+    import localaug.store.bundle.importing
 
     def disk_full(path: Path, data: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(localaug.store.bundle, "write_json_atomic", disk_full)  # after the GGUF is renamed into place
+    monkeypatch.setattr(localaug.store.bundle.importing, "write_json_atomic", disk_full)  # after the GGUF is renamed into place
     home_b = tmp_path / "store-b"
     _seed_store(home_b)
     before = _listing(home_b)
@@ -578,7 +578,7 @@ def test_compressed_and_deeply_nested_bundles_are_one_line_errors(bundle: Path, 
 def test_an_import_that_cannot_fit_is_refused_up_front(bundle: Path, tmp_path: Path, monkeypatch) -> None:
     from collections import namedtuple
 
-    import localaug.store.bundle as bundle_module
+    import localaug.store.bundle.importing as bundle_module
 
     home = tmp_path / "home"
     _seed_store(home)
