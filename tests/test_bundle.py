@@ -319,6 +319,23 @@ def test_a_failure_while_landing_is_undone(bundle: Path, store_a: Path, converte
     assert _stored_gguf(home).read_bytes() == _stored_gguf(store_a).read_bytes()
 
 
+def test_a_broken_store_manifest_stops_an_import_as_itself(bundle: Path, tmp_path: Path) -> None:
+    """The import's `except OSError` (the archive's reads, the store's writes) words the errors of the
+    file system; a StoreError (an OSError too) is the store's own and keeps its message."""
+    home = tmp_path / "store"
+    folder = home / "models" / FOLDER
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{not json", encoding="utf-8")
+    before = _listing(home)
+    result = _invoke(home, "bundle", "import", str(bundle))
+    assert result.exit_code == 1
+    assert _one_line_error(result) == (
+        f"error: the store manifest {folder / 'manifest.json'} is unreadable (Expecting property name enclosed in "
+        f"double quotes: line 1 column 2 (char 1)): delete {folder} and pull the model again"
+    )
+    assert _listing(home) == before
+
+
 def test_a_different_copy_needs_force(bundle: Path, store_a: Path, converted, tmp_path: Path) -> None:
     other = converted("tied", "Q8_0").read_bytes()  # same weights, other metadata: another sha256
     sha = hashlib.sha256(other).hexdigest()

@@ -94,6 +94,8 @@ def import_bundle(archive: Path, *, force: bool = False, progress: ConvertProgre
         raise BundleError(
             f"{archive} is not a readable bundle ({detail}): copy it again or export it again with `localaug bundle export`"
         ) from e
+    except LocalaugError:
+        raise  # the store's own errors (a StoreError, a WriteError: OSErrors too) say what to do as they are
     except OSError as e:
         raise BundleError(
             f"importing {archive} failed ({e.strerror or e}); the store is unchanged: fix that and retry"
