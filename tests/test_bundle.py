@@ -293,12 +293,12 @@ def test_a_failure_while_landing_is_undone(bundle: Path, store_a: Path, converte
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import localaug.store.bundle
+    import localaug.store.bundle.importing
 
     def disk_full(path: Path, data: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(localaug.store.bundle, "write_json_atomic", disk_full)  # after the GGUF is renamed into place
+    monkeypatch.setattr(localaug.store.bundle.importing, "write_json_atomic", disk_full)  # after the GGUF is renamed into place
     home_b = tmp_path / "store-b"
     _seed_store(home_b)
     before = _listing(home_b)
@@ -317,6 +317,23 @@ def test_a_failure_while_landing_is_undone(bundle: Path, store_a: Path, converte
     assert result.exit_code == 1 and "the store is unchanged" in _one_line_error(result)
     assert _listing(home) == before  # the replaced file is back, with its own mtime
     assert _stored_gguf(home).read_bytes() == _stored_gguf(store_a).read_bytes()
+
+
+def test_a_broken_store_manifest_stops_an_import_as_itself(bundle: Path, tmp_path: Path) -> None:
+    """The import's `except OSError` (the archive's reads, the store's writes) words the errors of the
+    file system; a StoreError (an OSError too) is the store's own and keeps its message."""
+    home = tmp_path / "store"
+    folder = home / "models" / FOLDER
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{not json", encoding="utf-8")
+    before = _listing(home)
+    result = _invoke(home, "bundle", "import", str(bundle))
+    assert result.exit_code == 1
+    assert _one_line_error(result) == (
+        f"error: the store manifest {folder / 'manifest.json'} is unreadable (Expecting property name enclosed in "
+        f"double quotes: line 1 column 2 (char 1)): delete {folder} and pull the model again"
+    )
+    assert _listing(home) == before
 
 
 def test_a_different_copy_needs_force(bundle: Path, store_a: Path, converted, tmp_path: Path) -> None:
@@ -578,7 +595,7 @@ def test_compressed_and_deeply_nested_bundles_are_one_line_errors(bundle: Path, 
 def test_an_import_that_cannot_fit_is_refused_up_front(bundle: Path, tmp_path: Path, monkeypatch) -> None:
     from collections import namedtuple
 
-    import localaug.store.bundle as bundle_module
+    import localaug.store.bundle.importing as bundle_module
 
     home = tmp_path / "home"
     _seed_store(home)

@@ -8,6 +8,16 @@ told about the JSON fields they can change. Other structured fields (``path``, `
 travel as keyword arguments in ``e.fields``.
 
 Each class carries the exit code the CLI uses and the HTTP status the server answers with.
+
+Each class is also the built-in exception that says what kind of failure it is, so code that
+knows only Python's exceptions catches ours too (as huggingface_hub's errors do): bad arguments,
+checkpoints, GGUFs, bundles, prompts and replies are ``ValueError``; a model that is not there is
+``FileNotFoundError``; a store whose files do not match their records and a file that cannot be
+written are ``OSError``; a hub or server that cannot be reached is ``ConnectionError``; an output
+another process is writing is ``BlockingIOError`` (a lock that would block); a conversion, engine,
+template, job or busy server that fails while running is ``RuntimeError``. ``JobInterrupted`` is
+none of these: it stands for a Ctrl-C whose work was saved. ``LocalaugError`` comes first in every
+class's method order, so messages, pickling, exit codes and HTTP statuses are ours.
 """
 
 from __future__ import annotations
@@ -58,14 +68,14 @@ def _rebuild(cls: type[LocalaugError], message: str, fields: dict[str, Any]) -> 
     return cls(message, **fields)
 
 
-class UsageError(LocalaugError):
+class UsageError(LocalaugError, ValueError):
     """Bad arguments or options (exit 2, like a CLI usage error; HTTP 400)."""
 
     exit_code = 2
     http_status = 400
 
 
-class CheckpointError(LocalaugError):
+class CheckpointError(LocalaugError, ValueError):
     """A Hugging Face checkpoint directory is missing files or is malformed."""
 
     http_status = 400
@@ -75,43 +85,43 @@ class UnsupportedModelError(CheckpointError):
     """The checkpoint's architecture or tokenizer is not one localaug converts."""
 
 
-class ConversionError(LocalaugError):
+class ConversionError(LocalaugError, RuntimeError):
     """Writing or quantizing a GGUF failed (disk full, unwritable path, quantizer error)."""
 
 
-class WriteError(ConversionError):
+class WriteError(ConversionError, OSError):
     """A file could not be written (missing or read-only folder, disk full); nothing half-written is left."""
 
 
-class ModelNotFoundError(LocalaugError):
+class ModelNotFoundError(LocalaugError, FileNotFoundError):
     """A model name, repo or path could not be resolved to a GGUF file."""
 
     http_status = 404
 
 
-class StoreError(LocalaugError):
+class StoreError(LocalaugError, OSError):
     """The local model store is inconsistent (checksum mismatch, broken manifest)."""
 
 
-class GGUFError(LocalaugError):
+class GGUFError(LocalaugError, ValueError):
     """A file is not a readable GGUF."""
 
 
-class BundleError(LocalaugError):
+class BundleError(LocalaugError, ValueError):
     """A model bundle cannot be imported (damaged, unsafe or conflicting); the store is left as it was."""
 
 
-class DownloadError(LocalaugError):
+class DownloadError(LocalaugError, ConnectionError):
     """The Hugging Face hub (or the mirror in HF_ENDPOINT) could not be reached or refused a download."""
 
     http_status = 502
 
 
-class JobError(LocalaugError):
+class JobError(LocalaugError, RuntimeError):
     """A batch job cannot start or go on (output of a different run, unreadable ledger)."""
 
 
-class JobLockedError(JobError):
+class JobLockedError(JobError, BlockingIOError):
     """Another process is writing the same job output."""
 
 
@@ -121,33 +131,33 @@ class JobInterrupted(LocalaugError):
     exit_code = 130
 
 
-class QueueFullError(LocalaugError):
+class QueueFullError(LocalaugError, RuntimeError):
     """The server's model is busy: every slot decoding and its waiting queue full (HTTP 429)."""
 
     http_status = 429
 
 
-class EngineError(LocalaugError):
+class EngineError(LocalaugError, RuntimeError):
     """llama.cpp could not load a model or run a step."""
 
 
-class PromptTooLongError(LocalaugError):
+class PromptTooLongError(LocalaugError, ValueError):
     """Prompt plus max_tokens does not fit the model's context."""
 
     http_status = 400
 
 
-class ReplyParseError(LocalaugError):
+class ReplyParseError(LocalaugError, ValueError):
     """A model reply (or seed data) that does not have the expected shape; reported, never silently dropped."""
 
     http_status = 400
 
 
-class TemplateRenderError(LocalaugError):
+class TemplateRenderError(LocalaugError, RuntimeError):
     """A GGUF chat template that fails to render in the sandbox (the model's fault, not the request's)."""
 
 
-class RemoteError(LocalaugError):
+class RemoteError(LocalaugError, ConnectionError):
     """An OpenAI-compatible server named by URL could not be reached, refused the key, or does not
     serve the model asked for (the key itself never appears in the message)."""
 

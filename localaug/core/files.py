@@ -32,7 +32,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from localaug.core.errors import UsageError, WriteError, opt
+from localaug.core.errors import LocalaugError, UsageError, WriteError, opt
 from localaug.core.settings import localaug_home
 
 CHUNK = 8 << 20
@@ -42,8 +42,8 @@ CHUNK = 8 << 20
 def temp_beside(dest: Path, param: str = "output") -> Iterator[Path]:
     """Yield a fresh temporary path in ``dest``'s folder; it is always removed afterwards.
 
-    OSErrors raised inside the block become one-line WriteErrors (disk full named as such);
-    ``param`` is the setting that chose ``dest``, named in the advice."""
+    OSErrors raised inside the block (other than localaug's own) become one-line WriteErrors (disk
+    full named as such); ``param`` is the setting that chose ``dest``, named in the advice."""
     dest = Path(dest)
     parent = dest.parent
     if not parent.is_dir():
@@ -65,6 +65,8 @@ def temp_beside(dest: Path, param: str = "output") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+    except LocalaugError:
+        raise  # ours (a StoreError, a WriteError... are OSErrors too) already say what to do
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise WriteError(f"disk full while writing {dest}: free space in {parent} and retry", path=str(dest)) from e

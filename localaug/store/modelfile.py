@@ -112,23 +112,25 @@ def for_model(model: str, quant: str | None = None) -> Modelfile:
 
     Never pulls or converts: a model that is not stored is an error saying how to bring it in.
     """
+    from localaug.convert import DEFAULT_QUANT
     from localaug.family.styles import family_spec_from_metadata
-    from localaug.store import local as store
     from localaug.store.gguf_info import read_kv
+    from localaug.store.layout import raise_if_damaged
+    from localaug.store.local import matching
 
     path = Path(model).expanduser()
     spec: ModelSpec | None = None
     if path.is_file():
         gguf, q = path, None
     else:
-        entries = store._matching(model, quant)
+        entries = matching(model, quant)
         if not entries:
             what = f"{model} {quant.strip().upper()}" if quant else model
             raise ModelNotFoundError(f"{what} is not in the store: `localaug pull {model}` first, or pass a .gguf file")
         spec = registry.find(model) or next((registry.find(e.family) for e in entries if e.family), None)
-        default = spec.default_quant if spec else store.DEFAULT_QUANT
+        default = spec.default_quant if spec else DEFAULT_QUANT
         entry = next((e for e in entries if e.quant == default), None) or max(entries, key=lambda e: e.created)
-        store._raise_if_damaged(entry, None, deep=False)
+        raise_if_damaged(entry, deep=False)
         gguf, q = entry.path, entry.quant
     spec = spec or family_spec_from_metadata(read_kv(gguf))
     if spec is None:

@@ -1,27 +1,12 @@
-"""Model bundles: one tar archive that carries stored models into another store (an air-gapped one).
+"""Importing a bundle, which trusts nothing in the archive.
 
-Layout (an uncompressed POSIX tar; GGUF weights do not compress)::
-
-    localaug-bundle.json              first member: the bundle manifest (below)
-    models/<safe-name>/<QUANT>.gguf   one regular file per stored GGUF, laid out as in the store
-
-The bundle manifest holds, per model, its store name, its family entry (repo, revision, task,
-prompt format) when it is a family model, and the store manifest record of every file: sha256,
-size, quant, source (repo + revision + commit, or checkpoint folder), license, creation time.
-
-Export re-hashes each stored file while streaming it into the archive, so a damaged file is never
-carried; the archive is written under a temporary name beside the target and renamed when whole.
-
-Import trusts nothing in the archive. Before a byte is written it refuses: a first member that is
-not the manifest, absolute or climbing member names, links, devices and anything else that is not
-a regular file, duplicate names, members the manifest does not list, and listed files that are
-missing. Then it copies every GGUF into a staging folder inside the store root while hashing it,
-and only when every sha256 and size matches renames the files into place under the store lock. Any
-failure removes the staging folder, so the store is left exactly as it was. A model already stored
-with the same sha256 is left alone; one stored with a different sha256 is refused unless ``force``.
-
-The checksums prove the files are the ones the exporting store held (no corruption in transit);
-they do not authenticate who made the bundle: import bundles from people you trust.
+Before a byte is written it refuses: a first member that is not the manifest, absolute or climbing
+member names, links, devices and anything else that is not a regular file, duplicate names, members
+the manifest does not list, and listed files that are missing. Then it copies every GGUF into a
+staging folder inside the store root while hashing it, and only when every sha256 and size matches
+renames the files into place under the store lock. Any failure removes the staging folder, so the
+store is left exactly as it was. A model already stored with the same sha256 is left alone; one
+stored with a different sha256 is refused unless ``force``.
 """
 
 from __future__ import annotations
@@ -34,40 +19,35 @@ import re
 import shutil
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from localaug._version import __version__
-from localaug.core.errors import BundleError, LocalaugError, ModelNotFoundError, StoreError, UsageError, opt
-from localaug.core.files import CHUNK, refuse_overwriting_inputs, temp_beside, write_json_atomic
-from localaug.family import registry
-from localaug.store.local import (
+from localaug.core.errors import BundleError, LocalaugError, opt
+from localaug.core.files import CHUNK, temp_beside, write_json_atomic
+from localaug.store.bundle.archive import BUNDLE_FORMAT, BUNDLE_MANIFEST, member_name, utc_now
+from localaug.store.layout import (
     GGUF_MAGIC,
-    MANIFEST,
-    MANIFEST_FORMAT,
     Source,
     StoreEntry,
-    _check_owner,
-    _damage,
-    _drop_if_empty,
-    _entries_in,
-    _locked,
-    _matching,
-    _raise_if_damaged,
-    _read_manifest,
+    check_owner,
+    damage,
+    drop_if_empty,
+    folder_lock,
+    gguf_name,
+    manifest_path,
+    model_folder,
+    new_manifest,
+    read_manifest,
     root,
     safe_name,
+    stored_entry,
 )
 
 if TYPE_CHECKING:
     from localaug.convert import ConvertProgress
 
-BUNDLE_MANIFEST = "localaug-bundle.json"
-BUNDLE_FORMAT = 1
 _MAX_MANIFEST = 16 << 20
 _SPARE = 64 << 20  # bytes left free after an import
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -91,131 +71,11 @@ class BundleFile:
 
 
 @dataclass(frozen=True)
-class ExportResult:
-    path: Path
-    entries: list[StoreEntry]
-    size: int
-    seconds: float
-
-
-@dataclass(frozen=True)
 class ImportResult:
     archive: Path
     added: list[StoreEntry] = field(default_factory=list)  # landed, new to this store
     replaced: list[StoreEntry] = field(default_factory=list)  # landed over a different copy (force)
     unchanged: list[StoreEntry] = field(default_factory=list)  # already stored with the same sha256
-
-
-def member_name(entry: StoreEntry) -> str:
-    return f"models/{safe_name(entry.name)}/{entry.quant}.gguf"
-
-
-# -- export ---------------------------------------------------------------------------------------
-
-
-def export_bundle(
-    models: list[str], output: Path, *, quant: str | None = None, progress: ConvertProgress | None = None
-) -> ExportResult:
-    """Write the stored files of ``models`` (every quant, or only ``quant``) into the tar ``output``."""
-    start = time.monotonic()
-    entries = _select(models, quant)
-    out = Path(output).expanduser()
-    if out.is_dir():
-        raise UsageError(f"{out} is a folder: pass a file name for the bundle, such as {out / 'models.tar'}")
-    refuse_overwriting_inputs(out, [p for e in entries for p in (e.path, e.path.parent / MANIFEST)])
-    for entry in entries:
-        _raise_if_damaged(entry, None, deep=False)  # cheap size check first; the sha256 is checked while copying
-    manifest = json.dumps(_manifest(entries), indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-    with temp_beside(out) as tmp:
-        if progress:
-            progress.stage(f"bundling {len(entries)} file(s)", sum(e.size for e in entries), "bytes")
-        with open(tmp, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
-                _add_bytes(tar, BUNDLE_MANIFEST, manifest)
-                for entry in entries:
-                    _add_entry(tar, entry, progress)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)  # a temp file is private; a bundle is meant to be copied around
-        os.replace(tmp, out)
-    if progress:
-        progress.finish()
-    return ExportResult(out, entries, out.stat().st_size, time.monotonic() - start)
-
-
-def _select(models: list[str], quant: str | None) -> list[StoreEntry]:
-    if not models:
-        raise UsageError("name at least one stored model to bundle: `localaug models` lists them")
-    chosen: dict[tuple[str, str], StoreEntry] = {}
-    for model in models:
-        found = _matching(model, quant)
-        if not found:
-            what = f"{model} {quant.strip().upper()}" if quant else model
-            raise ModelNotFoundError(
-                f"{what} is not in the store: `localaug models` lists what is, `localaug pull {model}` brings it in"
-            )
-        for entry in found:
-            chosen.setdefault((entry.name, entry.quant), entry)
-    return list(chosen.values())
-
-
-def _manifest(entries: list[StoreEntry]) -> dict[str, Any]:
-    models: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        model = models.setdefault(entry.name, {"name": entry.name, "family": entry.family, "files": {}})
-        spec = registry.find(entry.family) if entry.family else None
-        if spec is not None:
-            model["registry"] = {"name": spec.name, "repo": spec.repo, "revision": spec.revision,
-                                 "task": spec.task, "prompt_format": spec.prompt_format}
-        model["files"][entry.quant] = entry.record()
-    return {
-        "format": BUNDLE_FORMAT,
-        "created": _now(),
-        "localaug_version": __version__,
-        "models": list(models.values()),
-    }
-
-
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime, info.type = size, 0o644, int(time.time()), tarfile.REGTYPE
-    return info
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
-    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-
-
-class _HashingReader:
-    """A file read through: hashed, and reported to the progress bar."""
-
-    def __init__(self, f: IO[bytes], progress: ConvertProgress | None, item: str) -> None:
-        self._f, self._progress, self._item = f, progress, item
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.sha.update(data)
-        if self._progress and data:
-            self._progress.advance(len(data), self._item)
-        return data
-
-
-def _add_entry(tar: tarfile.TarFile, entry: StoreEntry, progress: ConvertProgress | None) -> None:
-    with open(entry.path, "rb") as f:
-        reader = _HashingReader(f, progress, f"{entry.name} {entry.quant}")
-        tar.addfile(_tarinfo(member_name(entry), entry.size), reader)  # type: ignore[arg-type]
-    digest = reader.sha.hexdigest()
-    if digest != entry.sha256:
-        raise StoreError(
-            f"{entry.path} fails its sha256 check (recorded {entry.sha256[:12]}…, found {digest[:12]}…), so no "
-            f"bundle was written: re-pull it with `localaug pull {entry.source.path or entry.name} --quant {entry.quant}`"
-        )
-
-
-# -- import ---------------------------------------------------------------------------------------
 
 
 def import_bundle(archive: Path, *, force: bool = False, progress: ConvertProgress | None = None) -> ImportResult:
@@ -234,6 +94,8 @@ def import_bundle(archive: Path, *, force: bool = False, progress: ConvertProgre
         raise BundleError(
             f"{archive} is not a readable bundle ({detail}): copy it again or export it again with `localaug bundle export`"
         ) from e
+    except LocalaugError:
+        raise  # the store's own errors (a StoreError, a WriteError: OSErrors too) say what to do as they are
     except OSError as e:
         raise BundleError(
             f"importing {archive} failed ({e.strerror or e}); the store is unchanged: fix that and retry"
@@ -320,7 +182,7 @@ def _files_from_manifest(archive: Path, data: Any) -> list[BundleFile]:
         raise _refuse(archive, f"has a {BUNDLE_MANIFEST} of an unknown format (this localaug reads format {BUNDLE_FORMAT})")
     if not data["models"]:
         raise _refuse(archive, "holds no models")
-    base, now, name = root(), _now(), archive.name
+    base, now, name = root(), utc_now(), archive.name
     files: list[BundleFile] = []
     folders: set[str] = set()
     for model in data["models"]:
@@ -338,7 +200,7 @@ def _file_from_record(base: Path, model: dict[str, Any], quant: str, rec: dict[s
     name, family = model["name"], model.get("family")
     if not isinstance(name, str) or not _NAME.fullmatch(name) or safe_name(name).startswith("."):
         raise ValueError(f"model name {name!r} is not allowed")
-    if not isinstance(quant, str) or not _QUANT.fullmatch(quant) or rec["file"] != f"{quant}.gguf":
+    if not isinstance(quant, str) or not _QUANT.fullmatch(quant) or rec["file"] != gguf_name(quant):
         raise ValueError(f"file {rec.get('file')!r} of quant {quant!r} is not allowed")
     sha, size = rec["sha256"], rec["size"]
     if not (isinstance(sha, str) and _HEX64.fullmatch(sha)) or not (isinstance(size, int) and size >= 0):
@@ -350,7 +212,7 @@ def _file_from_record(base: Path, model: dict[str, Any], quant: str, rec: dict[s
         raise ValueError(f"family of {name} is not a string")
     source = replace(Source.from_record(rec.get("source") or {}), bundle=bundle, imported=now)
     entry = StoreEntry(
-        name=name, quant=quant, path=base / safe_name(name) / f"{quant}.gguf", sha256=sha, size=size, source=source,
+        name=name, quant=quant, path=model_folder(name, base) / gguf_name(quant), sha256=sha, size=size, source=source,
         family=family, license=rec.get("license"), created=rec.get("created") or now,
         localaug_version=rec.get("localaug_version") or "",
     )
@@ -358,18 +220,18 @@ def _file_from_record(base: Path, model: dict[str, Any], quant: str, rec: dict[s
 
 
 def _stored_record(entry: StoreEntry) -> StoreEntry | None:
-    return next((e for e in _entries_in(entry.path.parent) if e.name == entry.name and e.quant == entry.quant), None)
+    return stored_entry(entry.path.parent, entry.name, entry.quant)
 
 
 def _same(stored: StoreEntry | None, entry: StoreEntry) -> bool:
     """The store holds this very file, intact (re-hashed: an import is rare, and it may repair)."""
-    return stored is not None and stored.sha256 == entry.sha256 and _damage(stored, deep=True) is None
+    return stored is not None and stored.sha256 == entry.sha256 and damage(stored, deep=True) is None
 
 
 def _check_conflicts(files: list[BundleFile], force: bool) -> None:
     for bf in files:
         folder = bf.entry.path.parent
-        _check_owner(folder, bf.entry.name)
+        check_owner(folder, bf.entry.name)
         stored = _stored_record(bf.entry)
         if stored is not None and stored.sha256 != bf.entry.sha256 and not force:
             raise BundleError(
@@ -397,7 +259,7 @@ def _land(
         for bf in sorted(files, key=lambda bf: members[bf.member].offset_data):
             src = tar.extractfile(members[bf.member])
             assert src is not None
-            staged = stage / bf.folder / f"{bf.entry.quant}.gguf"
+            staged = stage / bf.folder / gguf_name(bf.entry.quant)
             staged.parent.mkdir(exist_ok=True)
             digest = _copy_hashing(src, staged, progress, f"{bf.entry.name} {bf.entry.quant}", bf.entry.size)
             if digest != bf.entry.sha256:
@@ -448,7 +310,7 @@ def _commit(archive: Path, files: list[BundleFile], stage: Path, force: bool) ->
         with contextlib.ExitStack() as locks:
             for folder in folders:  # sorted: two imports never wait on each other crosswise
                 folder.mkdir(exist_ok=True)
-                locks.enter_context(_locked(folder))
+                locks.enter_context(folder_lock(folder))
             _check_conflicts(files, force)  # again, now that nobody else can change these folders
             try:
                 for folder in folders:
@@ -469,17 +331,17 @@ def _commit(archive: Path, files: list[BundleFile], stage: Path, force: bool) ->
                 raise
     finally:
         for folder in created:
-            _drop_if_empty(folder)
+            drop_if_empty(folder)
     return result
 
 
 def _commit_folder(
     folder: Path, files: list[BundleFile], stage: Path, result: ImportResult, undo: list[Callable[[], None]]
 ) -> None:
-    manifest = folder / MANIFEST
-    data = _read_manifest(folder)
+    manifest = manifest_path(folder)
+    data = read_manifest(folder)
     old = manifest.read_bytes() if data is not None else None
-    data = data or {"format": MANIFEST_FORMAT, "name": files[0].entry.name, "family": files[0].entry.family, "files": {}}
+    data = data or new_manifest(files[0].entry.name, files[0].entry.family)
     changed = False
     for bf in files:
         entry, dest = bf.entry, bf.entry.path
@@ -533,8 +395,3 @@ def _rmdirs(path: Path, top: Path) -> None:
             p.rmdir()
         if p == top:
             break
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
