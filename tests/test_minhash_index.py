@@ -108,11 +108,14 @@ def test_bulk_extend_adds_what_checking_one_by_one_adds(texts, setting, probes):
     assert later.extend(k2, s2).tolist() == want[len(texts) // 2:]
 
 
-def test_bulk_extend_past_the_pair_limit_checks_one_at_a_time(monkeypatch):
-    monkeypatch.setattr(filters, "MAX_BULK_PAIRS", 3)
+@pytest.mark.parametrize("limit", ["MAX_BULK_PAIRS", "MAX_RUN"])
+def test_bulk_extend_past_the_pair_limit_checks_one_at_a_time(monkeypatch, limit):
     texts = ["a b c d", "a b c d e", "a b c d e f", "a b c x", "a b c d"] * 3
-    old = OldMinHashIndex(0.5, 16, 3)
     idx = MinHashIndex(0.5, 16, 3)
+    assert idx._band_pairs(idx._band_hashes(idx.encode(texts)[1]).ravel()) is not None
+    monkeypatch.setattr(filters, limit, 3)
+    assert idx._band_pairs(idx._band_hashes(idx.encode(texts)[1]).ravel()) is None
+    old = OldMinHashIndex(0.5, 16, 3)
     assert idx.extend(*idx.encode(texts)).tolist() == [old.check(t) is None for t in texts]
 
 
