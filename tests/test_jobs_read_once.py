@@ -146,6 +146,7 @@ def test_a_run_reads_its_input_once_and_keys_each_row_once(tmp_path, scripted, m
     assert summary.stats.skipped == 5 and summary.stats.done == 7
     recs = records(out)
     assert sorted(r["row"] for r in recs) == list(range(12)) and all(r["output"] == REFINED for r in recs)
+    assert not any(p.exists() for p in seen.index_paths(out))  # refine holds no new instructions to index
 
 
 def test_a_json_array_with_a_broken_tail_runs_with_a_limit(tmp_path, scripted):

@@ -479,7 +479,8 @@ class LocalExecutor:
             engine, self.engine = self.engine, None  # the backend owns it now
             backend = open_backend(engine, self.opts.engine_options(), self.parallel.value)
         seen = plan.cfg.new_seen()
-        book = SeenBook(target.where, plan.run_id, seen) if seen is not None else None
+        # kept beside the ledger for the tasks whose records hold new instructions
+        book = SeenBook(target.where, plan.run_id, seen) if seen is not None and plan.cfg.task not in SINGLE_SAMPLE else None
         try:
             if book is not None:
                 self.loaded = book.load()
