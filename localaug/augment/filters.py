@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,34 +118,93 @@ class DedupFilter:
 
 
 # --- across a whole job ---------------------------------------------------------------------------
+#
+# Both job-wide indexes (``ExactIndex``, ``MinHashIndex``) share one shape, so that a job can keep
+# them beside its ledger (``localaug.jobs.seen``): ``encode`` turns texts into entries in bulk (a
+# 16-byte key of the normalised text, and for MinHash its signature), ``extend`` adds entries as
+# ``check`` would one by one, ``entries`` gives back what was added, in order, and ``take_added``
+# hands over the entry of a text ``check`` accepted (once ``keep_added`` is set).
+
+_MERSENNE = (1 << 61) - 1
+_M61, _LOW32, _SHIFT61 = np.uint64(_MERSENNE), np.uint64(0xFFFFFFFF), np.uint64(61)
+_NO_SHINGLE = 0xFFFFFFFF  # every slot of the signature of a text without words
+_CHUNK = 1024  # shingles permuted at once: 1 MiB temporaries stay in the cache (4x faster than 4096)
+_PAIRS_AT_ONCE = 1 << 16
+MAX_BULK_PAIRS = 1 << 22  # candidate pairs a bulk extend checks; past it, one entry at a time
+MAX_RUN = 256  # entries sharing one band hash a bulk extend pairs up; past it, one entry at a time
+
+
+def text_key(text: str) -> bytes:
+    """The 16-byte key of a text's normalised form (what exact duplicates share)."""
+    return hashlib.blake2b(normalize(text).encode(), digest_size=16).digest()
 
 
 class ExactIndex:
     """Exact duplicates (normalised text) across a job, in 16 bytes per accepted text."""
 
+    width = 0  # signature columns of an entry
+
     def __init__(self) -> None:
         self._seen: set[bytes] = set()
+        self._order: list[bytes] = []
+        self._added: dict[str, bytes] | None = None
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def check(self, text: str, add: bool = True) -> str | None:
-        key = hashlib.blake2b(normalize(text).encode(), digest_size=16).digest()
+        key = text_key(text)
         if key in self._seen:
             return "duplicate"
         if add:
-            self._seen.add(key)
+            self._add(key)
+            if self._added is not None:
+                self._added[text] = key
         return None
 
-_MERSENNE = (1 << 61) - 1
+    def _add(self, key: bytes) -> None:
+        self._seen.add(key)
+        self._order.append(key)
+
+    def encode(self, texts: Sequence[str]) -> tuple[list[bytes], np.ndarray]:
+        return [text_key(t) for t in texts], np.empty((len(texts), 0), np.uint32)
+
+    def extend(self, keys: Sequence[bytes], sigs: np.ndarray | None = None, trusted: bool = False) -> np.ndarray:
+        """Add entries as ``check`` would, in order; which were added (``trusted``: all are)."""
+        added = np.zeros(len(keys), bool)
+        for i, key in enumerate(keys):
+            if trusted or key not in self._seen:
+                self._add(key)
+                added[i] = True
+        return added
+
+    def entries(self) -> tuple[list[bytes], np.ndarray]:
+        return list(self._order), np.empty((len(self._order), 0), np.uint32)
+
+    def keep_added(self) -> None:
+        self._added = {}
+
+    def take_added(self, text: str) -> tuple[bytes, np.ndarray]:
+        """The entry ``check`` added for ``text`` (forgotten here), or a fresh encoding."""
+        key = self._added.pop(text, None) if self._added is not None else None
+        return (key if key is not None else text_key(text)), np.empty(0, np.uint32)
+
+
+def _grams(toks: list[str], k: int = 3) -> set[str]:
+    if len(toks) <= k:
+        return {" ".join(toks)} if toks else set()
+    return {" ".join(toks[i:i + k]) for i in range(len(toks) - k + 1)}
 
 
 def shingles(text: str, k: int = 3) -> set[str]:
     """Word k-grams of the normalised text (the whole text when it has fewer than k words)."""
-    toks = tokens(text)
-    if len(toks) <= k:
-        return {" ".join(toks)} if toks else set()
-    return {" ".join(toks[i:i + k]) for i in range(len(toks) - k + 1)}
+    return _grams(tokens(text), k)
+
+
+def _gram_hashes(grams: Iterable[str]) -> bytes:
+    """The 32-bit blake2b hash of each shingle, little-endian, one after another."""
+    blake = hashlib.blake2b
+    return b"".join([blake(g.encode(), digest_size=4).digest() for g in grams])
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
@@ -166,57 +225,228 @@ def lsh_bands(num_perm: int, threshold: float) -> tuple[int, int]:
 
 class MinHashIndex:
     """Near-duplicate search over many texts: MinHash signatures of word 3-gram shingles, LSH bands
-    for candidates, then the signatures' agreement (an estimate of Jaccard) against ``threshold``."""
+    for candidates, then the signatures' agreement (an estimate of Jaccard) against ``threshold``.
+
+    A candidate shares a whole band with the text (the same values in the same slots); it is a
+    near duplicate when the share of equal slots is at least ``threshold``. Bands are found by a
+    64-bit hash of their values (a sorted array for entries added in bulk, a dict for the rest),
+    and every candidate is then compared slot by slot, so a hash collision changes nothing."""
 
     def __init__(self, threshold: float = DEFAULT_MINHASH, num_perm: int = 128, seed: int = 1) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError("the MinHash threshold is a Jaccard similarity in (0, 1]")
-        self.threshold, self.num_perm = threshold, num_perm
+        self.threshold, self.num_perm, self.width, self.seed = threshold, num_perm, num_perm, seed
         rng = np.random.default_rng(seed)
         self._a = rng.integers(1, _MERSENNE, num_perm, dtype=np.uint64)
         self._b = rng.integers(0, _MERSENNE, num_perm, dtype=np.uint64)
         self.bands, self.rows = lsh_bands(num_perm, threshold)
-        self._buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
-        self._sigs: list[np.ndarray] = []
+        mix = np.random.default_rng(0x5EED).integers(1, 1 << 63, self.rows + self.bands, dtype=np.uint64) | np.uint64(1)
+        self._mix, self._salt = mix[:self.rows], mix[self.rows:]
+        self._sigs = np.empty((0, num_perm), np.uint32)
+        self._n = 0
         self._exact: set[bytes] = set()
+        self._keys: list[bytes] = []
+        self._frozen_hash = np.empty(0, np.uint64)  # band hashes of entries added in bulk, sorted
+        self._frozen_at = np.empty(0, np.int64)  # ... and the entry each belongs to
+        self._live: dict[int, list[int]] = {}  # band hash -> entries added one by one
+        self._added: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        return len(self._sigs)
+        return self._n
+
+    # --- signatures ---
+
+    def _permute(self, x: np.ndarray) -> np.ndarray:
+        """(len(x), num_perm): the universal-hash permutations datasketch uses, (a*x + b) mod 2^61-1
+        with the product and sum wrapping modulo 2^64, cut to 32 bits. The modulo folds the bits
+        above 61 onto the rest (2^61 = 1 mod 2^61-1), which is exact and cheaper than a division."""
+        h = x[:, None] * self._a
+        h += self._b
+        r = h & _M61
+        h >>= _SHIFT61
+        r += h
+        np.subtract(r, _M61, out=r, where=r >= _M61)
+        r &= _LOW32
+        return r
+
+    def _sign(self, toks: list[str]) -> np.ndarray:
+        grams = _grams(toks)
+        if not grams:
+            return np.full(self.num_perm, _NO_SHINGLE, np.uint32)
+        x = np.frombuffer(_gram_hashes(grams), dtype="<u4").astype(np.uint64)
+        return self._permute(x).min(axis=0).astype(np.uint32)
 
     def signature(self, text: str) -> np.ndarray:
-        sh = shingles(text)
-        if not sh:
-            return np.full(self.num_perm, 0xFFFFFFFF, dtype=np.uint64)
-        # the universal-hash permutations datasketch uses: (a*x + b) mod 2^61-1 on 32-bit shingle
-        # hashes, the product wrapping modulo 2^64, the result cut to 32 bits
-        x = np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little") for s in sh],
-                     dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            h = (self._a[:, None] * x[None, :] + self._b[:, None]) % np.uint64(_MERSENNE)
-        return (h & np.uint64(0xFFFFFFFF)).min(axis=1)
+        return self._sign(tokens(text)).astype(np.uint64)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
         return float(np.mean(a == b))
 
-    def check(self, text: str, add: bool = True) -> str | None:
-        """None if ``text`` is new (and remember it when ``add``), else "duplicate"/"near-duplicate"."""
-        key = hashlib.blake2b(normalize(text).encode(), digest_size=16).digest()
+    def encode(self, texts: Sequence[str]) -> tuple[list[bytes], np.ndarray]:
+        """The key and signature of each text, the shingles of many texts permuted together."""
+        keys: list[bytes] = []
+        sigs = np.full((len(texts), self.num_perm), _NO_SHINGLE, np.uint32)
+        hashed, starts, rows = bytearray(), [], []
+        for i, text in enumerate(texts):
+            toks = tokens(text)
+            keys.append(hashlib.blake2b(" ".join(toks).encode(), digest_size=16).digest())
+            grams = _grams(toks)
+            if grams:
+                starts.append(len(hashed) // 4)
+                rows.append(i)
+                hashed += _gram_hashes(grams)
+            if len(hashed) >= 4 * _CHUNK or (i == len(texts) - 1 and rows):
+                x = np.frombuffer(hashed, dtype="<u4").astype(np.uint64)
+                sigs[rows] = np.minimum.reduceat(self._permute(x), starts, axis=0)
+                hashed, starts, rows = bytearray(), [], []
+        return keys, sigs
+
+    # --- the index ---
+
+    def _band_hashes(self, sigs: np.ndarray) -> np.ndarray:
+        """(len(sigs), bands) 64-bit hashes of each band's values: a sum of the values times random
+        odd numbers, wrapping, plus a number of the band's own (a collision only adds a candidate)."""
+        s = sigs[:, :self.bands * self.rows].reshape(len(sigs), self.bands, self.rows).astype(np.uint64)
+        return s @ self._mix + self._salt
+
+    def _candidates(self, bands: np.ndarray) -> list[np.ndarray | list[int]]:
+        found: list[np.ndarray | list[int]] = []
+        if len(self._frozen_hash):
+            lo = np.searchsorted(self._frozen_hash, bands)
+            hi = np.searchsorted(self._frozen_hash, bands, side="right")
+            found += [self._frozen_at[lo[i]:hi[i]] for i in np.flatnonzero(hi > lo).tolist()]
+        if self._live:
+            found += [got for got in map(self._live.get, bands.tolist()) if got]
+        return found
+
+    def _near(self, sig: np.ndarray, others: np.ndarray) -> bool:
+        """Whether one of ``others`` (entry numbers) shares a whole band with ``sig`` and agrees on
+        at least ``threshold`` of its slots (the float share, as np.mean gives it)."""
+        s = self._sigs[others]
+        cut = self.bands * self.rows
+        same_band = (s[:, :cut].reshape(len(s), self.bands, self.rows)
+                     == sig[:cut].reshape(self.bands, self.rows)).all(axis=2).any(axis=1)
+        agree = (s == sig).sum(axis=1) / self.num_perm
+        return bool((same_band & (agree >= self.threshold)).any())
+
+    def check_entry(self, key: bytes, sig: np.ndarray, add: bool = True) -> str | None:
+        """``check`` of an encoded text."""
         if key in self._exact:
             return "duplicate"
-        sig = self.signature(text)
-        keys = [sig[i * self.rows:(i + 1) * self.rows].tobytes() for i in range(self.bands)]
-        seen: set[int] = set()
-        for band, k in zip(self._buckets, keys):
-            for j in band.get(k, ()):
-                if j not in seen:
-                    seen.add(j)
-                    if self.similarity(sig, self._sigs[j]) >= self.threshold:
-                        return "near-duplicate"
+        bands = self._band_hashes(sig[None, :])[0]
+        found = self._candidates(bands)
+        if found and self._near(sig, np.unique(np.concatenate(found))):
+            return "near-duplicate"
         if add:
+            self._grow(1)
+            self._sigs[self._n] = sig
+            for h in bands.tolist():
+                self._live.setdefault(h, []).append(self._n)
             self._exact.add(key)
-            idx = len(self._sigs)
-            self._sigs.append(sig)
-            for band, k in zip(self._buckets, keys):
-                band.setdefault(k, []).append(idx)
+            self._keys.append(key)
+            self._n += 1
         return None
 
+    def check(self, text: str, add: bool = True) -> str | None:
+        """None if ``text`` is new (and remember it when ``add``), else "duplicate"/"near-duplicate"."""
+        toks = tokens(text)
+        key = hashlib.blake2b(" ".join(toks).encode(), digest_size=16).digest()
+        if key in self._exact:
+            return "duplicate"
+        reason = self.check_entry(key, self._sign(toks), add)
+        if reason is None and add and self._added is not None:
+            self._added[text] = self._n - 1
+        return reason
+
+    def _grow(self, more: int) -> None:
+        if self._n + more > len(self._sigs):
+            bigger = np.empty((max(2 * len(self._sigs), self._n + more, 1024), self.num_perm), np.uint32)
+            bigger[:self._n] = self._sigs[:self._n]
+            self._sigs = bigger
+
+    def extend(self, keys: Sequence[bytes], sigs: np.ndarray, trusted: bool = False) -> np.ndarray:
+        """Add entries (``encode``) as ``check`` would one after another; which were added.
+        ``trusted``: all are (entries an index gave back). Into an empty index, the entries are
+        compared in bulk (the pairs that share a band hash or a key); else one at a time."""
+        keys = list(keys)
+        if not trusted:
+            added = self._bulk_added(keys, sigs) if self._n == 0 else None
+            if added is None:
+                return np.array([self.check_entry(k, s) is None for k, s in zip(keys, sigs)], bool)
+            keys, sigs = [k for k, a in zip(keys, added.tolist()) if a], sigs[added]
+        else:
+            added = np.ones(len(keys), bool)
+        self._grow(len(keys))
+        first = self._n
+        self._sigs[first:first + len(keys)] = sigs
+        self._n += len(keys)
+        self._exact.update(keys)
+        self._keys += keys
+        bands = self._band_hashes(sigs).ravel()
+        at = np.repeat(np.arange(first, first + len(keys), dtype=np.int64), self.bands)
+        hashes, where = np.concatenate([self._frozen_hash, bands]), np.concatenate([self._frozen_at, at])
+        order = np.argsort(hashes, kind="stable")
+        self._frozen_hash, self._frozen_at = hashes[order], where[order]
+        return added
+
+    def _bulk_added(self, keys: list[bytes], sigs: np.ndarray) -> np.ndarray | None:
+        """Which entries ``check`` one by one would add to an empty index (None: too many pairs to
+        compare in bulk): entry j is left out when an earlier entry that was added has its key, or
+        shares a band with it and agrees on ``threshold`` of the slots."""
+        n = len(keys)
+        earlier: dict[int, list[int]] = {}
+        first: dict[bytes, int] = {}
+        for j, key in enumerate(keys):
+            i = first.setdefault(key, j)
+            if i != j:
+                earlier.setdefault(j, []).append(i)  # the first of a key stands for all: same outcome
+        pairs = self._band_pairs(self._band_hashes(sigs).ravel())
+        if pairs is None:
+            return None
+        for c in range(0, len(pairs), _PAIRS_AT_ONCE):
+            part = pairs[c:c + _PAIRS_AT_ONCE]
+            near = self._near_pairs(sigs[part[:, 0]], sigs[part[:, 1]])
+            for i, j in part[near].tolist():
+                earlier.setdefault(j, []).append(i)
+        added = np.ones(n, bool)
+        for j in sorted(earlier):
+            added[j] = not added[earlier[j]].any()
+        return added
+
+    def _band_pairs(self, bands: np.ndarray) -> np.ndarray | None:
+        """The distinct pairs (i < j) of entries with a band hash in common (``bands``: each entry's
+        hashes one after another), as an (n, 2) array; None when there are too many."""
+        order = np.argsort(bands, kind="stable")
+        hashes, entry = bands[order], order // self.bands
+        run = np.cumsum(np.concatenate([[True], hashes[1:] != hashes[:-1]]))  # the run of equal hashes of each
+        sizes = np.bincount(run)
+        if int((sizes * (sizes - 1) // 2).sum()) > MAX_BULK_PAIRS or sizes.max() > MAX_RUN:
+            return None
+        found = [np.empty((0, 2), np.int64)]
+        for d in range(1, int(sizes.max())):  # each member with the one d places after it in its run
+            same = run[d:] == run[:-d]
+            a, b = entry[:-d][same], entry[d:][same]
+            keep = a != b
+            found.append(np.stack([np.minimum(a, b)[keep], np.maximum(a, b)[keep]], axis=1))
+        return np.unique(np.concatenate(found), axis=0)
+
+    def _near_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        cut = self.bands * self.rows
+        same_band = (a[:, :cut].reshape(len(a), self.bands, self.rows)
+                     == b[:, :cut].reshape(len(b), self.bands, self.rows)).all(axis=2).any(axis=1)
+        return same_band & ((a == b).sum(axis=1) / self.num_perm >= self.threshold)
+
+    def entries(self) -> tuple[list[bytes], np.ndarray]:
+        """The added entries, in the order they were added."""
+        return list(self._keys), self._sigs[:self._n].copy()
+
+    def keep_added(self) -> None:
+        self._added = {}
+
+    def take_added(self, text: str) -> tuple[bytes, np.ndarray]:
+        """The entry ``check`` added for ``text`` (forgotten here), or a fresh encoding."""
+        at = self._added.pop(text, None) if self._added is not None else None
+        if at is not None:
+            return self._keys[at], self._sigs[at].copy()
+        keys, sigs = self.encode([text])
+        return keys[0], sigs[0]

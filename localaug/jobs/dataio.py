@@ -3,8 +3,9 @@
 Readers yield every input row in order, bad ones included (an invalid JSON line is a row with an
 error, never a crash), so a job can record it and carry on. Readers by file type:
 
-- ``.jsonl`` / ``.ndjson`` (one JSON object a line), ``.json`` (an array of objects), ``.csv``
-  (a header row);
+- ``.jsonl`` / ``.ndjson`` (one JSON object a line), ``.json`` (an array of objects, read item by
+  item), ``.csv`` (a header row): ``localaug.jobs.readers``, each row with its place in the file
+  (``read_again`` reads rows from their places);
 - ``.parquet`` and a ``datasets`` ``save_to_disk`` folder (``state.json`` + ``*.arrow``), both
   through pyarrow (``pip install 'localaug[parquet]'``).
 
@@ -17,36 +18,32 @@ or Parquet. A training format that needs responses is refused for records that h
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any
 
 from localaug.core.errors import UsageError
 from localaug.core.files import dumps_strict
 from localaug.jobs import exports
 from localaug.jobs.exports import DATASET_INFO, PREFERENCE_FORMATS, Example, no_responses
+from localaug.jobs.readers import (  # noqa: F401 - the readers' names, as they were here
+    MAX_ROW_CHARS,
+    TEXT_KINDS,
+    InputRow,
+    Place,
+    invalid_text,
+    refuse_duplicate_columns,
+    rows_at,
+    text_rows,
+)
 from localaug.jobs.schema import record_problem
 
 EXPORT_FORMATS = (*exports.SFT_FORMATS, *PREFERENCE_FORMATS)  # training files
 RESPONSE_FORMATS = ("alpaca", "sharegpt", "messages", *PREFERENCE_FORMATS)  # each example needs a response
 INSTRUCTION_TASKS = ("refine", "expand")  # their records hold new instructions, no responses
 RECORD_FORMATS = ("jsonl", "parquet")  # job records as they are
-
-
-@dataclass
-class InputRow:
-    """One input row: its position, its columns, and an ``error`` when it cannot be used as is."""
-
-    index: int
-    record: dict[str, Any]
-    error: str | None = None
-    raw: str | None = None  # the line as read, when it was not valid JSON
-    key: str = ""  # the job's row key (jobs.py), set once the run is known
 
 
 def json_line(record: Any) -> str:
@@ -117,14 +114,11 @@ def is_blank(path: Path, look: int = 1 << 20) -> bool:
 
 
 def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
-    """Every row of ``path``, in order."""
+    """Every row of ``path``, in order (a text file's rows with their places: ``readers``)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"input {path} does not exist")
     kind = input_kind(path)
-    if kind == "json" and path.stat().st_size > MAX_JSON_BYTES:
-        raise UsageError(f"{path} is over {MAX_JSON_BYTES >> 30} GiB and a JSON array is read whole: give it as JSON "
-                         "Lines (one object a line, .jsonl)")
     if kind in TEXT_KINDS:
         with open(path, "rb") as f:
             yield from text_rows(kind, f, name=str(path))
@@ -139,161 +133,11 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[InputRow]:
         yield from _read_hf_disk(path)
 
 
-# How each text kind is decoded. Bytes that are not UTF-8 survive decoding (as surrogates) so that
-# only their row fails, with the reason; CSV drops a byte-order mark and keeps newlines inside
-# quoted fields. A JSON array is read whole, so it is refused past MAX_JSON_BYTES.
-TEXT_KINDS: dict[str, dict[str, Any]] = {
-    "jsonl": {"encoding": "utf-8", "errors": "surrogateescape"},
-    "json": {"encoding": "utf-8"},
-    "csv": {"encoding": "utf-8-sig", "newline": "", "errors": "surrogateescape"},
-}
-MAX_ROW_CHARS = 64 << 20  # a JSONL line or CSV field longer than this is a failed row, read no further
-MAX_JSON_BYTES = 1 << 30
-
-
-def text_rows(kind: str, stream: BinaryIO, start: int = 0, name: str = "input") -> Iterator[InputRow]:
-    """The rows of one JSONL, JSON-array or CSV file given as a binary stream, numbered from
-    ``start`` (``read_rows`` for a path; ``localaug.jobs.on_ray`` for bytes read by Ray Data)."""
-    f = io.TextIOWrapper(stream, **TEXT_KINDS[kind])
-    if kind == "jsonl":
-        yield from _read_jsonl(f, start)
-    elif kind == "json":
-        yield from _read_json(f, start, name)
-    else:
-        yield from _read_csv(f, start, name)
-
-
-def invalid_text(value: Any) -> str | None:
-    """Why a parsed row holds text that is not valid Unicode (None: it does not)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return f"text that is not valid UTF-8 or Unicode (at character {e.start}): fix or remove the row"
-        return None
-    if isinstance(value, dict):
-        return next(filter(None, (invalid_text(k) or invalid_text(v) for k, v in value.items())), None)
-    if isinstance(value, list):
-        return next(filter(None, map(invalid_text, value)), None)
-    return None
-
-
-def _row(index: int, rec: Any, what: str, raw: str) -> InputRow:
-    if not isinstance(rec, dict):
-        return InputRow(index, {}, f"{what} is not a JSON object", raw=raw)
-    why = invalid_text(rec)
-    return InputRow(index, {}, why, raw=raw) if why else InputRow(index, rec)
-
-
-def _lines(f: TextIO) -> Iterator[tuple[int, str | None]]:
-    """(line number, line) of ``f``; a line over MAX_ROW_CHARS is (number, None), skipped unread."""
-    lineno = 0
-    while line := f.readline(MAX_ROW_CHARS + 1):
-        lineno += 1
-        if len(line) > MAX_ROW_CHARS and not line.endswith("\n"):
-            while (more := f.readline(1 << 20)) and not more.endswith("\n"):
-                pass
-            yield lineno, None
-        else:
-            yield lineno, line
-
-
-def _read_jsonl(f: TextIO, start: int) -> Iterator[InputRow]:
-    i = start
-    for lineno, line in _lines(f):
-        if line is None:
-            yield InputRow(i, {}, f"line {lineno} is over {MAX_ROW_CHARS} characters: split it or shorten it")
-            i += 1
-            continue
-        if not line.strip():
-            continue
-        raw = line.rstrip("\n")
-        try:
-            rec, twice = _loads(line)
-        except json.JSONDecodeError as e:
-            yield InputRow(i, {}, f"invalid JSON on line {lineno}: {e.msg}", raw=raw)
-        except RecursionError:
-            yield InputRow(i, {}, f"line {lineno} is nested too deep to read", raw=raw[:1000])
-        else:
-            if twice is not None:
-                yield InputRow(i, {}, f"line {lineno} holds the key {twice!r} twice (a reader keeps only one): remove "
-                                      "or rename one", raw=raw)
-            else:
-                yield _row(i, rec, f"line {lineno}", raw)
-        i += 1
-
-
-def _loads(text: str) -> tuple[Any, str | None]:
-    """(the JSON value of ``text``, a key some object in it holds twice, or None). Python's reader
-    keeps the last of two equal keys silently; a row that has two is refused instead, so that no
-    column is lost without a word."""
-    twice: list[str] = []
-
-    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) != len(pairs) and not twice:
-            seen: set[str] = set()
-            twice.append(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
-        return obj
-
-    value = json.loads(text, object_pairs_hook=pairs_hook)
-    return value, (twice[0] if twice else None)
-
-
-def refuse_duplicate_columns(names: Iterable[Any], where: str) -> None:
-    """A UsageError naming the first column name that appears twice in ``names`` (a header), where
-    a reader would keep only one of the two columns."""
-    seen: dict[Any, int] = {}
-    for position, column in enumerate(names, 1):
-        if column in seen and str(column).strip():
-            raise UsageError(f"{where}: the header names column {column!r} twice (columns {seen[column]} and {position}); "
-                             "a reader keeps only one: rename one of them")
-        seen.setdefault(column, position)
-
-
-def _read_json(f: TextIO, start: int, path: str) -> Iterator[InputRow]:
-    try:
-        data, twice = _loads(f.read())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); for one object a line, name it .jsonl") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text (a bad byte at {e.start}): save it as UTF-8") from None
-    except RecursionError:
-        raise UsageError(f"{path} is nested too deep to read: flatten it, or give one object a line as .jsonl") from None
-    if twice is not None:
-        raise UsageError(f"{path}: an object holds the key {twice!r} twice (a reader keeps only one): remove or rename one")
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise UsageError(f"{path}: expected a JSON array of objects")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise UsageError(f"{path}: expected a JSON array of objects")
-    for i, rec in enumerate(data):
-        yield _row(start + i, rec, f"item {i}", json.dumps(rec, ensure_ascii=True)[:100_000])
-
-
-def _read_csv(f: TextIO, start: int, name: str) -> Iterator[InputRow]:
-    csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_CHARS))
-    reader = csv.DictReader(f)
-    try:
-        header = reader.fieldnames or []
-    except csv.Error as e:
-        raise UsageError(f"{name}: the CSV header cannot be read ({e}): fix the first line") from None
-    refuse_duplicate_columns(header, name)
-    i = start
-    while True:
-        try:
-            rec = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:  # a malformed or oversized record fails alone
-            # the csv reader's own count: DictReader's is that of the last record read whole
-            yield InputRow(i, {}, f"bad CSV record near line {reader.reader.line_num}: {e}")
-        else:
-            why = invalid_text(rec)
-            yield InputRow(i, {} if why else dict(rec), why)
-        i += 1
+def read_again(path: str | os.PathLike[str], places: Iterable[Place]) -> Iterator[InputRow | None]:
+    """The rows of a text file at ``places`` (``InputRow.place``), read again (``readers.rows_at``)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        yield from rows_at(input_kind(path), f, places, str(path))
 
 
 def _from_batches(batches: Iterable[Any], start: int = 0) -> Iterator[InputRow]:

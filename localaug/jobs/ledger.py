@@ -84,10 +84,13 @@ def repair_ledger(ledger: Path) -> int:
     return size - keep
 
 
-def record_lines(f: BinaryIO) -> Iterator[tuple[int, int, bytes | None]]:
-    """(line number, byte offset, line) of a records file opened in binary mode; a line over
-    MAX_RECORD_BYTES is (number, offset, None), skipped without being read into memory."""
-    lineno = offset = 0
+def record_lines(f: BinaryIO, start: int = 0) -> Iterator[tuple[int, int, bytes | None]]:
+    """(line number, byte offset, line) of a records file opened in binary mode (and read from
+    byte ``start``, where a line begins; numbered from there); a line over MAX_RECORD_BYTES is
+    (number, offset, None), skipped without being read into memory."""
+    lineno, offset = 0, start
+    if start:
+        f.seek(start)
     while line := f.readline(MAX_RECORD_BYTES + 1):
         lineno += 1
         here, offset = offset, offset + len(line)
@@ -121,11 +124,11 @@ def read_record(line: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
     return (rec, None) if why is None else (None, why)
 
 
-def records_in(path: Path, skipped: Skipped | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(line number, byte offset, record) of every job record in ``path``, in file order; the
-    other non-blank lines are counted in ``skipped``."""
+def records_in(path: Path, skipped: Skipped | None = None, start: int = 0) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(line number, byte offset, record) of every job record in ``path`` (from byte ``start``, where
+    a line begins), in file order; the other non-blank lines are counted in ``skipped``."""
     with open(path, "rb") as f:
-        for lineno, offset, line in record_lines(f):
+        for lineno, offset, line in record_lines(f, start):
             if line is not None and not line.strip():
                 continue
             rec, why = read_record(line)
@@ -301,9 +304,14 @@ def accepted_texts(rec: dict[str, Any]) -> list[str]:
 
 
 def remember(seen: Any, records: Iterable[dict[str, Any]]) -> None:
-    """Fill a job-wide duplicate index with the accepted texts of earlier records (a resumed run)."""
-    for rec in records:
-        for text in accepted_texts(rec):
+    """Fill a job-wide duplicate index with the accepted texts of earlier records, each checked as
+    ``check`` would one after another (in bulk for the indexes of ``augment.filters``). A run keeps
+    this index beside its ledger instead (``localaug.jobs.seen``)."""
+    texts = [text for rec in records for text in accepted_texts(rec)]
+    if hasattr(seen, "encode"):
+        seen.extend(*seen.encode(texts))
+    else:
+        for text in texts:
             seen.check(text)
 
 

@@ -28,6 +28,12 @@ Before the model loads, the rows are read until the column the job needs is met 
 (``columns.check_columns``): a ``field`` no row has, or one that holds no text, is refused with
 the columns the rows do have. No output may be one of the files a run reads.
 
+Counting keeps where each row still to do is in a text input (``localaug.jobs.pending``): a row is
+read again from its place when its turn comes, so no row is read from the start or keyed twice. The
+job-wide duplicate index (``dedup`` exact or minhash) is kept beside the ledger
+(``localaug.jobs.seen``): a resumed run takes it as saved and checks only the texts of records
+written after it was saved, so its first new row starts at once whatever the ledger holds.
+
 A bad row (invalid JSON line, empty text, prompt too long, max tokens hit, unparseable reply) is
 recorded with ``status: failed`` and its ``error``; ``retry_failed`` reruns only those, and a
 finished job rewrites the ledger so that a retried row's new record supersedes the old one:
@@ -64,11 +70,12 @@ from localaug.jobs.ledger import (
     job_paths,
     output_counts,
     output_lock,
-    remember,
     repair_ledger,
     scan_ledger,
     stale_path,
 )
+from localaug.jobs.pending import PendingRows
+from localaug.jobs.seen import Loaded, SeenBook, compact_keeping_index, index_paths
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
 from localaug.runtime.batch import Backend, open_backend
@@ -409,8 +416,8 @@ class LedgerTarget:
             self._appender.close()
 
     def finish(self) -> int | None:
-        if self._superseded:
-            compact_ledger(self.where)
+        if self._superseded:  # the job-wide duplicate index beside it holds the same texts after
+            compact_keeping_index(self.where, lambda: compact_ledger(self.where))
         if self.fmt == "jsonl" or not self.export:  # not export: the caller writes it (from judged answers)
             return None
         return dataio.write_records(iter_ledger(self.where, latest_only=False), self.fmt, self.output)
@@ -434,9 +441,12 @@ class LocalExecutor:
 
     def __init__(self, input_path: Path, opts: JobOptions) -> None:
         self.input_path, self.opts = input_path, opts
+        text_file = input_path.is_file() and dataio.input_kind(input_path) in dataio.TEXT_KINDS
+        self.pending = PendingRows(input_path if text_file else None)  # the rows to do, met while counting
         self.engine: Engine | None = None
         self.parallel: Parallel | None = None
         self.note = ""
+        self.loaded: Loaded | None = None  # how the job-wide duplicate index was filled
 
     def plan(self, opts: JobOptions) -> JobPlan:
         plan = opts.plan()
@@ -458,7 +468,7 @@ class LocalExecutor:
         return self.rows()
 
     def stage(self, row: InputRow) -> None:
-        pass  # read again, lazily, when the run starts
+        self.pending.add(row)  # where it is (read again when its turn comes), or the row itself
 
     def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]:
         assert self.parallel is not None, "plan() chooses the batch size"
@@ -468,15 +478,23 @@ class LocalExecutor:
             assert self.engine is not None, "plan() loads the model"
             engine, self.engine = self.engine, None  # the backend owns it now
             backend = open_backend(engine, self.opts.engine_options(), self.parallel.value)
+        seen = plan.cfg.new_seen()
+        # kept beside the ledger for the tasks whose records hold new instructions
+        book = SeenBook(target.where, plan.run_id, seen) if seen is not None and plan.cfg.task not in SINGLE_SAMPLE else None
         try:
-            seen = plan.cfg.new_seen()
-            if seen is not None and target.statuses:
-                remember(seen, target.records())
-            for chunk in dataio.chunked(pending(), max(4 * self.parallel.value, 8)):
+            if book is not None:
+                self.loaded = book.load()
+            for chunk in dataio.chunked(self.pending.rows(pending), max(4 * self.parallel.value, 8)):
                 for rec in augment(backend, plan.style, plan.cfg, chunk, seen):
                     yield [rec]
+                    if book is not None:  # the record is in the ledger now
+                        book.written(rec)
         finally:
-            backend.close()
+            try:
+                backend.close()
+            finally:
+                if book is not None:
+                    book.close()
 
     def manifest_fields(self, plan: JobPlan) -> dict[str, Any]:
         assert self.parallel is not None
@@ -538,7 +556,7 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
 
 def written_by(target: LedgerTarget, fmt: str) -> list[Path]:
     """Every file a ``localaug run`` into ``target`` may write."""
-    written = [target.output, target.where, target.manifest_path, stale_path(target.where)]
+    written = [target.output, target.where, target.manifest_path, stale_path(target.where), *index_paths(target.where)]
     if fmt in dataio.DATASET_INFO:
         written.append(target.output.parent / "dataset_info.json")
     return written
