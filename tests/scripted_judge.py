@@ -9,7 +9,7 @@ token the model writes one fixed reply (``REPLIES``):
     "+"  -> "[[A]]"            the answer shown first is better
     "-"  -> " [[B]]"           the answer shown second is better
     "~"  -> "([[C]]"           a tie
-    "?"  -> "I cannot tell."   no verdict
+    "?"  -> "I cannot tell."   no verdict (greedily; sampled, one of ``UNSURE``, no verdict either)
 
 The character is chosen by the first characters of the question and of the two answers shown
 (``x`` the one shown as Assistant A, ``y`` as B), in this order:
@@ -33,6 +33,10 @@ from qwen2_fixture import write_tokenizer
 from scripted_fixture import IM_END, NEWLINE, _vocab_bytes, segment
 
 REPLIES = {"+": "[[A]]", "-": " [[B]]", "~": "([[C]]", "?": "I cannot tell."}
+# what "?" may also lead to, scored a little under "I cannot tell.": greedy decoding never writes
+# them, sampling almost always does (so a test sees whether the judge decodes greedily)
+UNSURE = ("Unclear.", "Hard to say.", "No idea.", "Both fine.", "Neither.", "Maybe.", "Pass.", "Skip this.",
+          "Dunno.", "Tough call.", "Hmm.", "Equal?", "Perhaps.", "Cannot judge.", "Too close.")
 
 TEMPLATE = (
     "{% set t = messages[-1]['content'] %}"
@@ -43,7 +47,7 @@ TEMPLATE = (
 )
 
 
-def build_judge_checkpoint(dst: Path, hidden: int = 32) -> Path:
+def build_judge_checkpoint(dst: Path, hidden: int = 64) -> Path:
     """A Qwen2 checkpoint (F32 safetensors) in ``dst`` that judges as the module doc says."""
     from safetensors.numpy import save_file
 
@@ -53,13 +57,15 @@ def build_judge_checkpoint(dst: Path, hidden: int = 32) -> Path:
     conf["chat_template"] = TEMPLATE
     (dst / "tokenizer_config.json").write_text(json.dumps(conf, indent=2), encoding="utf-8")
     vocab = _vocab_bytes(str(dst / "tokenizer.json"))
-    branches = list(REPLIES.values())
-    succ = segment(branches, vocab)
+    succ = segment([*REPLIES.values(), *UNSURE], vocab)
     # segment() hangs every reply off one start token; hang each off its own character instead
-    firsts = succ.pop(NEWLINE)
+    first_of = {text: _first_token(succ, vocab, text.encode()) for text in [*REPLIES.values(), *UNSURE]}
+    del succ[NEWLINE]
+    assert len(set(first_of.values())) == len(first_of), "every reply needs a first token of its own"
     for char, text in REPLIES.items():
-        first = next(t for t in firsts if text.encode().startswith(_token_bytes(vocab, t)))
-        succ[vocab[char.encode()]] = [first]
+        succ[vocab[char.encode()]] = [first_of[text]]
+    succ[vocab[b"?"]] += [first_of[text] for text in UNSURE]
+    lower = {(vocab[b"?"], first_of[text]) for text in UNSURE}
     assert len(succ) <= hidden, f"{len(succ)} tokens with successors need hidden >= {len(succ)}"
     n_vocab, heads, kv_heads = 151936, 4, 2
     head_dim = hidden // heads
@@ -68,7 +74,7 @@ def build_judge_checkpoint(dst: Path, hidden: int = 32) -> Path:
     for dim, (tok, nexts) in enumerate(sorted(succ.items())):
         embed[tok, dim] = 1.0
         for nxt in nexts:
-            head[nxt, dim] = 1.0
+            head[nxt, dim] = 0.99 if (tok, nxt) in lower else 1.0
     zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
     p = "model.layers.0."
     tensors = {
@@ -96,5 +102,13 @@ def build_judge_checkpoint(dst: Path, hidden: int = 32) -> Path:
     return dst
 
 
-def _token_bytes(vocab: dict[bytes, int], tok: int) -> bytes:
-    return next(b for b, i in vocab.items() if i == tok)
+def _first_token(succ: dict[int, list[int]], vocab: dict[bytes, int], text: bytes) -> int:
+    """The first token of the path from NEWLINE that spells ``text`` and then ends."""
+    pieces = {i: b for b, i in vocab.items()}
+
+    def spells(tok: int, rest: bytes) -> bool:
+        if not rest:
+            return IM_END in succ.get(tok, [])
+        return any(rest.startswith(pieces.get(n, b"\0")) and spells(n, rest[len(pieces[n]):]) for n in succ.get(tok, []))
+
+    return next(t for t in succ[NEWLINE] if text.startswith(pieces.get(t, b"\0")) and spells(t, text[len(pieces[t]):]))

@@ -169,6 +169,16 @@ def test_responses_that_hold_nothing_to_judge_say_why(tmp_path):
         responses(folder)
 
 
+def test_a_responses_file_that_cannot_be_read_is_a_job_error():
+    mem = Path("/proc/self/mem")  # a regular file whose first page no process maps: reading it fails (EIO)
+    if not mem.is_file():
+        pytest.skip("needs Linux /proc")
+    with pytest.raises(JobError) as e:
+        responses(mem)
+    assert str(e.value) == "cannot read /proc/self/mem: Input/output error" and e.value.fields == {"path": str(mem)}
+    assert e.value.exit_code == 1
+
+
 # --- run_judge over a ledger the test wrote ------------------------------------------------------------
 
 
@@ -605,3 +615,15 @@ def test_a_judge_run_takes_its_batch_size_from_this_machines_calibration(tmp_pat
         run_judge(a, b, scripted_judge, output=out, max_tokens=16, threads=1, device="cpu")
         assert _keys(out) == order
         assert json.loads(cache.read_text()) == {key: {"parallel": parallel}}  # found: nothing measured
+
+
+def test_replies_are_greedy_and_cut_at_max_tokens(tmp_path, scripted_judge):
+    a, b = judged_files(tmp_path, ORDER_CASES)
+    s = run_judge(a, b, scripted_judge, max_tokens=3, threads=1, parallel=1)
+    records = [json.loads(x) for x in Path(s.verdicts).read_text(encoding="utf-8").splitlines()]
+    # "I cannot tell." is four tokens: cut after three (the judge could also write other replies for
+    # "?" when sampled: greedy, it writes this one); "[[A]]" and " [[B]]" are three
+    assert [(r["reply_first"], r["reply_second"]) for r in records] == [("I cannot tell", "I cannot tell"),
+                                                                       ("[[A]]", " [[B]]")]
+    assert (s.wins, s.ties, s.losses, s.no_verdict) == (0, 1, 1, 1)
+    assert records[0]["run_id"] == run_id(a, b, scripted_judge, max_tokens=3)

@@ -88,7 +88,7 @@ def pair_key(rec: dict[str, Any]) -> str | None:
     a refine or expand output, else its ``row``; None when it names none."""
     origin = rec.get("origin")
     if isinstance(origin, dict) and _position(origin.get("row")):
-        item = origin.get("item", 0)
+        item = origin.get("item")
         return f"{origin['row']}:{item if _position(item) else 0}"
     return f"{rec['row']}:0" if _position(rec.get("row")) else None
 
