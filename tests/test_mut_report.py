@@ -350,6 +350,31 @@ def test_an_output_that_is_a_folder_is_a_usage_error(tmp_path, pairs):
     assert str(e.value) == f"output {tmp_path / 'out'} is not a regular file: give a file path"
 
 
+def test_a_ledger_another_run_is_writing_is_refused_and_the_lock_stays_beside_it(tmp_path, pairs):
+    from localaug.core.files import exclusive_lock
+
+    a, b, j = pairs
+    out = tmp_path / "v.jsonl"
+    out.write_text("".join(verdict_line(run_id(a, b, j), f"{i}:0", "B") for i in range(5)), encoding="utf-8")
+    lock = tmp_path / "v.jsonl.lock"
+    with exclusive_lock(lock) as held:
+        assert held
+        with pytest.raises(JobError) as e:
+            run_judge(a, b, j, output=out)
+    assert str(e.value) == f"another localaug run is writing {out}: wait for it or choose another output"
+    assert not (tmp_path / "v.jsonl.summary.json").exists()
+    assert run_judge(a, b, j, output=out).wins == 5 and lock.is_file()
+
+
+def test_an_output_onto_the_judge_folder_is_refused_before_the_judge_is_read(tmp_path, pairs):
+    a, b, _ = pairs
+    folder = tmp_path / "judge-checkpoint"
+    folder.mkdir()
+    with pytest.raises(UsageError) as e:
+        run_judge(a, b, folder, output=folder)
+    assert str(e.value).startswith(f"output {folder} is one of the files this reads")
+
+
 def test_done_keeps_only_whole_verdicts_of_this_run(tmp_path):
     out = tmp_path / "v.jsonl"
     assert judge_mod._done(out, "r") == {}
@@ -609,12 +634,13 @@ def test_a_judge_run_takes_its_batch_size_from_this_machines_calibration(tmp_pat
     key = f"{sha(scripted_judge)}|cpu|0|1|False|{llama_cpp_version()}|{cpu}|{top}"
     cache = tmp_path / "home" / "calibration.json"
     cache.parent.mkdir(parents=True)
-    for parallel, order in ((4, ["1:0", "0:0"]), (1, ["0:0", "1:0"])):
-        cache.write_text(json.dumps({key: {"parallel": parallel}}), encoding="utf-8")
+    for parallel, order, device in ((4, ["1:0", "0:0"], {}), (1, ["0:0", "1:0"], {"device": "cpu"})):
+        entry = {key.replace("|cpu|", f"|{device.get('device', 'auto')}|"): {"parallel": parallel}}  # device auto: the default
+        cache.write_text(json.dumps(entry), encoding="utf-8")
         out = tmp_path / f"cal{parallel}.jsonl"
-        run_judge(a, b, scripted_judge, output=out, max_tokens=16, threads=1, device="cpu")
+        run_judge(a, b, scripted_judge, output=out, max_tokens=16, threads=1, **device)
         assert _keys(out) == order
-        assert json.loads(cache.read_text()) == {key: {"parallel": parallel}}  # found: nothing measured
+        assert json.loads(cache.read_text()) == entry  # found: nothing measured
 
 
 def test_replies_are_greedy_and_cut_at_max_tokens(tmp_path, scripted_judge):
@@ -627,3 +653,14 @@ def test_replies_are_greedy_and_cut_at_max_tokens(tmp_path, scripted_judge):
                                                                        ("[[A]]", " [[B]]")]
     assert (s.wins, s.ties, s.losses, s.no_verdict) == (0, 1, 1, 1)
     assert records[0]["run_id"] == run_id(a, b, scripted_judge, max_tokens=3)
+
+
+def test_a_context_too_small_for_a_reply_fails_those_requests_alone_as_no_verdict(tmp_path, scripted_judge):
+    a, b = judged_files(tmp_path, ORDER_CASES)
+    s = run_judge(a, b, scripted_judge, max_tokens=16, threads=1, parallel=2, n_ctx=4)
+    records = [json.loads(x) for x in Path(s.verdicts).read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 2 and all(r["first"] is None and r["second"] is None and r["verdict"] == "tie" for r in records)
+    for r in records:
+        for reply in (r["reply_first"], r["reply_second"]):
+            assert reply.startswith("(no reply: ") and "per-sequence context of 4 tokens" in reply, reply
+    assert (s.wins, s.ties, s.losses, s.no_verdict, s.n) == (0, 2, 0, 2, 2)

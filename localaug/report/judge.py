@@ -156,7 +156,7 @@ def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str |
         if page_path is not None:
             refuse_overwriting_inputs(page_path, [*read, out, summary_path], "html")
 
-    refuse_inputs([pa, pb, *([Path(judge)] if Path(judge).is_file() else [])])  # before the judge is resolved (or pulled)
+    refuse_inputs([pa, pb, Path(judge)])  # before the judge is resolved (or pulled); a store name is no file: skipped
     if page_path is not None:
         _page_text(page_path)  # an existing file that is not a page is refused now, not after the judging
     m = resolve_style(judge)
