@@ -54,8 +54,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/family/judging.py": ("tests/test_mut_augment_prompts.py",),
     "localaug/family/templates.py": ("tests/test_mut_augment_templates.py",),
     "localaug/report/judge.py": ("tests/test_mut_report.py",),
-    "localaug/report/metrics.py": ("tests/test_mut_report.py",),
-    "localaug/augment/calibrate.py": ("tests/test_mut_runtime.py",),
+    "localaug/report/metrics.py": ("tests/test_mut_report_metrics.py",),
+    "localaug/augment/calibrate.py": ("tests/test_mut_calibrate.py",),
     "localaug/serve/scheduler.py": ("tests/test_mut_runtime.py",),
     "localaug/runtime/batch.py": ("tests/test_mut_runtime.py",),
 }

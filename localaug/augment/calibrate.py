@@ -15,18 +15,20 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from localaug.core.files import read_json, write_json_atomic
 from localaug.core.settings import default_parallel, localaug_home
-from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, batch_curve, fastest
+from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, BatchPoint, batch_curve, fastest
 from localaug.runtime.engine import Engine, llama_cpp_version
 from localaug.runtime.remote import DEFAULT_PARALLEL
 
 KV_SHARE_OF_MEMORY = 0.25  # the KV cache of all sequences may take at most this share of RAM
 CALIBRATION_TOKENS = 12
 CALIBRATION_PROMPT = "Write a short haiku about the sea."
+CPUINFO = Path("/proc/cpuinfo")  # where Linux names the CPU (a calibration holds for one CPU model)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Parallel:
 
 def _cpu() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -74,9 +76,16 @@ def affordable(engine: Engine, n_ctx: int, sizes: tuple[int, ...]) -> tuple[int,
     return fits or sizes[:1]
 
 
-def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None = None) -> Parallel:
+def measure_batch_sizes(engine: Engine, sizes: tuple[int, ...]) -> list[BatchPoint]:
+    """localaug's own batched throughput at each of ``sizes`` (no raw llama_decode curve: only the
+    pick is needed)."""
+    return batch_curve(engine, engine.tokenize(CALIBRATION_PROMPT), sizes, CALIBRATION_TOKENS, raw=False)
+
+
+def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None = None, *,
+                    measure: Callable[[Engine, tuple[int, ...]], list[BatchPoint]] = measure_batch_sizes) -> Parallel:
     """``given`` if set (or LOCALAUG_PARALLEL); else the cached calibration for this model and
-    machine; else measure."""
+    machine; else ``measure`` the batch sizes the memory affords and keep the fastest."""
     if given is not None:
         return Parallel(given, "given")
     if default_parallel() is not None:
@@ -89,7 +98,7 @@ def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None =
     if isinstance(hit, dict) and isinstance(hit.get("parallel"), int) and hit["parallel"] >= 1:
         return Parallel(hit["parallel"], "cached")
     started = time.monotonic()
-    points = batch_curve(engine, engine.tokenize(CALIBRATION_PROMPT), sizes, CALIBRATION_TOKENS, raw=False)
+    points = measure(engine, sizes)
     choice = Parallel(fastest(points), "calibrated", time.monotonic() - started)
     cache[key] = {"parallel": choice.value, "tokens_per_s": {str(p.parallel): round(p.tokens_per_s, 2) for p in points},
                   "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -95,7 +95,7 @@ def pair_key(rec: dict[str, Any]) -> str | None:
     a refine or expand output, else its ``row``; None when it names none."""
     origin = rec.get("origin")
     if isinstance(origin, dict) and _position(origin.get("row")):
-        item = origin.get("item", 0)
+        item = origin.get("item")
         return f"{origin['row']}:{item if _position(item) else 0}"
     return f"{rec['row']}:0" if _position(rec.get("row")) else None
 
@@ -164,8 +164,9 @@ def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str |
             refuse_overwriting_inputs(page_path, [*read, out, summary_path], "html")
 
     remote = is_remote(judge)
-    judge_file = [Path(judge)] if not remote and Path(judge).is_file() else []
-    refuse_inputs([pa, pb, *judge_file])  # before the judge is resolved (or pulled)
+    # before the judge is resolved (or pulled): a path given as the judge (file or folder) is an
+    # input; a store name or a URL is no file, skipped
+    refuse_inputs([pa, pb] if remote else [pa, pb, Path(judge)])
     if page_path is not None:
         _page_text(page_path)  # an existing file that is not a page is refused now, not after the judging
     model: Path | RemoteModel

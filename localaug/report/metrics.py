@@ -36,13 +36,20 @@ def mean_pairwise_cosine(vectors: np.ndarray) -> float:
     return float((total @ total - n) / (n * (n - 1)))
 
 
-def nearest_rouge(new: Sequence[str], others: Sequence[str], seed: int = 0) -> list[float]:
-    """For each new text, the highest ROUGE-L against the other texts (itself excluded)."""
+def nearest_rouge(new: Sequence[str], others: Sequence[str], seed: int) -> list[float]:
+    """For each new text, the highest ROUGE-L against the other texts (itself excluded: ``others``
+    may hold the new texts themselves, as the same objects); past MAX_NEIGHBOURS others, each new
+    text meets a sample of them drawn from one generator seeded with ``seed``."""
     rng = random.Random(seed)
     toks = {t: tokens(t) for t in {*new, *others}}
     out = []
     for text in new:
-        candidates = [o for o in others if o is not text]
+        # one occurrence of this very object is the text itself; another one is a duplicate (equal
+        # strings may be one object: one-character and empty strings, literals)
+        candidates = list(others)
+        mine = next((i for i, o in enumerate(candidates) if o is text), None)
+        if mine is not None:
+            del candidates[mine]
         if len(candidates) > MAX_NEIGHBOURS:
             candidates = rng.sample(candidates, MAX_NEIGHBOURS)
         out.append(max((rouge_l(toks[text], toks[o]) for o in candidates), default=0.0))
