@@ -241,9 +241,9 @@ def test_the_counts_score_and_interval_of_chosen_verdicts(tmp_path, pairs):
     assert json.loads(raw) == {"a": str(a), "b": str(b), "judge": str(j), "aspect": "detail", "wins": 2, "ties": 2,
                                "losses": 1, "n": 5, "score": pytest.approx(0.6), "interval": [pytest.approx(0.6 - half),
                                                                                            pytest.approx(0.6 + half)],
-                               "no_verdict": 2, "done_now": 0, "verdicts": str(out), "missing": 2}
+                               "no_verdict": 2, "done_now": 0, "verdicts": str(out), "missing": 2, "failed": 0}
     assert list(json.loads(raw)) == ["a", "b", "judge", "aspect", "wins", "ties", "losses", "n", "score", "interval",
-                                     "no_verdict", "done_now", "verdicts", "missing"]
+                                     "no_verdict", "done_now", "verdicts", "missing", "failed"]
     assert s.to_json() == json.loads(raw) | {"interval": s.interval}
 
 
@@ -505,16 +505,6 @@ def test_a_judge_run_adds_its_table_to_the_page(tmp_path, pairs):
 # --- results of the backend ----------------------------------------------------------------------------
 
 
-def test_a_failed_request_is_a_reply_with_no_verdict():
-    from localaug.runtime.batch import Result
-    from localaug.runtime.engine import Generation
-
-    gen = Generation("[[A]]", [1, 2, 3], "stop", 1, 0.1, 0.01)
-    out = list(judge_mod._results(iter([Result("3:0|AB", 0, gen), Result("3:0|BA", 0, None, "context full")])))
-    assert out == [("3:0|AB", "[[A]]"), ("3:0|BA", "(no reply: context full)")]
-    assert judging.verdict(out[1][1]) is None
-
-
 # --- a real judge whose verdicts the answers choose (llama.cpp) --------------------------------------------
 
 
@@ -655,12 +645,16 @@ def test_replies_are_greedy_and_cut_at_max_tokens(tmp_path, scripted_judge):
     assert records[0]["run_id"] == run_id(a, b, scripted_judge, max_tokens=3)
 
 
-def test_a_context_too_small_for_a_reply_fails_those_requests_alone_as_no_verdict(tmp_path, scripted_judge):
+def test_a_context_too_small_for_a_reply_records_nothing_and_says_so(tmp_path, scripted_judge):
+    """A pair whose judge request failed is not recorded (the same command retries it); when no
+    pair could be judged the run is an error naming the cause and the count."""
+    from localaug.core.errors import JobError
+
     a, b = judged_files(tmp_path, ORDER_CASES)
-    s = run_judge(a, b, scripted_judge, max_tokens=16, threads=1, parallel=2, n_ctx=4)
-    records = [json.loads(x) for x in Path(s.verdicts).read_text(encoding="utf-8").splitlines()]
-    assert len(records) == 2 and all(r["first"] is None and r["second"] is None and r["verdict"] == "tie" for r in records)
-    for r in records:
-        for reply in (r["reply_first"], r["reply_second"]):
-            assert reply.startswith("(no reply: ") and "per-sequence context of 4 tokens" in reply, reply
-    assert (s.wins, s.ties, s.losses, s.no_verdict, s.n) == (0, 2, 0, 2, 2)
+    with pytest.raises(JobError) as e:
+        run_judge(a, b, scripted_judge, max_tokens=16, threads=1, parallel=2, n_ctx=4)
+    msg = str(e.value)
+    assert msg.startswith("no pair could be judged (2 failed): ") and "per-sequence context of 4 tokens" in msg, msg
+    assert msg.endswith("run the same command again to retry them")
+    ledger = Path(str(b) + ".judge-detail.jsonl")
+    assert not ledger.exists() or ledger.read_text(encoding="utf-8") == ""
