@@ -56,8 +56,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/report/judge.py": ("tests/test_mut_report.py",),
     "localaug/report/metrics.py": ("tests/test_mut_report.py",),
     "localaug/augment/calibrate.py": ("tests/test_mut_runtime.py",),
-    "localaug/serve/scheduler.py": ("tests/test_mut_runtime.py",),
-    "localaug/runtime/batch.py": ("tests/test_mut_runtime.py",),
+    "localaug/serve/scheduler.py": ("tests/test_mut_runtime_scheduler.py",),
+    "localaug/runtime/batch.py": ("tests/test_mut_runtime_batch.py",),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

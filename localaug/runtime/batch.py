@@ -135,7 +135,6 @@ class _Group:
 
     request: Request
     tokens: list[int]
-    started: float
     next_index: int = 0
     live: set[int] = field(default_factory=set)  # slots running a sample of this request
     prefilled: bool = False  # a sibling's KV holds the whole prompt (forks may copy it)
@@ -430,7 +429,6 @@ class Slots:
         """Stop a request: free its running samples, forget its pending ones; an error Result for
         every sample not finished yet."""
         self.cancel(group.request.id)
-        group.next_index = group.request.n
         return [Result(group.request.id, k, None, message) for k in range(group.request.n) if k not in group.finished]
 
     def step(self) -> Iterator[Result | Piece]:
@@ -480,15 +478,13 @@ class Slots:
                     yield from self._abort(current.group, f"could not start a sample: {exc}")
 
     def cancel(self, request_id: str) -> int:
-        """Stop every sample of a request (running or still to start); the number of slots freed."""
+        """Stop every sample of a request (running or still to start); the number of slots freed. The
+        request's group is dropped with its slots: nothing refers to it afterwards."""
         freed = 0
         for slot, seq in enumerate(self.slots):
             if seq is not None and seq.group.request.id == request_id:
-                if seq.sampler is not None:
-                    L.llama_sampler_free(seq.sampler)
+                L.llama_sampler_free(seq.sampler)
                 L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
-                seq.group.live.discard(slot)
-                seq.group.next_index = seq.group.request.n
                 self.slots[slot] = None
                 freed += 1
         self.groups[:] = [g for g in self.groups if g.request.id != request_id]
@@ -496,8 +492,8 @@ class Slots:
 
     def clear(self) -> list[str]:
         """Drop every sequence (after a failed step); the ids of the requests that were running."""
+        # a request with samples still to start always has one running (see _finish)
         ids = list(dict.fromkeys(s.group.request.id for s in self.slots if s is not None))
-        ids += [g.request.id for g in self.groups if g.request.id not in ids]
         self.close()
         self.slots = [None] * self.engine.parallel
         self.groups.clear()
@@ -514,7 +510,6 @@ class Slots:
     # -- the steps ---------------------------------------------------------------------------------
 
     def _admit(self, request: Request) -> tuple[_Group | None, list[Result]]:
-        started = time.monotonic()
         p = request.sampling
         n_ctx = self.engine.n_ctx_seq
         if isinstance(request.prompt, str) and self.engine.engine.surely_too_long(request.prompt, n_ctx - p.max_tokens):
@@ -533,7 +528,7 @@ class Slots:
             return None, _errors(request, (
                 f"prompt of {len(tokens)} tokens + max_tokens {p.max_tokens} exceeds the per-sequence context of "
                 f"{n_ctx} tokens: shorten the input, lower max_tokens or raise the context size"))
-        return _Group(request, tokens, started), []
+        return _Group(request, tokens), []
 
     def _start(self, group: _Group, slot: int, feed: list[int], pos: int) -> _Seq:
         """The group's next sample in ``slot`` (nothing of the group changes if this raises)."""
@@ -550,14 +545,13 @@ class Slots:
         """Start the group's next sample in ``slot`` from the prompt KV of ``source``.
 
         ``whole``: the source has just decoded the prompt and its logits are fresh (the new sample
-        samples from them); otherwise copy all but the prompt's last token and decode that again."""
+        samples from them); otherwise copy all but the prompt's last token and decode that again.
+        A free slot holds no KV (whatever frees a slot removes its cells)."""
         n, memory = len(group.tokens), self.engine.memory
-        L.llama_memory_seq_rm(memory, slot, -1, -1)
         try:
             if whole:
                 L.llama_memory_seq_cp(memory, source, slot, -1, -1)
                 seq = self._start(group, slot, [], n)
-                seq.prefill_done = time.monotonic()
             else:
                 L.llama_memory_seq_cp(memory, source, slot, 0, n - 1)
                 seq = self._start(group, slot, group.tokens[-1:], n - 1)
