@@ -13,6 +13,7 @@ Fast on purpose (mutation testing runs them for every mutant of batch.py): promp
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
@@ -48,6 +49,28 @@ def fresh(engine: Engine) -> Fresh:
     return make_fresh(engine)
 
 
+@pytest.fixture(autouse=True)
+def every_sampler_is_freed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A spy on the native samplers the batch engine makes: each is freed by the end of the test
+    (finished, cancelled, failed or left running when a session ends), none leaks."""
+    live: set[int] = set()
+    make, free = batch_module.make_sampler, L.llama_sampler_free
+
+    def made(*args: object):
+        sampler = make(*args)
+        live.add(ctypes.cast(sampler, ctypes.c_void_p).value)
+        return sampler
+
+    def freed(sampler: object) -> None:
+        live.discard(ctypes.cast(sampler, ctypes.c_void_p).value)
+        free(sampler)
+
+    monkeypatch.setattr(batch_module, "make_sampler", made)
+    monkeypatch.setattr(L, "llama_sampler_free", freed)
+    yield
+    assert not live, f"{len(live)} sampler(s) never freed"
+
+
 def run_all(batch: BatchEngine, requests: Iterable[Request]) -> dict[tuple[str, int], Result]:
     out: dict[tuple[str, int], Result] = {}
     for r in batch.run(requests):
@@ -70,8 +93,10 @@ def assert_same(got: Result, want: Generation, cached: int = 0) -> None:
     assert g.completion_tokens == len(want.tokens)
     assert g.stats["cached_prompt_tokens"] == cached
     assert 0 < g.first_token_seconds <= g.seconds < 60
-    rate = g.stats["prefill_tokens_per_s"]
-    assert 0 <= rate < 1e8 and (rate > 0) == (g.prompt_tokens > cached)  # a real prefill time, not the 1e-9 floor
+    rate, decoded = g.stats["prefill_tokens_per_s"], g.prompt_tokens - cached
+    assert (rate > 0) == (decoded > 0)
+    if decoded:  # the prefill took a real time (not the 1e-9 floor), within the whole generation's
+        assert 0 < decoded / rate <= g.seconds and rate < 1e8
 
 
 # --- slots ------------------------------------------------------------------------------------------
@@ -112,6 +137,8 @@ def test_engine_sizes_and_ownership(engine: Engine, converted) -> None:
     with BatchEngine(engine, parallel=1) as batch:
         assert (batch.parallel, batch.holder, batch.n_ctx_seq) == (1, 1, 256)  # the engine's n_ctx
         assert L.llama_n_seq_max(batch.ctx) == 2
+    with BatchEngine(engine, parallel=3, n_ctx=64) as batch:  # 3 slots and the holder: 4 x 64 cells
+        assert (L.llama_n_ctx(batch.ctx), batch.n_batch, batch.llama_batch.n_tokens) == (256, 256, 0)
     with BatchEngine(engine, parallel=2, n_ctx=40_000) as batch:
         assert batch.n_ctx_seq == 32768  # capped at the trained context
     batch = BatchEngine(engine, parallel=2, n_ctx=16)
@@ -153,11 +180,14 @@ def test_the_prefix_holder_filled_kept_replaced_truncated_and_evicted(engine: En
 
         one(P + toks(14, 5), 12, P)  # starts with the prefix: kept
         assert (stats.decoded, stats.reused) == (21 + 5, 36 + 12)
+        # shares exactly MIN_SHARE tokens, half of all but its last: the holder is cut to those
+        one(P[:MIN_SHARE] + toks(23, 9), MIN_SHARE, P[:MIN_SHARE])
         # a new system prompt that shares only its first MIN_SHARE tokens: those are taken, then the
         # new prompt (all but its last token) replaces the holder
         Q = P[:MIN_SHARE] + toks(15, 12)
         one(Q, MIN_SHARE, Q[:-1])
         one(Q[:-1] + toks(16, 2), 19, Q[:-1])  # the new one's next request takes all of it
+        one(Q[:-1], 18, Q[:-1])  # exactly the cached prefix: all but its last token
         # merely starts like the cached prefix (MIN_SHARE - 1 tokens): nothing taken, replaced
         R = Q[:MIN_SHARE - 1] + toks(17, 10)
         one(R, 0, R[:-1])
@@ -168,6 +198,8 @@ def test_the_prefix_holder_filled_kept_replaced_truncated_and_evicted(engine: En
         one(V, 10, V[:-1])  # shares less than half: replaced
         one(toks(21, MIN_SHARE), 0, V[:-1])  # too short to be worth caching: the holder stays
         one(toks(22, MIN_SHARE + 1), 0, toks(22, MIN_SHARE))  # just long enough
+        X = [toks(22, 1)[0] + 1] + toks(22, MIN_SHARE)[1:] + toks(24, 3)  # all but the first token in common
+        one(X, 0, X[:-1])
         batch.forget_prefix()
         assert batch.prefix == [] and kv(batch, batch.holder) == (-1, -1)
         one(P + toks(14, 5), 0, (P + toks(14, 5))[:-1])  # evicted: decoded whole
@@ -218,12 +250,22 @@ def batch6(engine: Engine) -> Iterator[BatchEngine]:
         yield batch
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(stems=st.lists(st.lists(st.sampled_from([1000, 1001, 1002]), max_size=24), min_size=2, max_size=6),
-       held=st.integers(0, 20))
-def test_requests_admitted_together_cache_the_prefix_that_saves_most(batch6: BatchEngine, stems: list[list[int]],
+@st.composite
+def nested_prompts(draw: st.DrawFn) -> list[list[int]]:
+    """2 to 6 prompts, each the start of one of two random texts plus a few tokens of its own: groups
+    of prompts sharing prefixes, nested within one another. None is the start of another."""
+    texts = draw(st.lists(st.lists(st.sampled_from([1000, 1001]), min_size=24, max_size=24), min_size=2, max_size=2))
+    prompts = []
+    for i in range(draw(st.integers(2, 6))):
+        start = draw(st.sampled_from(texts))[:draw(st.integers(0, 24))]
+        prompts.append(start + draw(st.lists(st.sampled_from([1000, 1001, 1002]), max_size=3)) + [2000 + i])
+    return prompts
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompts=nested_prompts(), held=st.integers(0, 20))
+def test_requests_admitted_together_cache_the_prefix_that_saves_most(batch6: BatchEngine, prompts: list[list[int]],
                                                                      held: int) -> None:
-    prompts = [s + [2000 + i] for i, s in enumerate(stems)]  # no prompt is the start of another
     batch6.forget_prefix()
     if held >= MIN_SHARE:  # a holder from earlier requests: the first ``held`` tokens of a prompt, then others
         old = (prompts[0][:held] + [3000] * held)[:held + 2]
@@ -258,13 +300,25 @@ def test_equal_savings_cache_the_first_prefix_in_token_order(batch6: BatchEngine
     batch6.forget_prefix()
     fill_only(batch6, [a + [1], a + [2], a[:9] + [5], b + [3], b + [4]])  # a's first 9: 18 saved, more
     assert batch6.prefix == a[:9]
+    batch6.forget_prefix()
+    fill_only(batch6, [a, a + [1], a + [2]])  # the whole of a prompt: all but its last token
+    assert batch6.prefix == a[:-1]
+    batch6.forget_prefix()
+    fill_only(batch6, [b[:MIN_SHARE - 1] + [1], b[:MIN_SHARE - 1] + [2]])  # too short to cache
+    assert batch6.prefix == []
+    fill_only(batch6, [b[:MIN_SHARE] + [1], b[:MIN_SHARE] + [2]])  # just long enough
+    assert batch6.prefix == b[:MIN_SHARE]
+    fill_only(batch6, [a + [1], a + [2]])
+    fill_only(batch6, [a[:9] + [5], a[:9] + [6]])  # the holder holds all of it and more: kept whole
+    assert batch6.prefix == a
+    assert_holder_matches_prefix(batch6)
 
 
 def test_a_prefix_longer_than_a_batch_and_prompts_in_chunks(engine: Engine, fresh) -> None:
     """A 530-token shared prefix is decoded into the holder in two llama_decode calls (n_batch 512);
     prompts that do not fit one batch together are split; a generating slot is never starved."""
     P = toks(60, 530)
-    with BatchEngine(engine, parallel=2, n_ctx=600) as batch:
+    with BatchEngine(engine, parallel=3, n_ctx=600) as batch:
         assert batch.n_batch == 512
         prompts = [P + toks(61, 3), P + toks(62, 2)]
         got = run_all(batch, [Request(str(i), p, greedy()) for i, p in enumerate(prompts)])
@@ -283,6 +337,16 @@ def test_a_prefix_longer_than_a_batch_and_prompts_in_chunks(engine: Engine, fres
             assert sr.id == "short" and state.last_batch_tokens == 512
             [lr] = list(state.step())
             assert lr.id == "long" and state.last_batch_tokens == 9
+            # 511 + 1 tokens: the batch is full to its last token, the third prompt waits a step
+            full, tiny, tiny2 = toks(66, 511), toks(67, 5), toks(68, 3)
+            admit(state, *(Request(str(i), p, greedy(1)) for i, p in enumerate((full, tiny, tiny2))))
+            [r0] = list(state.step())
+            assert r0.id == "0" and state.last_batch_tokens == 512
+            r1, r2 = state.step()
+            assert {r1.id, r2.id} == {"1", "2"} and state.last_batch_tokens == 4 + 3
+    assert_same(r0, fresh(full, greedy(1)))
+    assert_same(r1 if r1.id == "1" else r2, fresh(tiny, greedy(1)))
+    assert_same(r2 if r2.id == "2" else r1, fresh(tiny2, greedy(1)))
     assert_same(xr, fresh(x, greedy(1)))
     assert_same(sr, fresh(short, greedy(2)))
     assert_same(lr, fresh(long, greedy(1)))
@@ -308,8 +372,9 @@ def test_samples_started_late_from_a_sibling_or_a_rewound_slot(engine: Engine, f
     # a running sibling's prompt KV, its fourth and fifth when the first two finish
     with BatchEngine(engine, parallel=3, n_ctx=16) as batch:
         got = run_all(batch, [Request("a", p, HOT2, n=5), Request("b", other, greedy(1))])
-    # one slot: each next sample rewinds the finished one's KV to the prompt
-    with BatchEngine(engine, parallel=1, n_ctx=16) as batch:
+    # two slots: the second sample forks from the prefill; the third starts by rewinding the KV of
+    # the sibling that finishes last to the prompt
+    with BatchEngine(engine, parallel=2, n_ctx=16) as batch:
         alone = run_all(batch, [Request("a", p, HOT2, n=3)])
     assert sorted(got) == [("a", k) for k in range(5)] + [("b", 0)] and sorted(alone) == sorted(got)[:3]
     assert_same(got[("b", 0)], fresh(other, greedy(1)))
@@ -367,11 +432,14 @@ def test_stops_per_request_across_inside_and_at_the_first_token(engine: Engine, 
         g = results[key].generation
         assert (g.text, g.tokens, g.finish_reason) == (text, tokens, "stop"), key
         assert_same(results[key], fresh(prompts[key], long, stops[key]))
-        streamed = "".join(e.text for e in events if isinstance(e, Piece) and e.id == key)
-        assert streamed == text, key  # the pieces never run past a stop
+        streamed = [e for e in events if isinstance(e, Piece) and e.id == key]
+        assert "".join(e.text for e in streamed) == text, key  # the pieces never run past a stop
+        assert all(e.index == 0 for e in streamed)
     assert results["c"].generation.text == "" and len(results["c"].generation.tokens) == 1
     assert_same(results["same-as-c"], fc)  # c's stop is c's alone
-    assert "".join(e.text for e in events if isinstance(e, Piece) and e.id == "same-as-c") == fc.text
+    # no stop to hold text back for: each token's text streams at its step, before the Result
+    assert [(e.text if isinstance(e, Piece) else None, e.index) for e in events if e.id == "same-as-c"] == [
+        *((engine.piece(t).decode("utf-8"), 0) for t in fc.tokens), (None, 0)]
 
 
 def test_zero_max_tokens_end_of_generation_and_ignore_eog(engine: Engine, fresh) -> None:
@@ -442,6 +510,42 @@ def test_a_request_that_cannot_start_fails_alone(engine: Engine, fresh) -> None:
                                          "simplify the JSON schema")
     assert_same(got[("ok", 0)], fresh(toks(46, 5), greedy(3)))
     assert_same(got[("ok2", 0)], fresh(toks(48, 5), greedy(3)))
+    # the only slot's request fails to start, and nothing runs: the next ones are still pulled
+    with BatchEngine(engine, parallel=1, n_ctx=16) as batch:
+        got = run_all(batch, [Request("bad", toks(47, 5), bad), Request("ok", toks(46, 5), greedy(3))])
+    assert sorted(got) == [("bad", 0), ("ok", 0)] and not got[("bad", 0)].ok
+    assert_same(got[("ok", 0)], fresh(toks(46, 5), greedy(3)))
+
+
+def test_a_request_sharing_the_cached_prefix_that_cannot_start_leaves_its_slot_empty(engine: Engine, fresh) -> None:
+    P = toks(70, 10)
+    with BatchEngine(engine, parallel=1, n_ctx=24) as batch:
+        run_all(batch, [Request("warm", P + [7], greedy(1))])
+        assert batch.prefix == P
+        with batch.session() as state:
+            [error] = admit(state, Request("bad", P + [8], greedy(1, grammar="root ::= (")))
+            assert error.id == "bad" and error.error.startswith("could not start:")
+            assert kv(batch, 0) == (-1, -1) and state.active == 0  # the prefix KV it took is dropped
+        [ok] = run_all(batch, [Request("ok", P + [9], greedy(1))]).values()
+    assert_same(ok, fresh(P + [9], greedy(1)), cached=10)
+
+
+def test_a_shared_prefix_llama_cpp_refuses_is_not_cached(engine: Engine, fresh, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = L.llama_decode
+
+    def refuse_the_holder(ctx, b):  # fault injection: the holder's batch is refused
+        return 1 if b.seq_id and b.seq_id[0][0] == 2 else real(ctx, b)
+
+    P = toks(71, 12)
+    prompts = [P + toks(72, 2), P + toks(73, 3)]
+    with BatchEngine(engine, parallel=2, n_ctx=24) as batch:
+        run_all(batch, [Request("warm", P + [5], greedy(1))])  # the holder holds P
+        monkeypatch.setattr(L, "llama_decode", refuse_the_holder)
+        batch.forget_prefix()
+        got = run_all(batch, [Request(str(i), p, greedy(1)) for i, p in enumerate(prompts)])
+        assert batch.prefix_stats.decoded == 13 + 14 + 15  # the warm-up's prompt, then both whole
+    for i, p in enumerate(prompts):
+        assert_same(got[(str(i), 0)], fresh(p, greedy(1)))
 
 
 @pytest.fixture
@@ -467,10 +571,17 @@ def test_a_sample_that_cannot_start_fails_its_request_only(engine: Engine, fresh
     message = "could not start a sample: no sampler"
     sampler_fails_for_seed.add(HOT.seed + 1)
     after = [Request("c", c, greedy(1)), Request("d", d, greedy(1))]
-    # forked from the fresh prefill: the whole request fails, its first sample too
-    with BatchEngine(engine, parallel=3, n_ctx=16) as batch:
-        got = run_all(batch, [Request("a", p, HOT2, n=3), Request("b", other, greedy(2)), *after])
-    assert [got[("a", k)].error for k in range(3)] == [message] * 3
+    # forked from the fresh prefill: the whole request fails, its first sample too; both slots are
+    # freed with their KV, and the next requests take them
+    with BatchEngine(engine, parallel=3, n_ctx=16) as batch, batch.session() as state:
+        admit(state, Request("a", p, HOT2, n=3), Request("b", other, greedy(2)))
+        events = list(state.step())
+        assert [(e.id, e.index, e.error) for e in events] == [("a", k, message) for k in range(3)]
+        assert [kv(batch, s) for s in range(3)] == [(-1, -1), (0, 3), (-1, -1)] and state.groups == []
+        admit(state, *after)
+        while state.active:
+            events += state.step()
+    got = {(e.id, e.index): e for e in events}
     # started late from a running sibling: the sibling is stopped, both fail
     with BatchEngine(engine, parallel=2, n_ctx=16) as batch:
         late = run_all(batch, [Request("a", p, HOT2, n=2), Request("b", other, greedy(1)), *after])
@@ -538,11 +649,15 @@ def test_one_sequence_at_a_time_backend(converted, fresh, monkeypatch: pytest.Mo
     p = toks(56, 5)
     with open_backend(path, OPTS, parallel=1) as seq:
         assert isinstance(seq, SequentialBackend) and seq.engine.n_ctx == 256  # its context is made
-        got = {(r.id, r.index): r for r in seq.run([Request("a", p, HOT, n=2), Request("e", [], HOT, n=2)])}
-        assert sorted(got) == [("a", 0), ("a", 1), ("e", 0), ("e", 1)]
+        stop = (fresh(p, HOT).text[2:4],)
+        reqs = [Request("a", p, HOT, n=2), Request("e", [], HOT, n=2), Request("s", p, HOT, stop)]
+        got = {(r.id, r.index): r for r in seq.run(reqs)}
+        assert sorted(got) == [("a", 0), ("a", 1), ("e", 0), ("e", 1), ("s", 0)]
         for k in range(2):  # the engine decodes the same prompt once: sample 1 reuses all of it
             assert_same(got[("a", k)], fresh(p, replace(HOT, seed=HOT.seed + k)), cached=len(p) if k else 0)
             assert got[("e", k)].error == "empty prompt: give some text"
+        assert_same(got[("s", 0)], fresh(p, HOT, stop), cached=len(p))
+        assert got[("s", 0)].generation.text == fresh(p, HOT).text[:2]
         real = seq.engine.generate
 
         def second_fails(prompt, sampling, stop=(), ignore_eog=False):  # fault injection
@@ -551,8 +666,9 @@ def test_one_sequence_at_a_time_backend(converted, fresh, monkeypatch: pytest.Mo
             return real(prompt, sampling, stop, ignore_eog)
 
         monkeypatch.setattr(seq.engine, "generate", second_fails)
-        got = list(seq.run([Request("a", p, HOT, n=3)]))
-        assert [(r.index, r.error) for r in got] == [(0, None), (1, "no memory"), (2, "no memory")]
+        got = list(seq.run([Request("a", p, HOT, n=3), Request("next", p, greedy(1))]))
+        assert [(r.id, r.index, r.error) for r in got] == [("a", 0, None), ("a", 1, "no memory"), ("a", 2, "no memory"),
+                                                           ("next", 0, None)]
         loaded = seq.engine
     assert seq.engine is None and loaded._model is None
     with Engine(path, OPTS) as shared:
@@ -563,10 +679,14 @@ def test_one_sequence_at_a_time_backend(converted, fresh, monkeypatch: pytest.Mo
 
 def test_a_batch_backend_owns_the_engine_it_is_given(converted) -> None:
     engine = Engine(converted("tied", "F32"), OPTS, context=False)
-    with open_backend(engine, OPTS, parallel=2) as many:
+    with open_backend(engine, replace(OPTS, n_ctx=128), parallel=2) as many:  # the options' context
         assert isinstance(many, BatchEngine) and many.engine is engine
-        assert (many.parallel, many.n_ctx_seq, engine._ctx) == (2, 256, None)
+        assert (many.parallel, many.n_ctx_seq, engine._ctx) == (2, 128, None)
     assert many.engine is None and engine._model is None  # handed over: freed with the backend
+    with open_backend(converted("tied", "F32"), OPTS, parallel=2) as loaded:
+        assert loaded.engine._ctx is None and loaded.n_ctx_seq == 256  # no single-sequence context made
+        own = loaded.engine
+    assert own._model is None
 
 
 def test_a_failed_decode_is_an_engine_error(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -332,7 +332,7 @@ class Slots:
         if len(admitted) > 1:
             try:
                 self._cache_common_prefix(admitted)
-            except Exception:  # noqa: BLE001 - no shared prefix then: each prompt is decoded whole
+            except Exception:  # noqa: BLE001 - a bug of ours must not fail the requests: nothing is cached then
                 self.engine.forget_prefix()
         for group, slot in zip(admitted, free):
             yield from self._begin(group, slot)
@@ -358,7 +358,9 @@ class Slots:
     def _cache_common_prefix(self, admitted: list[_Group]) -> None:
         """Requests admitted together that share a beginning (a job's first rows, a burst of
         requests with one system prompt): decode that beginning once, into the holder, so that
-        each of them prefills only its own part. The prefix chosen saves the most tokens."""
+        each of them prefills only its own part. The prefix chosen saves the most tokens. When
+        llama.cpp refuses to decode it, nothing is cached: each prompt is then decoded whole.
+        ``admitted`` holds at least two requests."""
         eng = self.engine
         if not eng.share_prefix:
             return
@@ -374,7 +376,7 @@ class Slots:
             saved = length * (hi - lo + 1)  # every member of the run but one skips ``length`` tokens
             if saved > best_saved:
                 best, best_saved = i, saved
-        length = min(adjacent[best] if adjacent else 0, *(len(t) - 1 for t in ordered[best:best + 2]))
+        length = min(adjacent[best], *(len(t) - 1 for t in ordered[best:best + 2]))
         prefix = ordered[best][:length]
         if length < MIN_SHARE or _common(eng.prefix, prefix) >= length:
             return  # too short, or cached already
@@ -382,7 +384,6 @@ class Slots:
         if keep < MIN_SHARE:
             keep = 0
         L.llama_memory_seq_rm(eng.memory, eng.holder, keep, -1)
-        eng.prefix = []
         b = eng.llama_batch
         for start in range(keep, length, eng.n_batch):
             chunk = prefix[start:start + eng.n_batch]
@@ -390,9 +391,9 @@ class Slots:
                 b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, start + j, 1, 0
                 b.seq_id[j][0] = eng.holder
             b.n_tokens = len(chunk)
-            rc = L.llama_decode(eng.ctx, b)
-            if rc != 0:
-                raise EngineError(f"llama_decode failed (code {rc}) on the shared prefix")
+            if L.llama_decode(eng.ctx, b) != 0:
+                eng.forget_prefix()  # the holder's KV is incomplete: cache nothing
+                return
         eng.prefix = prefix
         eng.prefix_stats.decoded += length - keep
 
