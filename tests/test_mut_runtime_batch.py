@@ -50,25 +50,43 @@ def fresh(engine: Engine) -> Fresh:
 
 
 @pytest.fixture(autouse=True)
-def every_sampler_is_freed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A spy on the native samplers the batch engine makes: each is freed by the end of the test
-    (finished, cancelled, failed or left running when a session ends), none leaks."""
-    live: set[int] = set()
-    make, free = batch_module.make_sampler, L.llama_sampler_free
+def every_native_object_is_freed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A spy on what the batch engine allocates in llama.cpp (samplers, its context, its batch):
+    each is freed by the end of the test (finished, cancelled, failed, left running when a session
+    ends, or with the engine), none leaks."""
+    live: dict[int, str] = {}
+    address = lambda p: ctypes.cast(p, ctypes.c_void_p).value  # noqa: E731
+    make, free, new_context = batch_module.make_sampler, L.llama_sampler_free, Engine.new_context
+    batch_init, batch_free, llama_free = L.llama_batch_init, L.llama_batch_free, L.llama_free
 
     def made(*args: object):
         sampler = make(*args)
-        live.add(ctypes.cast(sampler, ctypes.c_void_p).value)
+        live[address(sampler)] = "sampler"
         return sampler
 
-    def freed(sampler: object) -> None:
-        live.discard(ctypes.cast(sampler, ctypes.c_void_p).value)
-        free(sampler)
+    def context(self: Engine, *args: object, **kwargs: object):
+        ctx = new_context(self, *args, **kwargs)
+        if kwargs.get("kv_unified"):  # the batch engine's (an Engine's own contexts live with it)
+            live[address(ctx)] = "context"
+        return ctx
+
+    def batch(*args: object):
+        b = batch_init(*args)
+        live[address(b.token)] = "batch"
+        return b
+
+    def forget(key: int | None, real, obj: object) -> None:
+        live.pop(key, None)  # type: ignore[arg-type]
+        real(obj)
 
     monkeypatch.setattr(batch_module, "make_sampler", made)
-    monkeypatch.setattr(L, "llama_sampler_free", freed)
+    monkeypatch.setattr(L, "llama_sampler_free", lambda s: forget(address(s), free, s))
+    monkeypatch.setattr(Engine, "new_context", context)
+    monkeypatch.setattr(L, "llama_free", lambda c: forget(address(c), llama_free, c))
+    monkeypatch.setattr(L, "llama_batch_init", batch)
+    monkeypatch.setattr(L, "llama_batch_free", lambda b: forget(address(b.token), batch_free, b))
     yield
-    assert not live, f"{len(live)} sampler(s) never freed"
+    assert not live, f"never freed: {sorted(live.values())}"
 
 
 def run_all(batch: BatchEngine, requests: Iterable[Request]) -> dict[tuple[str, int], Result]:
@@ -132,24 +150,33 @@ def test_requests_are_pulled_only_when_a_slot_is_free(engine: Engine) -> None:
 
 
 def test_engine_sizes_and_ownership(engine: Engine, converted) -> None:
-    with pytest.raises(ValueError, match="parallel must be at least 1"):
-        BatchEngine(engine, parallel=0)
+    half = BatchEngine.__new__(BatchEngine)
+    with pytest.raises(ValueError, match="^parallel must be at least 1$"):
+        half.__init__(engine, parallel=0)  # type: ignore[misc]
+    half.close()  # what a failed constructor leaves closes cleanly (as __del__ does), the engine untouched
+    with BatchEngine(engine, n_ctx=16) as batch:
+        assert batch.parallel == 8  # the default
     with BatchEngine(engine, parallel=1) as batch:
         assert (batch.parallel, batch.holder, batch.n_ctx_seq) == (1, 1, 256)  # the engine's n_ctx
         assert L.llama_n_seq_max(batch.ctx) == 2
     with BatchEngine(engine, parallel=3, n_ctx=64) as batch:  # 3 slots and the holder: 4 x 64 cells
         assert (L.llama_n_ctx(batch.ctx), batch.n_batch, batch.llama_batch.n_tokens) == (256, 256, 0)
+        assert L.llama_n_ctx_seq(batch.ctx) == 256  # one unified pool: any sequence may use any cell
     with BatchEngine(engine, parallel=2, n_ctx=40_000) as batch:
         assert batch.n_ctx_seq == 32768  # capped at the trained context
     batch = BatchEngine(engine, parallel=2, n_ctx=16)
     batch.close()
+    assert batch.ctx is None and batch.llama_batch is None and batch.engine is engine
     batch.close()  # twice: nothing freed twice
     assert engine.generate(toks(1, 5), greedy(4)).tokens  # a shared engine stays open
     # a model path: the batch engine loads it, with the default context, and frees it
-    with BatchEngine(converted("tied", "F32"), EngineOptions(threads=1, kv_f32=True), parallel=1) as own:
+    opts = EngineOptions(threads=1, kv_f32=True)
+    with BatchEngine(converted("tied", "F32"), opts, parallel=1) as own:
         assert own.n_ctx_seq == DEFAULT_CTX
+        assert own.engine.opts is opts and own.engine._ctx is None  # no single-sequence context of its own
         loaded = own.engine
     assert own.engine is None and loaded._model is None
+    own.close()
 
 
 # --- the shared prefix ---------------------------------------------------------------------------
@@ -332,11 +359,12 @@ def test_a_prefix_longer_than_a_batch_and_prompts_in_chunks(engine: Engine, fres
             admit(state, Request("x", x, greedy(1)), Request("short", short, greedy(2)))
             [xr] = list(state.step())
             assert xr.id == "x" and state.last_batch_tokens == 8
-            admit(state, Request("long", long, greedy(1)))  # into x's slot, below short's
+            admit(state, Request("long", long, greedy(1), n=2))  # into x's slot, below short's
             [sr] = list(state.step())  # short's next token first, then 511 of the 520-token prompt
             assert sr.id == "short" and state.last_batch_tokens == 512
-            [lr] = list(state.step())
-            assert lr.id == "long" and state.last_batch_tokens == 9
+            assert admit(state) == [] and schedule(state) == [("long", 0), None, None]  # not forked half-decoded
+            lr, lr1 = state.step()
+            assert (lr.id, lr.index, lr1.id, lr1.index) == ("long", 0, "long", 1) and state.last_batch_tokens == 9
             # 511 + 1 tokens: the batch is full to its last token, the third prompt waits a step
             full, tiny, tiny2 = toks(66, 511), toks(67, 5), toks(68, 3)
             admit(state, *(Request(str(i), p, greedy(1)) for i, p in enumerate((full, tiny, tiny2))))
@@ -350,6 +378,7 @@ def test_a_prefix_longer_than_a_batch_and_prompts_in_chunks(engine: Engine, fres
     assert_same(xr, fresh(x, greedy(1)))
     assert_same(sr, fresh(short, greedy(2)))
     assert_same(lr, fresh(long, greedy(1)))
+    assert_same(lr1, fresh(long, greedy(1)))
 
 
 # --- n > 1 ------------------------------------------------------------------------------------------
@@ -366,16 +395,42 @@ def test_samples_fork_from_one_prefill_with_seed_plus_index(engine: Engine, fres
     assert len({tuple(got[("s", k)].generation.tokens) for k in range(3)}) == 3
 
 
+def schedule(state: Slots) -> list[tuple[str, int] | None]:
+    """Which sample of which request each slot runs."""
+    return [(s.group.request.id, s.index) if s is not None else None for s in state.slots]
+
+
+def results_of(events: Iterable[Result | Piece]) -> dict[tuple[str, int], Result]:
+    return {(e.id, e.index): e for e in events if isinstance(e, Result)}
+
+
 def test_samples_started_late_from_a_sibling_or_a_rewound_slot(engine: Engine, fresh) -> None:
     p, other = toks(31, 6), toks(32, 4)
-    # three slots: "a"'s second sample forks from the prefill, its third starts in "b"'s slot from
-    # a running sibling's prompt KV, its fourth and fifth when the first two finish
-    with BatchEngine(engine, parallel=3, n_ctx=16) as batch:
-        got = run_all(batch, [Request("a", p, HOT2, n=5), Request("b", other, greedy(1))])
+    events: list[Result | Piece] = []
+    # three slots: "a"'s second sample forks from the prefill; the third starts in "b"'s slot from a
+    # running sibling's prompt KV; the fourth and fifth, together, when the first two finish
+    with BatchEngine(engine, parallel=3, n_ctx=16) as batch, batch.session() as state:
+        admit(state, Request("a", p, HOT2, n=5), Request("b", other, greedy(1)))
+        events += state.step()
+        assert schedule(state) == [("a", 0), None, ("a", 1)]
+        assert admit(state) == [] and schedule(state) == [("a", 0), ("a", 2), ("a", 1)]
+        events += state.step()
+        assert schedule(state) == [None, ("a", 2), None]
+        assert admit(state) == [] and schedule(state) == [("a", 3), ("a", 2), ("a", 4)] and state.groups == []
+        while state.active:
+            events += state.step()
+            assert admit(state) == []
+    got = results_of(events)
     # two slots: the second sample forks from the prefill; the third starts by rewinding the KV of
     # the sibling that finishes last to the prompt
-    with BatchEngine(engine, parallel=2, n_ctx=16) as batch:
-        alone = run_all(batch, [Request("a", p, HOT2, n=3)])
+    with BatchEngine(engine, parallel=2, n_ctx=16) as batch, batch.session() as state:
+        admit(state, Request("a", p, HOT2, n=3))
+        alone = list(state.step()) + list(state.step())
+        assert schedule(state) == [None, ("a", 2)] and state.groups == []
+        assert admit(state) == [] and schedule(state) == [None, ("a", 2)]
+        while state.active:
+            alone += state.step()
+    alone = results_of(alone)
     assert sorted(got) == [("a", k) for k in range(5)] + [("b", 0)] and sorted(alone) == sorted(got)[:3]
     assert_same(got[("b", 0)], fresh(other, greedy(1)))
     for k in range(5):
@@ -383,6 +438,26 @@ def test_samples_started_late_from_a_sibling_or_a_rewound_slot(engine: Engine, f
         assert_same(got[("a", k)], want)
         if k < 3:
             assert_same(alone[("a", k)], want)
+
+
+def test_a_failed_fork_leaves_the_slot_to_the_next_request_with_samples_to_start(engine: Engine, fresh,
+                                                                                 sampler_fails_for_seed) -> None:
+    sampler_fails_for_seed.add(HOT.seed + 1)
+    pa, pb, pc, pd = toks(33, 5), toks(34, 6), toks(35, 4), toks(36, 5)
+    with BatchEngine(engine, parallel=3, n_ctx=16) as batch, batch.session() as state:
+        admit(state, Request("a", pa, HOT2, n=2), Request("b", pb, greedy(2), n=2), Request("c", pc, greedy(1)))
+        events = list(state.step())
+        assert schedule(state) == [("a", 0), ("b", 0), None]
+        errors = admit(state, Request("d", pd, greedy(2)))  # a's fork fails: b's takes the slot, d a's
+        assert [(e.id, e.index) for e in errors] == [("a", 0), ("a", 1)]
+        assert schedule(state) == [("d", 0), ("b", 0), ("b", 1)]
+        while state.active:
+            events += state.step()
+    got = results_of(events)
+    assert sorted(got) == [("b", 0), ("b", 1), ("c", 0), ("d", 0)]
+    for key, prompt, sampling in ((("b", 0), pb, greedy(2)), (("b", 1), pb, greedy(2)), (("c", 0), pc, greedy(1)),
+                                  (("d", 0), pd, greedy(2))):
+        assert_same(got[key], fresh(prompt, sampling))
 
 
 # --- stops, max_tokens, end of generation ------------------------------------------------------------
@@ -445,9 +520,14 @@ def test_stops_per_request_across_inside_and_at_the_first_token(engine: Engine, 
 def test_zero_max_tokens_end_of_generation_and_ignore_eog(engine: Engine, fresh) -> None:
     p = toks(40, 5)
     grammar = greedy(4, grammar='root ::= "ab"')  # "ab", then only the end-of-generation token
-    reqs = [Request("zero", p, greedy(0)), Request("eog", p, grammar), Request("ignore", p, grammar, ignore_eog=True)]
-    with BatchEngine(engine, parallel=3, n_ctx=16) as batch:
+    penalty = greedy(3, repeat_penalty=1.5)
+    words = greedy(5, grammar='root ::= [a-z]+ " " [0-9]+ "!"')
+    reqs = [Request("zero", p, greedy(0)), Request("eog", p, grammar), Request("ignore", p, grammar, ignore_eog=True),
+            Request("penalty", p, penalty), Request("words", p, words)]
+    with BatchEngine(engine, parallel=5, n_ctx=16) as batch:
         got = run_all(batch, reqs)
+    assert_same(got[("penalty", 0)], fresh(p, penalty))
+    assert_same(got[("words", 0)], fresh(p, words))
     zero = got[("zero", 0)].generation
     assert (zero.tokens, zero.text, zero.finish_reason, zero.prompt_tokens) == ([], "", "length", 5)
     assert_same(got[("eog", 0)], fresh(p, grammar))

@@ -194,6 +194,9 @@ class BatchEngine(Closing):
 
     def __init__(self, model: str | os.PathLike[str] | Engine, opts: EngineOptions | None = None, parallel: int = 8,
                  n_ctx: int | None = None, share_prefix: bool = True, owns_engine: bool = False) -> None:
+        # what close() frees, first: a constructor that fails part-way still closes cleanly
+        self.ctx = self.llama_batch = None
+        self._owns_engine = False
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
         if isinstance(model, Engine):
@@ -214,13 +217,13 @@ class BatchEngine(Closing):
         self.llama_batch = L.llama_batch_init(self.n_batch, 0, 1)
 
     def close(self) -> None:
-        if getattr(self, "llama_batch", None) is not None:
+        if self.llama_batch is not None:
             L.llama_batch_free(self.llama_batch)
             self.llama_batch = None
-        if getattr(self, "ctx", None):
+        if self.ctx is not None:
             L.llama_free(self.ctx)
             self.ctx = None
-        if getattr(self, "_owns_engine", False) and self.engine is not None:
+        if self._owns_engine and self.engine is not None:
             self.engine.close()
             self.engine = None  # type: ignore[assignment]
 
@@ -239,11 +242,11 @@ class BatchEngine(Closing):
 
     def _clear_slots(self) -> None:
         for slot in range(self.parallel):
-            L.llama_memory_seq_rm(self.memory, slot, -1, -1)
+            _empty(self.memory, slot)
 
     def forget_prefix(self) -> None:
         """Drop the cached prefix (after a failed step, or to measure cold prompts)."""
-        L.llama_memory_seq_rm(self.memory, self.holder, -1, -1)
+        _empty(self.memory, self.holder)
         self.prefix = []
 
     def run(self, requests: Iterable[Request]) -> Iterator[Result]:
@@ -291,7 +294,7 @@ class Slots:
     queue fed by other threads, streaming ``Piece``s and cancelling requests between steps. Get one
     from ``BatchEngine.session()``, which holds the engine for the run."""
 
-    def __init__(self, engine: BatchEngine, stream: bool = False) -> None:
+    def __init__(self, engine: BatchEngine, stream: bool) -> None:
         self.engine = engine
         self.stream = stream
         self.slots: list[_Seq | None] = [None] * engine.parallel
@@ -346,7 +349,7 @@ class Slots:
                 L.llama_memory_seq_cp(self.engine.memory, self.engine.holder, slot, 0, shared)
             self.slots[slot] = self._start(group, slot, group.tokens[shared:], shared)
         except Exception as exc:  # noqa: BLE001 - e.g. sampling a binding refuses: fail this request only
-            L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
+            _empty(self.engine.memory, slot)
             yield from self._abort(group, f"could not start: {exc}")
             return
         stats = self.engine.prefix_stats
@@ -422,7 +425,7 @@ class Slots:
             return
         if len(tokens) - 1 < MIN_SHARE:
             return  # too short to be worth a cached copy
-        L.llama_memory_seq_rm(eng.memory, eng.holder, -1, -1)
+        _empty(eng.memory, eng.holder)
         L.llama_memory_seq_cp(eng.memory, slot, eng.holder, 0, len(tokens) - 1)
         eng.prefix = tokens[:-1]
 
@@ -485,7 +488,7 @@ class Slots:
         for slot, seq in enumerate(self.slots):
             if seq is not None and seq.group.request.id == request_id:
                 L.llama_sampler_free(seq.sampler)
-                L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
+                _empty(self.engine.memory, slot)
                 self.slots[slot] = None
                 freed += 1
         self.groups[:] = [g for g in self.groups if g.request.id != request_id]
@@ -496,17 +499,17 @@ class Slots:
         # a request with samples still to start always has one running (see _finish)
         ids = list(dict.fromkeys(s.group.request.id for s in self.slots if s is not None))
         self.close()
-        self.slots = [None] * self.engine.parallel
         self.groups.clear()
         L.llama_memory_clear(self.engine.memory, True)
         self.engine.prefix = []
         return ids
 
     def close(self) -> None:
-        for i, seq in enumerate(self.slots):
+        """Free the sampler of every running sample; every slot is empty afterwards."""
+        for seq in self.slots:
             if seq is not None:
                 L.llama_sampler_free(seq.sampler)
-                self.slots[i] = None
+        self.slots = [None] * self.engine.parallel
 
     # -- the steps ---------------------------------------------------------------------------------
 
@@ -557,7 +560,7 @@ class Slots:
                 L.llama_memory_seq_cp(memory, source, slot, 0, n - 1)
                 seq = self._start(group, slot, group.tokens[-1:], n - 1)
         except BaseException:
-            L.llama_memory_seq_rm(memory, slot, -1, -1)  # the slot stays free and empty
+            _empty(memory, slot)  # the slot stays free and empty
             raise
         self.slots[slot] = seq
 
@@ -628,12 +631,17 @@ class Slots:
             try:
                 self.slots[slot] = self._start(group, slot, group.tokens[-1:], n - 1)
             except BaseException:
-                L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)  # the slot stays free and empty
+                _empty(self.engine.memory, slot)  # the slot stays free and empty
                 raise
             if not group.pending and group in self.groups:
                 self.groups.remove(group)
             return
-        L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
+        _empty(self.engine.memory, slot)
+
+
+def _empty(memory: object, seq: int) -> None:
+    """Remove every KV cell of sequence ``seq``."""
+    L.llama_memory_seq_rm(memory, seq, -1, -1)
 
 
 def _errors(request: Request, message: str) -> list[Result]:
