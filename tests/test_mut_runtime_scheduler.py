@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -27,9 +28,13 @@ import pytest
 from tiny_runtime import HOT, HOT2, OPTS, Fresh, assert_slots_empty, greedy, kv, make_fresh, toks
 
 import localaug.serve.scheduler as scheduler_module
-from localaug.augment.calibrate import _key, affordable
-from localaug.core.errors import PromptTooLongError, QueueFullError, UsageError
+from localaug.augment import calibrate
+from localaug.augment.calibrate import affordable
+from localaug.convert import convert_checkpoint
+from localaug.core.errors import ModelNotFoundError, PromptTooLongError, QueueFullError, UsageError
 from localaug.runtime.batch import BatchEngine, Piece, Request, Result
+from localaug.family import registry
+from localaug.family.registry import DEFAULT_CTX
 from localaug.runtime.bench import BATCH_SIZES
 from localaug.runtime.engine import Engine
 from localaug.serve.scheduler import (
@@ -72,7 +77,9 @@ def scheduler(engine: Engine, parallel: int = 2, max_queue: int = 8, n_ctx: int 
 
 def tokens_of(handle: Handle) -> list[list[int] | str]:
     """Each sample's tokens (or its error), by index."""
-    return [r.generation.tokens if r.generation is not None else str(r.error) for r in handle.wait(WAIT)]
+    results = handle.wait(WAIT)
+    assert [(r.id, r.index) for r in results] == [(handle.request.id, k) for k in range(len(results))]
+    return [r.generation.tokens if r.generation is not None else str(r.error) for r in results]
 
 
 def idle(sched: Scheduler) -> None:
@@ -164,7 +171,7 @@ def test_cancel_before_admission_and_mid_decode_frees_the_slot(engine: Engine, f
         h_after = sched.submit(Request("after", after, greedy(3)))
         assert tokens_of(h_after) == [fresh(after, greedy(3)).tokens]
         h_after.cancel()  # done already: nothing to cancel
-        assert not h_after.cancelled
+        assert h_after.cancelled is False
         idle(sched)
         assert (sched.stats.requests_cancelled, sched.stats.requests_done) == (2, 1)
         assert_slots_empty(sched.batch)
@@ -183,19 +190,24 @@ def test_cancelling_after_a_first_sample_keeps_that_sample(engine: Engine, fresh
 
 def test_a_request_cancelled_while_requests_are_admitted_is_never_started(engine: Engine, fresh: Fresh) -> None:
     """Cancelled between being queued and being pulled (here from a callback run while the
-    scheduler admits): it fails "cancelled", is counted, and the next request takes the slot."""
-    other = toks(10, 5)
+    scheduler admits): each fails "cancelled", is counted, and the request after them is admitted
+    in the same step as the one before them."""
+    first, other = toks(12, 5), toks(10, 5)
     with scheduler(engine, parallel=2) as sched:
-        victim: list[Handle] = []
-        bad = sched.submit(Request("bad", [], greedy(2)), on_result=lambda r: victim[0].cancel())
-        victim.append(sched.submit(Request("victim", toks(11, 5), greedy(2))))
+        victims: list[Handle] = []
+        h_first = sched.submit(Request("first", first, greedy(2)))
+        bad = sched.submit(Request("bad", [], greedy(2)), on_result=lambda r: [v.cancel() for v in victims])
+        victims += [sched.submit(Request(f"victim{i}", toks(11, 5), greedy(2))) for i in range(2)]
         h_other = sched.submit(Request("other", other, greedy(2)))
         sched.start()
         assert tokens_of(bad) == ["empty prompt: give some text"]
-        assert tokens_of(victim[0]) == [CANCELLED]
+        assert [tokens_of(v) for v in victims] == [[CANCELLED], [CANCELLED]]
+        assert tokens_of(h_first) == [fresh(first, greedy(2)).tokens]
         assert tokens_of(h_other) == [fresh(other, greedy(2)).tokens]
         idle(sched)
-        assert (sched.stats.requests_cancelled, sched.stats.requests_done, sched.stats.peak_active) == (1, 2, 1)
+        stats = sched.stats
+        assert (stats.requests_cancelled, stats.requests_done, stats.peak_active) == (2, 3, 2)
+        assert (stats.decode_steps, stats.batch_tokens) == (2, 5 + 5 + 2)  # first and other together
 
 
 # --- failures --------------------------------------------------------------------------------------
@@ -226,7 +238,15 @@ def bad_request(i: int) -> Request:
 INTERNAL = "internal error while decoding: see the server log"
 
 
-def test_an_internal_error_fails_what_was_admitted_and_the_loop_restarts(engine: Engine, fresh: Fresh) -> None:
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, type | None]]:
+    """The scheduler's log records: (level, message, exception type logged with its traceback)."""
+    return [(r.levelname, r.getMessage(), r.exc_info[0] if r.exc_info else None)
+            for r in caplog.records if r.name == "localaug.serve.scheduler"]
+
+
+def test_an_internal_error_fails_what_was_admitted_and_the_loop_restarts(engine: Engine, fresh: Fresh,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="localaug.serve.scheduler")
     good = toks(15, 5)
     with scheduler(engine, parallel=2) as sched:
         bad = sched.submit(bad_request(0))
@@ -237,6 +257,9 @@ def test_an_internal_error_fails_what_was_admitted_and_the_loop_restarts(engine:
         idle(sched)
         assert (sched.stats.restarts, sched.stats.requests_failed, sched.stats.requests_done) == (1, 1, 1)
         assert sched.healthy and sched.failure is None
+    # the reply says "see the server log": the error is there, with its traceback
+    assert logged(caplog) == [("ERROR", "the scheduler loop failed: 'NoneType' object has no attribute 'max_tokens'",
+                               AttributeError)]
 
 
 @pytest.mark.parametrize("failures", [MAX_RESTARTS, MAX_RESTARTS + 1])
@@ -251,6 +274,7 @@ def test_repeated_internal_errors_give_up(engine: Engine, fresh: Fresh, failures
             assert tokens_of(h) == [fresh(good, greedy(2)).tokens]
             idle(sched)
             assert sched.healthy and sched.failure is None and sched.stats.restarts == MAX_RESTARTS
+            assert sched.stats.requests_failed == failures
             return
         assert tokens_of(h) == [STOPPED]  # the sixth within the window: it gives up
         sched._thread.join(WAIT)
@@ -262,37 +286,39 @@ def test_repeated_internal_errors_give_up(engine: Engine, fresh: Fresh, failures
                                                  "restart the server")
 
 
-def test_errors_spread_over_more_than_the_window_never_give_up(engine: Engine, fresh: Fresh,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler_module, "RESTART_WINDOW_S", 0.0)  # every failure is "long after" the first
-    good = toks(17, 5)
-    with scheduler(engine, parallel=1) as sched:
-        bad = [sched.submit(bad_request(i)) for i in range(MAX_RESTARTS + 2)]
-        h = sched.submit(Request("good", good, greedy(2)))
-        sched.start()
-        assert [tokens_of(b) for b in bad] == [[INTERNAL]] * (MAX_RESTARTS + 2)
-        assert tokens_of(h) == [fresh(good, greedy(2)).tokens]
-        idle(sched)
-        assert sched.healthy and sched.stats.restarts == MAX_RESTARTS + 2
+class Clock:
+    """The scheduler's monotonic clock, set by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
 
 
-def test_only_the_last_failures_count_against_the_window(engine: Engine, fresh: Fresh,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """One failure, a pause longer than the window, then MAX_RESTARTS + 1 quick ones: the first is
-    out of the window by then, the last MAX_RESTARTS + 1 are not: it gives up at the last."""
-    monkeypatch.setattr(scheduler_module, "RESTART_WINDOW_S", 1.0)
+def test_only_failures_within_the_window_of_the_last_ones_give_up(engine: Engine, fresh: Fresh,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five failures, then RESTART_WINDOW_S later six more: the scheduler restarts as long as the
+    last MAX_RESTARTS + 1 failures span the window (or more), and gives up once they do not."""
+    clock = Clock()
+    monkeypatch.setattr(scheduler_module, "time", clock)
     with scheduler(engine, parallel=1) as sched:
         sched.start()
-        assert tokens_of(sched.submit(bad_request(0))) == [INTERNAL]
-        time.sleep(1.5)
-        bad = [sched.submit(bad_request(i)) for i in range(1, MAX_RESTARTS + 2)]
-        assert [tokens_of(b) for b in bad] == [[INTERNAL]] * (MAX_RESTARTS + 1)
+        first = [sched.submit(bad_request(i)) for i in range(MAX_RESTARTS)]
+        assert [tokens_of(b) for b in first] == [[INTERNAL]] * MAX_RESTARTS
+        clock.now += scheduler_module.RESTART_WINDOW_S  # exactly the window: not within it
+        later = [sched.submit(bad_request(i)) for i in range(MAX_RESTARTS, 2 * MAX_RESTARTS + 1)]
+        h = sched.submit(Request("good", toks(17, 5), greedy(2)))
+        assert [tokens_of(b) for b in later] == [[INTERNAL]] * (MAX_RESTARTS + 1)
+        assert tokens_of(h) == [STOPPED]  # the last six all came at once
         sched._thread.join(WAIT)
-        assert sched.failure is not None and sched.stats.restarts == MAX_RESTARTS + 1
+        assert sched.failure is not None and sched.stats.restarts == 2 * MAX_RESTARTS
+        assert sched.stats.requests_failed == 2 * MAX_RESTARTS + 1
 
 
 def test_a_failed_decode_step_fails_the_running_requests_and_serving_goes_on(engine: Engine, fresh: Fresh,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
     import llama_cpp as L
 
     real = L.llama_decode
@@ -310,6 +336,7 @@ def test_a_failed_decode_step_fails_the_running_requests_and_serving_goes_on(eng
         hs = [sched.submit(Request("a", toks(18, 5), greedy(2))), sched.submit(Request("b", toks(24, 6), greedy(2)))]
         monkeypatch.setattr(L, "llama_decode", decode)
         sched.start()
+        caplog.set_level(logging.ERROR, logger="localaug.serve.scheduler")
         message = "llama_decode failed (code 1) on a batch of 11 tokens: lower parallel or n_ctx"
         assert [tokens_of(h) for h in hs] == [[message], [message]]
         assert tokens_of(sched.submit(Request("later", later, greedy(2)))) == [fresh(later, greedy(2)).tokens]
@@ -326,9 +353,14 @@ def test_a_failed_decode_step_fails_the_running_requests_and_serving_goes_on(eng
         assert tokens_of(sched.submit(Request("d", later, greedy(2)))) == [fresh(later, greedy(2)).tokens]
         idle(sched)
         assert (sched.stats.requests_failed, sched.stats.restarts, sched.stats.requests_done) == (3, 0, 2)
+    # llama.cpp's refusal is logged as it is told to the client; a bug of ours with its traceback
+    assert logged(caplog) == [("ERROR", f"decode step failed: {message}", None),
+                              ("ERROR", "decode step failed: a bug", RuntimeError)]
 
 
-def test_a_failing_callback_does_not_stop_the_scheduler(engine: Engine, fresh: Fresh) -> None:
+def test_a_failing_callback_does_not_stop_the_scheduler(engine: Engine, fresh: Fresh,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="localaug.serve.scheduler")
     a, b = toks(25, 5), toks(26, 5)
 
     def boom(_: object) -> None:
@@ -341,6 +373,8 @@ def test_a_failing_callback_does_not_stop_the_scheduler(engine: Engine, fresh: F
         assert tokens_of(ha) == [fresh(a, greedy(2)).tokens] and tokens_of(hb) == [fresh(b, greedy(2)).tokens]
         idle(sched)
         assert sched.healthy and sched.stats.requests_done == 2
+    pieces = len(fresh(a, greedy(2)).tokens)  # one piece a token (no stop holds text back)
+    assert logged(caplog) == [("DEBUG", "a result callback failed", RuntimeError)] * (pieces + 1)
 
 
 # --- stopping, waiting, the stall report --------------------------------------------------------------
@@ -411,48 +445,66 @@ def test_model_id_is_the_family_name_else_the_file_name() -> None:
     assert model_id("my-model", gguf, None) == "my-model"  # a name from the store
 
 
-def test_a_loaded_model_serves_and_closes(converted, engine: Engine, fresh: Fresh, tmp_path: Path,
+def test_a_loaded_model_serves_and_closes(converted, qwen2_tied: Path, engine: Engine, fresh: Fresh, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCALAUG_HOME", str(tmp_path))  # the model's sha256 is cached there
+    monkeypatch.setenv("LOCALAUG_HOME", str(tmp_path))  # the store, and the model's sha256 and batch size
     path = converted("tied", "F32")
     with pytest.raises(UsageError) as e:
         load_model(path, parallel=0)
     assert str(e.value) == "parallel must be at least 1" and e.value.params == ["parallel"]
-    [m] = load_models([path], prompt_format="qwen2-chatml", opts=OPTS, parallel=2, n_ctx=32, max_queue=3)
+    # parallel None: the batch size calibrated for this model on this machine (planted: 3), for the
+    # sequences' context (the options' 256 tokens: with 16 MiB of memory, KV room for 4 of them)
+    monkeypatch.delenv("LOCALAUG_PARALLEL")
+    monkeypatch.setattr(calibrate, "_memory_bytes", lambda: 16 << 20)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert affordable(engine, 256, BATCH_SIZES) == (1, 2, 4) and affordable(engine, DEFAULT_CTX, BATCH_SIZES) == (1,)
+    key = f"{calibrate._key(sha, engine)}|4"
+    (tmp_path / "calibration.json").write_text(json.dumps({key: {"parallel": 3}}), encoding="utf-8")
+    [m] = load_models([path], prompt_format="qwen2-chatml", opts=OPTS, parallel=None, max_queue=3)
     try:
-        assert (m.id, m.path, m.spec, m.engine.opts) == ("tied.F32", path, None, OPTS)
+        assert (m.id, m.path, m.spec, m.engine.opts, m.engine._ctx) == ("tied.F32", path, None, OPTS, None)
         assert m.aliases == {"tied.F32", str(path)}
-        assert (m.n_ctx, m.batch.parallel, m.scheduler.max_queue, m.scheduler.healthy) == (32, 2, 3, True)
+        assert (m.n_ctx, m.batch.parallel, m.scheduler.max_queue, m.scheduler.healthy) == (256, 3, 3, True)
         assert m.scheduler._thread.name == "localaug-scheduler-tied.F32" and m.scheduler._thread.is_alive()
         assert m.style.prompt_format == "qwen2-chatml" and m.meta["general.name"] == "tiny-qwen2-tied"
         assert m.tokenize("hello there") == engine.tokenize("hello there")
         with pytest.raises(PromptTooLongError) as too_long:
-            m.tokenize("é" * 4000)
-        assert str(too_long.value) == ("the prompt (4000 characters) cannot fit the context of 32 tokens per sequence: "
-                                       "shorten it")
+            m.tokenize("é" * 20000)
+        assert str(too_long.value) == ("the prompt (20000 characters) cannot fit the context of 256 tokens per "
+                                       "sequence: shorten it")
         with pytest.raises(UsageError, match="could not be parsed"):
             m.check_grammar("root ::= (")
         m.check_grammar('root ::= "ab"')
         p = toks(31, 5)
-        assert tokens_of(m.submit(Request("a", p, greedy(3)))) == [fresh(p, greedy(3)).tokens]
+        pieces: list[Piece] = []
+        results: list[Result] = []
+        h = m.submit(Request("a", p, greedy(3)), on_piece=pieces.append, on_result=results.append)
+        assert tokens_of(h) == [fresh(p, greedy(3)).tokens] and results == h.wait(0)
+        assert "".join(x.text for x in pieces) == results[0].generation.text
     finally:
         m.close()
     assert not m.scheduler._thread.is_alive() and m.batch.ctx is None and m.engine._model is None
-    # parallel None: the batch size calibrated for this model on this machine (planted: 3)
-    monkeypatch.delenv("LOCALAUG_PARALLEL")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    key = f"{_key(sha, engine)}|{max(affordable(engine, 16, BATCH_SIZES))}"
-    (tmp_path / "calibration.json").write_text(json.dumps({key: {"parallel": 3}}), encoding="utf-8")
-    named = load_model(path, name="tiny", opts=OPTS, parallel=None, n_ctx=16)
+    # a checkpoint folder, converted into the store at the quant asked; the defaults: 8 slots, 64 waiting
+    named = load_model(str(qwen2_tied), quant="F32", name="tiny", opts=OPTS, n_ctx=16)
     try:
-        assert (named.id, named.batch.parallel, named.n_ctx) == ("tiny", 3, 16)
-        assert named.aliases == {"tiny", str(path), "tied.F32"}
+        assert named.path.name == "F32.gguf" and named.path.is_relative_to(tmp_path)  # the store's F32 file
+        assert (named.id, named.batch.parallel, named.scheduler.max_queue, named.n_ctx) == ("tiny", 8, 64, 16)
+        assert named.aliases == {"tiny", str(qwen2_tied), "F32"}
     finally:
         named.close()
+    # a GGUF converted from a family repository: named after the family model
+    spec = registry.get("qwen2-refine:1.5b")
+    family = convert_checkpoint(qwen2_tied, tmp_path / "refine.Q8_0.gguf", "Q8_0", source_repo=spec.repo).path
+    known = load_model(family, opts=OPTS, parallel=1, n_ctx=16)
+    try:
+        assert (known.id, known.spec) == (spec.name, spec)
+        assert known.aliases == {spec.name, str(family), "refine.Q8_0"}
+    finally:
+        known.close()
 
 
 def test_loading_several_models_frees_the_loaded_ones_when_one_fails(converted) -> None:
     path = str(converted("tied", "F32"))
-    with pytest.raises(Exception):  # noqa: B017 - whatever the missing model raises
+    with pytest.raises(ModelNotFoundError, match=r"\.missing\.gguf does not exist"):  # one slot each is fine
         load_models([path, path + ".missing.gguf"], opts=OPTS, parallel=1, n_ctx=16)
     assert "localaug-scheduler-tied.F32" not in [t.name for t in threading.enumerate()]
