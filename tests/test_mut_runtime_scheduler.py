@@ -110,6 +110,7 @@ def test_replies_equal_fresh_decoding_and_the_counters_add_up(engine: Engine, fr
         assert [r.index for r in hc.wait(WAIT)] == [0, 1]
         idle(sched)
         stats = sched.stats
+        assert (stats.active, stats.peak_active) == (0, 2)  # read while the scheduler still runs
     for key, h in (("a", ha), ("b", hb)):
         assert "".join(p.text for p in pieces[key]) == h.wait(0)[0].generation.text
         assert {(p.id, p.index) for p in pieces[key]} == {(key, 0)}
@@ -122,8 +123,14 @@ def test_replies_equal_fresh_decoding_and_the_counters_add_up(engine: Engine, fr
     assert (stats.active, stats.peak_active) == (0, 2)
 
 
+def test_scheduler_defaults(engine: Engine) -> None:
+    with BatchEngine(engine, parallel=1, n_ctx=16) as batch:
+        sched = Scheduler(batch)
+        assert (sched.max_queue, sched._thread.name, sched.stats.slots) == (64, "localaug-scheduler-model", 1)
+
+
 def test_a_full_queue_refuses_the_next_request_and_admits_the_one_before(engine: Engine, fresh: Fresh) -> None:
-    with pytest.raises(ValueError, match="max_queue must be >= 0"):
+    with pytest.raises(ValueError, match="^max_queue must be >= 0$"):
         Scheduler(None, max_queue=-1)  # type: ignore[arg-type]
     started = threading.Event()
     long, q1, q2 = toks(4, 5), toks(5, 5), toks(6, 5)
@@ -168,6 +175,8 @@ def test_cancel_before_admission_and_mid_decode_frees_the_slot(engine: Engine, f
         assert len(pieces) == 1 and pieces[0].text == engine.detokenize(fresh(long, greedy(1)).tokens)
         assert kv(sched.batch, 0) == (-1, -1) and sched.stats.active == 0  # the slot and its KV are free
         assert (sched.stats.requests_cancelled, sched.stats.requests_done, sched.queued) == (2, 0, 0)
+        # it stopped at once: the one step that wrote its first piece, nothing after it
+        assert (sched.stats.decode_steps, sched.stats.completion_tokens, sched.stats.restarts) == (1, 0, 0)
         h_after = sched.submit(Request("after", after, greedy(3)))
         assert tokens_of(h_after) == [fresh(after, greedy(3)).tokens]
         h_after.cancel()  # done already: nothing to cancel
