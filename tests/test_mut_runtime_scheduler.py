@@ -123,10 +123,30 @@ def test_replies_equal_fresh_decoding_and_the_counters_add_up(engine: Engine, fr
     assert (stats.active, stats.peak_active) == (0, 2)
 
 
-def test_scheduler_defaults(engine: Engine) -> None:
+def test_scheduler_defaults(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     with BatchEngine(engine, parallel=1, n_ctx=16) as batch:
         sched = Scheduler(batch)
         assert (sched.max_queue, sched._thread.name, sched.stats.slots) == (64, "localaug-scheduler-model", 1)
+        assert sched._thread.daemon  # a process may end without stopping it
+        joined: list[float | None] = []
+        real_join = sched._thread.join
+        monkeypatch.setattr(sched._thread, "join", lambda timeout=None: (joined.append(timeout), real_join(timeout)))
+        sched.start().stop()
+        assert joined == [30.0]  # waits up to 30 s for a step to end
+
+
+def test_stop_from_a_callback_does_not_wait_for_itself(engine: Engine) -> None:
+    after: list[str] = []
+    with scheduler(engine, parallel=1) as sched:
+        def on_result(r: Result) -> None:  # runs on the scheduler thread: it cannot join itself
+            sched.stop()
+            after.append(r.id)
+
+        h = sched.submit(Request("a", toks(37, 5), greedy(1)), on_result=on_result)
+        sched.start()
+        h.wait(WAIT)
+        sched._thread.join(WAIT)
+        assert after == ["a"] and not sched._thread.is_alive()
 
 
 def test_a_full_queue_refuses_the_next_request_and_admits_the_one_before(engine: Engine, fresh: Fresh) -> None:
