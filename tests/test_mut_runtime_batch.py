@@ -422,21 +422,21 @@ def test_samples_started_late_from_a_sibling_or_a_rewound_slot(engine: Engine, f
             assert admit(state) == []
     got = results_of(events)
     # two slots: the second sample forks from the prefill; the third starts by rewinding the KV of
-    # the sibling that finishes last to the prompt
+    # the sibling that finishes last to the prompt, the fourth from that one's prompt KV
     with BatchEngine(engine, parallel=2, n_ctx=16) as batch, batch.session() as state:
-        admit(state, Request("a", p, HOT2, n=3))
+        admit(state, Request("a", p, HOT2, n=4))
         alone = list(state.step()) + list(state.step())
-        assert schedule(state) == [None, ("a", 2)] and state.groups == []
-        assert admit(state) == [] and schedule(state) == [None, ("a", 2)]
+        assert schedule(state) == [None, ("a", 2)] and len(state.groups) == 1
+        assert admit(state) == [] and schedule(state) == [("a", 3), ("a", 2)] and state.groups == []
         while state.active:
             alone += state.step()
     alone = results_of(alone)
-    assert sorted(got) == [("a", k) for k in range(5)] + [("b", 0)] and sorted(alone) == sorted(got)[:3]
+    assert sorted(got) == [("a", k) for k in range(5)] + [("b", 0)] and sorted(alone) == sorted(got)[:4]
     assert_same(got[("b", 0)], fresh(other, greedy(1)))
     for k in range(5):
         want = fresh(p, replace(HOT2, seed=HOT.seed + k))
         assert_same(got[("a", k)], want)
-        if k < 3:
+        if k < 4:
             assert_same(alone[("a", k)], want)
 
 
