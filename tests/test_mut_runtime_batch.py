@@ -319,7 +319,7 @@ def test_requests_admitted_together_cache_the_prefix_that_saves_most(batch6: Bat
     assert batch6.prefix_stats.decoded - stats.decoded == holder + sum(len(p) for p in prompts) - sum(shared)
 
 
-def test_equal_savings_cache_the_first_prefix_in_token_order(batch6: BatchEngine) -> None:
+def test_prefix_choices_worked_out_by_hand(batch6: BatchEngine) -> None:
     a, b = [500] * 10, [400] * 10  # each shared by two prompts: 10 tokens saved either way
     batch6.forget_prefix()
     fill_only(batch6, [a + [1], a + [2], b + [3], b + [4]])
@@ -338,6 +338,13 @@ def test_equal_savings_cache_the_first_prefix_in_token_order(batch6: BatchEngine
     fill_only(batch6, [a + [1], a + [2]])
     fill_only(batch6, [a[:9] + [5], a[:9] + [6]])  # the holder holds all of it and more: kept whole
     assert batch6.prefix == a
+    fill_only(batch6, [[7, 7, 7], [8, 8, 8]])  # two prompts sharing nothing: the holder stays
+    assert batch6.prefix == a
+    # a new prefix sharing exactly MIN_SHARE tokens with the holder's: those are kept, 4 decoded
+    x = a[:MIN_SHARE] + [9] * 4
+    before = batch6.prefix_stats.decoded
+    fill_only(batch6, [x + [1], x + [2]])
+    assert batch6.prefix == x and batch6.prefix_stats.decoded - before == 4 + 1 + 1
     assert_holder_matches_prefix(batch6)
 
 
