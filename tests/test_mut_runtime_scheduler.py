@@ -530,6 +530,11 @@ def test_a_loaded_model_serves_and_closes(converted, qwen2_tied: Path, engine: E
         assert known.aliases == {spec.name, str(family), "refine.Q8_0"}
     finally:
         known.close()
+    renamed = load_model(family, name="mine", opts=OPTS, parallel=1, n_ctx=16)
+    try:  # named otherwise: the family name is still one of its names
+        assert (renamed.id, renamed.aliases) == ("mine", {"mine", str(family), "refine.Q8_0", spec.name})
+    finally:
+        renamed.close()
 
 
 def test_loading_several_models_frees_the_loaded_ones_when_one_fails(converted) -> None:
