@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import qwen2_fixture  # noqa: E402
+from fixture_cache import cached, fingerprint, package_sources  # noqa: E402
 from qwen2_fixture import build_checkpoint  # noqa: E402
 
 
@@ -26,30 +30,55 @@ def _batch_size_without_calibration():
         os.environ["LOCALAUG_PARALLEL"] = old
 
 
+CHECKPOINTS = {  # fixture -> (folder name, build_checkpoint's arguments)
+    "tied": ("tiny-qwen2-tied", dict(tied=True, seed=1)),
+    "untied": ("tiny-qwen2-untied", dict(tied=False, seed=2, shard_size="50MB")),
+}
+
+
+def _checkpoint(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Path:
+    """A tiny checkpoint, built once per fixture source and cached on disk (tests/fixture_cache.py)."""
+    name, kwargs = CHECKPOINTS[kind]
+    key = fingerprint([Path(qwen2_fixture.__file__)], ["checkpoint", name, kwargs])
+    return cached(key, name, lambda d: build_checkpoint(d, **kwargs), tmp_path_factory.mktemp("ckpt") / name)
+
+
+def _gguf_key(params: list[object], *builders: str) -> str:
+    """The cache key of a GGUF: its builders' sources, the converter's, the parameters."""
+    import localaug
+    import localaug.convert
+
+    sources = [*package_sources(localaug.convert.__file__), Path(localaug.__file__).parent / "_version.py"]
+    return fingerprint([*sources, Path(qwen2_fixture.__file__), *map(Path, builders)], params)
+
+
 @pytest.fixture(scope="session")
 def qwen2_tied(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tied embeddings (like the 1.5B models), one model.safetensors file."""
-    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2-tied", tied=True, seed=1)
+    return _checkpoint(tmp_path_factory, "tied")
 
 
 @pytest.fixture(scope="session")
 def qwen2_untied(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Untied embeddings (like the 7B models), sharded with model.safetensors.index.json."""
-    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2-untied", tied=False, seed=2, shard_size="50MB")
+    return _checkpoint(tmp_path_factory, "untied")
 
 
 @pytest.fixture(scope="session")
-def converted(tmp_path_factory: pytest.TempPathFactory, qwen2_tied: Path, qwen2_untied: Path):
-    """converted(kind, quant) -> path of that checkpoint converted to that type (cached per session)."""
+def converted(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """converted(kind, quant) -> path of that checkpoint converted to that type (cached on disk)."""
     from localaug.convert import convert_checkpoint
 
-    out_dir = tmp_path_factory.mktemp("gguf")
     cache: dict[tuple[str, str], Path] = {}
-    sources = {"tied": qwen2_tied, "untied": qwen2_untied}
 
     def get(kind: str, quant: str) -> Path:
         if (kind, quant) not in cache:
-            cache[(kind, quant)] = convert_checkpoint(sources[kind], out_dir / f"{kind}.{quant}.gguf", quant).path
+            name = f"{kind}.{quant}.gguf"
+            # converted from the session's checkpoint folder: the GGUF's name is that folder's
+            build = lambda d: convert_checkpoint(request.getfixturevalue(f"qwen2_{kind}"), d / name, quant)  # noqa: E731
+            key = _gguf_key(["checkpoint", *CHECKPOINTS[kind], quant])
+            folder = cached(key, f"{kind}.{quant}", build, tmp_path_factory.mktemp("gguf"))
+            cache[(kind, quant)] = folder / name
         return cache[(kind, quant)]
 
     return get
@@ -58,17 +87,26 @@ def converted(tmp_path_factory: pytest.TempPathFactory, qwen2_tied: Path, qwen2_
 @pytest.fixture(scope="session")
 def scripted(tmp_path_factory: pytest.TempPathFactory):
     """scripted(kind) -> an F16 GGUF of a scripted Qwen2 model that writes one of ``SCRIPTS[kind]``
-    (tests/scripted_fixture.py): real replies that end, known in advance (cached per session)."""
+    (tests/scripted_fixture.py): real replies that end, known in advance (cached on disk)."""
+    import scripted_fixture
     from scripted_fixture import SCRIPTS, build_scripted_checkpoint
 
     from localaug.convert import convert_checkpoint
 
     cache: dict[str, Path] = {}
 
+    def build(folder: Path, kind: str) -> None:
+        ckpt = build_scripted_checkpoint(Path(tempfile.mkdtemp(dir=folder.parent)) / f"scripted-{kind}", SCRIPTS[kind])
+        try:
+            convert_checkpoint(ckpt, folder / f"{kind}.F16.gguf", "F16")
+        finally:
+            shutil.rmtree(ckpt.parent)
+
     def get(kind: str) -> Path:
         if kind not in cache:
-            ckpt = build_scripted_checkpoint(tmp_path_factory.mktemp("scripted") / f"scripted-{kind}", SCRIPTS[kind])
-            cache[kind] = convert_checkpoint(ckpt, ckpt.parent / f"{kind}.F16.gguf", "F16").path
+            key = _gguf_key(["scripted", kind, SCRIPTS[kind], "F16"], scripted_fixture.__file__)
+            folder = cached(key, f"scripted-{kind}", lambda d: build(d, kind), tmp_path_factory.mktemp("scripted"))
+            cache[kind] = folder / f"{kind}.F16.gguf"
         return cache[kind]
 
     return get

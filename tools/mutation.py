@@ -56,13 +56,14 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/report/judge.py": ("tests/test_mut_report.py",),
     "localaug/report/metrics.py": ("tests/test_mut_report_metrics.py",),
     "localaug/augment/calibrate.py": ("tests/test_mut_calibrate.py",),
-    "localaug/serve/scheduler.py": ("tests/test_mut_runtime.py",),
-    "localaug/runtime/batch.py": ("tests/test_mut_runtime.py",),
+    "localaug/serve/scheduler.py": ("tests/test_mut_runtime_scheduler.py",),
+    "localaug/runtime/batch.py": ("tests/test_mut_runtime_batch.py",),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault"}
-DETECTED = {"killed", "timeout", "segfault"}  # a mutant that makes the tests fail, hang or crash is caught
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault",
+          -6: "crash", -7: "crash", -8: "crash"}  # SIGABRT (llama.cpp's GGML_ABORT), SIGBUS, SIGFPE
+DETECTED = {"killed", "timeout", "segfault", "crash"}  # a mutant that makes the tests fail, hang or crash is caught
 
 
 @dataclass

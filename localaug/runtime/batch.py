@@ -136,7 +136,6 @@ class _Group:
 
     request: Request
     tokens: list[int]
-    started: float
     next_index: int = 0
     live: set[int] = field(default_factory=set)  # slots running a sample of this request
     prefilled: bool = False  # a sibling's KV holds the whole prompt (forks may copy it)
@@ -196,6 +195,9 @@ class BatchEngine(Closing):
 
     def __init__(self, model: str | os.PathLike[str] | Engine, opts: EngineOptions | None = None, parallel: int = 8,
                  n_ctx: int | None = None, share_prefix: bool = True, owns_engine: bool = False) -> None:
+        # what close() frees, first: a constructor that fails part-way still closes cleanly
+        self.ctx = self.llama_batch = None
+        self._owns_engine = False
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
         if isinstance(model, Engine):
@@ -216,13 +218,13 @@ class BatchEngine(Closing):
         self.llama_batch = L.llama_batch_init(self.n_batch, 0, 1)
 
     def close(self) -> None:
-        if getattr(self, "llama_batch", None) is not None:
+        if self.llama_batch is not None:
             L.llama_batch_free(self.llama_batch)
             self.llama_batch = None
-        if getattr(self, "ctx", None):
+        if self.ctx is not None:
             L.llama_free(self.ctx)
             self.ctx = None
-        if getattr(self, "_owns_engine", False) and self.engine is not None:
+        if self._owns_engine and self.engine is not None:
             self.engine.close()
             self.engine = None  # type: ignore[assignment]
 
@@ -241,11 +243,11 @@ class BatchEngine(Closing):
 
     def _clear_slots(self) -> None:
         for slot in range(self.parallel):
-            L.llama_memory_seq_rm(self.memory, slot, -1, -1)
+            _empty(self.memory, slot)
 
     def forget_prefix(self) -> None:
         """Drop the cached prefix (after a failed step, or to measure cold prompts)."""
-        L.llama_memory_seq_rm(self.memory, self.holder, -1, -1)
+        _empty(self.memory, self.holder)
         self.prefix = []
 
     def run(self, requests: Iterable[Request]) -> Iterator[Result]:
@@ -293,7 +295,7 @@ class Slots:
     queue fed by other threads, streaming ``Piece``s and cancelling requests between steps. Get one
     from ``BatchEngine.session()``, which holds the engine for the run."""
 
-    def __init__(self, engine: BatchEngine, stream: bool = False) -> None:
+    def __init__(self, engine: BatchEngine, stream: bool) -> None:
         self.engine = engine
         self.stream = stream
         self.slots: list[_Seq | None] = [None] * engine.parallel
@@ -334,7 +336,7 @@ class Slots:
         if len(admitted) > 1:
             try:
                 self._cache_common_prefix(admitted)
-            except Exception:  # noqa: BLE001 - no shared prefix then: each prompt is decoded whole
+            except Exception:  # noqa: BLE001 - a bug of ours must not fail the requests: nothing is cached then
                 self.engine.forget_prefix()
         for group, slot in zip(admitted, free):
             yield from self._begin(group, slot)
@@ -348,7 +350,7 @@ class Slots:
                 L.llama_memory_seq_cp(self.engine.memory, self.engine.holder, slot, 0, shared)
             self.slots[slot] = self._start(group, slot, group.tokens[shared:], shared)
         except Exception as exc:  # noqa: BLE001 - e.g. sampling a binding refuses: fail this request only
-            L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
+            _empty(self.engine.memory, slot)
             yield from self._abort(group, f"could not start: {exc}")
             return
         stats = self.engine.prefix_stats
@@ -360,7 +362,9 @@ class Slots:
     def _cache_common_prefix(self, admitted: list[_Group]) -> None:
         """Requests admitted together that share a beginning (a job's first rows, a burst of
         requests with one system prompt): decode that beginning once, into the holder, so that
-        each of them prefills only its own part. The prefix chosen saves the most tokens."""
+        each of them prefills only its own part. The prefix chosen saves the most tokens. When
+        llama.cpp refuses to decode it, nothing is cached: each prompt is then decoded whole.
+        ``admitted`` holds at least two requests."""
         eng = self.engine
         if not eng.share_prefix:
             return
@@ -376,7 +380,7 @@ class Slots:
             saved = length * (hi - lo + 1)  # every member of the run but one skips ``length`` tokens
             if saved > best_saved:
                 best, best_saved = i, saved
-        length = min(adjacent[best] if adjacent else 0, *(len(t) - 1 for t in ordered[best:best + 2]))
+        length = min(adjacent[best], *(len(t) - 1 for t in ordered[best:best + 2]))
         prefix = ordered[best][:length]
         if length < MIN_SHARE or _common(eng.prefix, prefix) >= length:
             return  # too short, or cached already
@@ -384,7 +388,6 @@ class Slots:
         if keep < MIN_SHARE:
             keep = 0
         L.llama_memory_seq_rm(eng.memory, eng.holder, keep, -1)
-        eng.prefix = []
         b = eng.llama_batch
         for start in range(keep, length, eng.n_batch):
             chunk = prefix[start:start + eng.n_batch]
@@ -392,9 +395,9 @@ class Slots:
                 b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, start + j, 1, 0
                 b.seq_id[j][0] = eng.holder
             b.n_tokens = len(chunk)
-            rc = L.llama_decode(eng.ctx, b)
-            if rc != 0:
-                raise EngineError(f"llama_decode failed (code {rc}) on the shared prefix")
+            if L.llama_decode(eng.ctx, b) != 0:
+                eng.forget_prefix()  # the holder's KV is incomplete: cache nothing
+                return
         eng.prefix = prefix
         eng.prefix_stats.decoded += length - keep
 
@@ -423,7 +426,7 @@ class Slots:
             return
         if len(tokens) - 1 < MIN_SHARE:
             return  # too short to be worth a cached copy
-        L.llama_memory_seq_rm(eng.memory, eng.holder, -1, -1)
+        _empty(eng.memory, eng.holder)
         L.llama_memory_seq_cp(eng.memory, slot, eng.holder, 0, len(tokens) - 1)
         eng.prefix = tokens[:-1]
 
@@ -431,7 +434,6 @@ class Slots:
         """Stop a request: free its running samples, forget its pending ones; an error Result for
         every sample not finished yet."""
         self.cancel(group.request.id)
-        group.next_index = group.request.n
         return [Result(group.request.id, k, None, message) for k in range(group.request.n) if k not in group.finished]
 
     def step(self) -> Iterator[Result | Piece]:
@@ -481,15 +483,13 @@ class Slots:
                     yield from self._abort(current.group, f"could not start a sample: {exc}")
 
     def cancel(self, request_id: str) -> int:
-        """Stop every sample of a request (running or still to start); the number of slots freed."""
+        """Stop every sample of a request (running or still to start); the number of slots freed. The
+        request's group is dropped with its slots: nothing refers to it afterwards."""
         freed = 0
         for slot, seq in enumerate(self.slots):
             if seq is not None and seq.group.request.id == request_id:
-                if seq.sampler is not None:
-                    L.llama_sampler_free(seq.sampler)
-                L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
-                seq.group.live.discard(slot)
-                seq.group.next_index = seq.group.request.n
+                L.llama_sampler_free(seq.sampler)
+                _empty(self.engine.memory, slot)
                 self.slots[slot] = None
                 freed += 1
         self.groups[:] = [g for g in self.groups if g.request.id != request_id]
@@ -497,25 +497,24 @@ class Slots:
 
     def clear(self) -> list[str]:
         """Drop every sequence (after a failed step); the ids of the requests that were running."""
+        # a request with samples still to start always has one running (see _finish)
         ids = list(dict.fromkeys(s.group.request.id for s in self.slots if s is not None))
-        ids += [g.request.id for g in self.groups if g.request.id not in ids]
         self.close()
-        self.slots = [None] * self.engine.parallel
         self.groups.clear()
         L.llama_memory_clear(self.engine.memory, True)
         self.engine.prefix = []
         return ids
 
     def close(self) -> None:
-        for i, seq in enumerate(self.slots):
+        """Free the sampler of every running sample; every slot is empty afterwards."""
+        for seq in self.slots:
             if seq is not None:
                 L.llama_sampler_free(seq.sampler)
-                self.slots[i] = None
+        self.slots = [None] * self.engine.parallel
 
     # -- the steps ---------------------------------------------------------------------------------
 
     def _admit(self, request: Request) -> tuple[_Group | None, list[Result]]:
-        started = time.monotonic()
         p = request.sampling
         n_ctx = self.engine.n_ctx_seq
         if isinstance(request.prompt, str) and self.engine.engine.surely_too_long(request.prompt, n_ctx - p.max_tokens):
@@ -534,7 +533,7 @@ class Slots:
             return None, _errors(request, (
                 f"prompt of {len(tokens)} tokens + max_tokens {p.max_tokens} exceeds the per-sequence context of "
                 f"{n_ctx} tokens: shorten the input, lower max_tokens or raise the context size"))
-        return _Group(request, tokens, started), []
+        return _Group(request, tokens), []
 
     def _start(self, group: _Group, slot: int, feed: list[int], pos: int) -> _Seq:
         """The group's next sample in ``slot`` (nothing of the group changes if this raises)."""
@@ -551,19 +550,18 @@ class Slots:
         """Start the group's next sample in ``slot`` from the prompt KV of ``source``.
 
         ``whole``: the source has just decoded the prompt and its logits are fresh (the new sample
-        samples from them); otherwise copy all but the prompt's last token and decode that again."""
+        samples from them); otherwise copy all but the prompt's last token and decode that again.
+        A free slot holds no KV (whatever frees a slot removes its cells)."""
         n, memory = len(group.tokens), self.engine.memory
-        L.llama_memory_seq_rm(memory, slot, -1, -1)
         try:
             if whole:
                 L.llama_memory_seq_cp(memory, source, slot, -1, -1)
                 seq = self._start(group, slot, [], n)
-                seq.prefill_done = time.monotonic()
             else:
                 L.llama_memory_seq_cp(memory, source, slot, 0, n - 1)
                 seq = self._start(group, slot, group.tokens[-1:], n - 1)
         except BaseException:
-            L.llama_memory_seq_rm(memory, slot, -1, -1)  # the slot stays free and empty
+            _empty(memory, slot)  # the slot stays free and empty
             raise
         self.slots[slot] = seq
 
@@ -634,12 +632,17 @@ class Slots:
             try:
                 self.slots[slot] = self._start(group, slot, group.tokens[-1:], n - 1)
             except BaseException:
-                L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)  # the slot stays free and empty
+                _empty(self.engine.memory, slot)  # the slot stays free and empty
                 raise
             if not group.pending and group in self.groups:
                 self.groups.remove(group)
             return
-        L.llama_memory_seq_rm(self.engine.memory, slot, -1, -1)
+        _empty(self.engine.memory, slot)
+
+
+def _empty(memory: object, seq: int) -> None:
+    """Remove every KV cell of sequence ``seq``."""
+    L.llama_memory_seq_rm(memory, seq, -1, -1)
 
 
 def _errors(request: Request, message: str) -> list[Result]:

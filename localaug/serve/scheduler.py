@@ -189,7 +189,8 @@ class Scheduler:
         with self._cond:
             while self._queue:
                 handle = self._queue.popleft()
-                if handle.cancelled:
+                if handle.cancelled:  # cancelled while the loop was admitting: counted here, never started
+                    self.stats.requests_cancelled += 1
                     handle._fail(CANCELLED)
                     continue
                 self._handles[handle.request.id] = handle
