@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled, out_console
+from localaug.cli.shell import command, err_console, handled, out_console
 from localaug.cli.options import (
     CtxOpt,
     Device,
@@ -60,7 +60,6 @@ def _read_input(text: str | None) -> str | None:
     return text
 
 
-@app.command()
 @handled
 def refine(
     text: Annotated[Optional[str], typer.Argument(help="The instruction to refine; '-' reads stdin; none on a terminal starts an interactive loop.")] = None,
@@ -121,7 +120,6 @@ def refine(
                 run(line.strip())
 
 
-@app.command()
 @handled
 def expand(
     text: Annotated[str, typer.Argument(help="The seed instruction; '-' reads stdin.")],
@@ -156,7 +154,6 @@ def expand(
 
 
 
-@app.command()
 @handled
 def pairs(
     file: Annotated[str, typer.Argument(help="Seed pairs: JSON/JSONL of {instruction, response} (or Alpaca), or ### blocks; '-' reads stdin.")],
@@ -199,7 +196,6 @@ def pairs(
         raise typer.Exit(1)
 
 
-@app.command()
 @handled
 def doctor(as_json: JsonOpt = False) -> None:
     """Report the llama.cpp build (backends, GPU offload, CPU features), threads, memory and the store.
@@ -217,7 +213,6 @@ def doctor(as_json: JsonOpt = False) -> None:
 
 
 
-@app.command()
 @handled
 def bench(
     model: ModelOpt = None,
@@ -264,3 +259,11 @@ def _batch_curve(aug: Any, tokens: int) -> dict[str, Any]:
                        "raw_tokens_per_s": round(p.raw_tokens_per_s or 0, 2),
                        "vs_raw": round(p.vs_raw or 0, 3)} for p in points],
             "chosen": fastest(points)}
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (refine, expand, pairs):
+        command(app, fn, panel="Generate")
+    for fn in (doctor, bench):
+        command(app, fn, panel="This machine")

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from localaug.cli._errors import message
-from localaug.cli.main import app, err_console, handled
+from localaug.cli.shell import command, err_console, handled
 from localaug.cli.options import (
     CtxOpt,
     Dedup,
@@ -33,7 +33,6 @@ from localaug.cli.options import (
 )
 
 
-@app.command()
 @handled
 def run(
     task: Annotated[Task, typer.Argument(help="What to do to every row.")],  # type: ignore[valid-type]
@@ -138,7 +137,6 @@ def run(
         console.print(f"join the parts into one file: localaug merge {output} -o merged.jsonl", highlight=False, soft_wrap=True)
 
 
-@app.command()
 @handled
 def merge(
     inputs: Annotated[list[Path], typer.Argument(help="Job outputs (or folders of .jsonl parts) to join, e.g. out.*.jsonl.")],
@@ -158,3 +156,9 @@ def merge(
     summary = merge_outputs(inputs, output, fmt=value(out_format), dedup=value(dedup), minhash_threshold=minhash_threshold,
                             allow_mixed=allow_mixed)
     ui.render_merge_summary(err_console(), summary)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (run, merge):
+        command(app, fn, panel="Datasets")

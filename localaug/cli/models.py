@@ -7,10 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled, out_console
+from localaug.cli.shell import command, err_console, handled, out_console, sub_app
 
 
-@app.command()
 @handled
 def convert(
     src: Annotated[Path, typer.Argument(help="A local Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).")],
@@ -35,7 +34,6 @@ def convert(
     ui.render_convert_done(out_console(), str(result.path), result.quant, result.n_bytes, result.n_parameters, result.seconds)
 
 
-@app.command()
 @handled
 def inspect(
     file: Annotated[Path, typer.Argument(help="A .gguf file.")],
@@ -55,7 +53,6 @@ def inspect(
         ui.render_gguf_info(out_console(), info)
 
 
-@app.command()
 @handled
 def pull(
     model: Annotated[str, typer.Argument(help="A family name (qwen2-refine:1.5b), a Hugging Face repo id (org/name) or a local checkpoint folder.")],
@@ -79,7 +76,6 @@ def pull(
     ui.render_pull_done(out_console(), entry)
 
 
-@app.command()
 @handled
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -91,7 +87,6 @@ def models(
     _list_models(as_json)
 
 
-@app.command("list")
 @handled
 def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -103,7 +98,6 @@ def list_(
     _list_models(as_json)
 
 
-@app.command()
 @handled
 def rm(
     model: Annotated[str, typer.Argument(help="A stored model: family name, repo id or store name (localaug models).")],
@@ -131,14 +125,8 @@ def _list_models(as_json: bool) -> None:
         ui.render_models(out_console(), specs, entries, store.root())
 
 
-bundle_app = typer.Typer(
-    help="Carry stored models to another machine (an air-gapped one) as one verified tar archive.",
-    no_args_is_help=True,
-)
-app.add_typer(bundle_app, name="bundle")
 
 
-@bundle_app.command("export")
 @handled
 def bundle_export(
     models: Annotated[list[str], typer.Argument(help="Stored models: family names, repo ids or store names (`localaug models`).")],
@@ -160,7 +148,6 @@ def bundle_export(
     ui.render_bundle_exported(out_console(), result)
 
 
-@bundle_app.command("import")
 @handled
 def bundle_import(
     archive: Annotated[Path, typer.Argument(help="A bundle written by `localaug bundle export`.")],
@@ -181,7 +168,6 @@ def bundle_import(
     ui.render_bundle_imported(out_console(), result)
 
 
-@app.command()
 @handled
 def export_modelfile(
     model: Annotated[str, typer.Argument(help="A stored family model (name, repo id) or a family GGUF file.")],
@@ -201,3 +187,16 @@ def export_modelfile(
     modelfile.write(result, output)
     err_console().print(f"wrote {output} for {result.gguf}: [bold]ollama create {result.spec.name} -f {output}[/bold]",
                         highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (convert, inspect, pull, models):
+        command(app, fn, panel="Models")
+    command(app, list_, "list", panel="Models")
+    bundle = sub_app("Carry stored models to another machine (an air-gapped one) as one verified tar archive.")
+    command(bundle, bundle_export, "export")
+    command(bundle, bundle_import, "import")
+    app.add_typer(bundle, name="bundle", rich_help_panel="Models")
+    for fn in (rm, export_modelfile):
+        command(app, fn, panel="Models")

@@ -8,11 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled, out_console
+from localaug.cli.shell import command, err_console, handled, out_console
 from localaug.cli.options import CtxOpt, JsonOpt, OutputFormat, PreferenceRule, ThreadsOpt, value
 
 
-@app.command()
 @handled
 def grade(
     output: Annotated[Path, typer.Argument(help="A localaug run respond output (its records, or the training file with its .ledger.jsonl).")],
@@ -46,7 +45,6 @@ def grade(
         ui.render_rows(out_console(), f"localaug grade{' --pairwise' if pairwise else ''}: {output.name}", summary.rows())
 
 
-@app.command()
 @handled
 def export(
     output: Annotated[Path, typer.Argument(help="A localaug run respond output whose answers were judged (localaug grade).")],
@@ -68,3 +66,9 @@ def export(
     summary = export_output(output, dest, str(value(out_format)), Selection(str(value(rule)), margin, min_score),
                             grades=grades, verdicts=verdicts)
     ui.render_export(err_console(), summary)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (grade, export):
+        command(app, fn, panel="Judge and export")

@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled, out_console
+from localaug.cli.shell import command, err_console, handled, out_console
 from localaug.cli.options import JsonOpt, ThreadsOpt
 
 
-@app.command()
 @handled
 def report(
     output: Annotated[Path, typer.Argument(help="A localaug run output: JSONL records, a training file (its .ledger.jsonl beside it) or a --ray folder.")],
@@ -24,7 +23,7 @@ def report(
 ) -> None:
     """See what augmentation did: a 2-D map of sources vs new texts, lengths, rejections, diversity, samples.
 
-    Example: [bold]localaug report refined.jsonl[/bold] (needs pip install 'localaug[report]')
+    Example: [bold]localaug report refined.jsonl[/bold] (needs pip install 'localaug[report]")
     """
     from localaug import ui
     from localaug.report.build import make_report
@@ -35,7 +34,6 @@ def report(
     ui.render_report(out_console(), result)
 
 
-@app.command()
 @handled
 def judge(
     a: Annotated[Path, typer.Argument(help="Responses A (a localaug run respond output), e.g. answers to the seed instructions.")],
@@ -64,3 +62,9 @@ def judge(
         ui.print_json(out_console(), summary.to_json())
     else:
         ui.render_judge(out_console(), summary)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (report, judge):
+        command(app, fn, panel="Judge and export")

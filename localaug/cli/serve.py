@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled
+from localaug.cli.shell import command, err_console, handled
 from localaug.cli.options import Device, DeviceOpt, LayersOpt, ThreadsOpt, gpu_layers, value
 
 
-@app.command()
 @handled
 def serve(
     model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="A model to serve (family name, repo id, GGUF file or checkpoint folder); repeat for several. The first is the default.")] = None,
@@ -96,3 +95,9 @@ def host_check(host: str, allowed: tuple[str, ...]) -> bool | None:
     if allowed:
         return True
     return None if is_loopback(host) else False
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (serve,):
+        command(app, fn, panel="Serve")
