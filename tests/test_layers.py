@@ -29,7 +29,7 @@ LAYERS = {
     "augment": 4,
     "jobs": 5, "serve": 5, "report": 5,
     "api": 6, "ray": 6, "__init__": 6,
-    "cli": 7, "ui": 7,
+    "cli": 7,
 }
 # Parts of one layer that must not import each other.
 PEERS_APART = {("jobs", "serve"), ("serve", "jobs"), ("runtime", "store"), ("store", "runtime"),
@@ -38,8 +38,11 @@ PEERS_APART = {("jobs", "serve"), ("serve", "jobs"), ("runtime", "store"), ("sto
 # (llama.cpp's quantizer runs in a child process of the conversion step.)
 CONFINED = {"ray": {"jobs/on_ray.py"}, "llama_cpp": {"runtime", "convert/quantize.py"}, "torch": set(), "transformers": set(),
             "matplotlib": {"report/figures.py"}, "sklearn": {"report/build.py"}}
-# Rendering (Rich) belongs to the command line; the rest of the package returns values.
-RICH_ONLY_IN = {"cli", "ui"}
+# Rendering (Rich) belongs to the command line; the rest of the package returns values. Inside the
+# command line, the rendering room (cli/render) draws what it is given: it never imports the
+# commands, nor Typer.
+RICH_ONLY_IN = {"cli"}
+RENDER = f"{ROOT}.cli.render"
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,11 @@ def bad_arrows(found: list[Arrow], root: str = ROOT) -> list[str]:
     for a in found:
         me = part_of(a.source)
         top = a.target.split(".")[0]
+        if a.source.startswith(RENDER) and (a.target.startswith(f"{root}.cli.") or a.target == f"{root}.cli") \
+                and not a.target.startswith(RENDER):
+            problems.append(f"{a.where()}: rendering imports the command line ({a.target})")
+        if a.source.startswith(RENDER) and top == "typer":
+            problems.append(f"{a.where()}: rendering imports {a.target}; only the commands use Typer")
         if top == root:
             other = part_of(a.target)
             if other not in LAYERS:
@@ -289,13 +297,19 @@ def test_the_checker_fails_an_upward_arrow_and_a_loop(tmp_path: Path) -> None:
         "jobs/merge.py": "import localaug.jobs.run\n",  # into the loop, not part of it
         "serve/__init__.py": '"""serve"""\n',
         "serve/app.py": "from localaug.jobs.merge import x\nfrom rich.console import Console\n",
+        "cli/__init__.py": '"""cli"""\n',
+        "cli/shell.py": "",
+        "cli/render/__init__.py": '"""render"""\n',
+        "cli/render/jobs.py": "from localaug.cli import shell\nimport typer\nfrom localaug.cli.render import plain\n",
     })
     found = all_arrows(pkg)
     assert bad_arrows(found) == [
+        "localaug.cli.render.jobs:1: rendering imports the command line (localaug.cli.shell)",
+        "localaug.cli.render.jobs:2: rendering imports typer; only the commands use Typer",
         "localaug.core.errors:1: core (layer 0) imports localaug.api (layer 6)",
         "localaug.core.files:2: core (layer 0) imports localaug.jobs.run (layer 5)",
         "localaug.serve.app:1: serve and jobs are peers that stay apart (localaug.jobs.merge)",
-        "localaug.serve.app:2 imports rich.console; rendering lives in ['cli', 'ui']",
+        "localaug.serve.app:2 imports rich.console; rendering lives in ['cli']",
     ]
     assert cycles(found) == [["localaug.jobs.chain", "localaug.jobs.run", "localaug.jobs.chain"]]
 

@@ -81,7 +81,8 @@ def run(
     Example: [bold]localaug run refine --input prompts.jsonl --output refined.jsonl[/bold]
     or, to a training file: [bold]localaug run refine -i seeds.jsonl -o train.json --respond-with qwen2-instruct:1.5b --format alpaca[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import jobs as draw
+    from localaug.cli.render.progress import counter, job_progress_for
     from localaug.core.errors import JobError, JobInterrupted, UsageError
     from localaug.jobs import run as jobs
 
@@ -108,7 +109,7 @@ def run(
         raise UsageError("--judge, --samples and --input-field run on one machine: drop --ray")
     if judge is not None:
         extra.update(judge=judge, judging={"max_tokens": judge_max_tokens, "threads": threads, "device": value(device),
-                                           "n_ctx": ctx, "parallel": parallel, "progress": ui.counter(console, "judging").tick},
+                                           "n_ctx": ctx, "parallel": parallel, "progress": counter(console, "judging").tick},
                      selection={"rule": value(rule), "margin": margin, "min_score": min_score})
     elif min_score is not None or value(rule) != "scores" or margin != 1.0:
         raise UsageError("--min-score, --rule and --margin choose among judged answers: give --judge")
@@ -123,12 +124,12 @@ def run(
             threads=threads, n_ctx=ctx, parallel=parallel, retry_failed=retry_failed, dedup=value(dedup),
             minhash_threshold=minhash_threshold,
             threshold=rouge_l, echo=echo, min_chars=min_chars, max_chars=max_chars, refusals=not keep_refusals,
-            max_samples=max_samples, system=system, examples=examples, progress=ui.job_progress_for(console), **extra,
+            max_samples=max_samples, system=system, examples=examples, progress=job_progress_for(console), **extra,
         )
     except JobInterrupted as e:
-        ui.render_interrupted(console, message(e))
+        draw.render_interrupted(console, message(e))
         raise typer.Exit(e.exit_code) from None
-    ui.render_job_summary(console, summary)
+    draw.render_job_summary(console, summary)
     for stage in (*summary.stages, summary):  # a job that made nothing is not a success
         failed = stage.all_failed()
         if failed:
@@ -150,12 +151,12 @@ def merge(
 
     Example: [bold]localaug merge out.0.jsonl out.1.jsonl out.2.jsonl -o merged.jsonl[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import jobs as draw
     from localaug.jobs.merge import merge_outputs
 
     summary = merge_outputs(inputs, output, fmt=value(out_format), dedup=value(dedup), minhash_threshold=minhash_threshold,
                             allow_mixed=allow_mixed)
-    ui.render_merge_summary(err_console(), summary)
+    draw.render_merge_summary(err_console(), summary)
 
 
 def register(app: typer.Typer) -> None:

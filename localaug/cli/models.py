@@ -22,16 +22,17 @@ def convert(
 
     Example: [bold]localaug convert ./Qwen2-1.5B-Instruct-Refine --quant Q4_K_M -o refine.gguf[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import models as draw
+    from localaug.cli.render.progress import progress_for
     from localaug.convert import convert_checkpoint
 
     console = err_console()
-    progress = ui.progress_for(console)
+    progress = progress_for(console)
     try:
         result = convert_checkpoint(src, output, quant, name=name, threads=threads, progress=progress)
     finally:
         progress.close()
-    ui.render_convert_done(out_console(), str(result.path), result.quant, result.n_bytes, result.n_parameters, result.seconds)
+    draw.render_convert_done(out_console(), result)
 
 
 @handled
@@ -43,14 +44,15 @@ def inspect(
 
     Example: [bold]localaug inspect refine.gguf --json[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import models as draw
+    from localaug.cli.render import print_json
     from localaug.store.gguf_info import inspect_gguf
 
     info = inspect_gguf(file)
     if as_json:
-        ui.print_json(out_console(), info.to_dict())
+        print_json(out_console(), info.to_dict())
     else:
-        ui.render_gguf_info(out_console(), info)
+        draw.render_gguf_info(out_console(), info)
 
 
 @handled
@@ -65,15 +67,16 @@ def pull(
 
     Example: [bold]localaug pull qwen2-refine:1.5b --quant Q4_K_M[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import models as draw
+    from localaug.cli.render.progress import progress_for
     from localaug.store import local as store
 
-    progress = ui.progress_for(err_console())
+    progress = progress_for(err_console())
     try:
         entry = store.pull(model, revision=revision, quant=quant, progress=progress)
     finally:
         progress.close()
-    ui.render_pull_done(out_console(), entry)
+    draw.render_pull_done(out_console(), entry)
 
 
 @handled
@@ -107,22 +110,23 @@ def rm(
 
     Example: [bold]localaug rm qwen2-refine:1.5b --quant Q8_0[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import models as draw
     from localaug.store import local as store
 
-    ui.render_removed(out_console(), store.remove(model, quant))
+    draw.render_removed(out_console(), store.remove(model, quant))
 
 
 def _list_models(as_json: bool) -> None:
-    from localaug import ui
+    from localaug.cli.render import models as draw
+    from localaug.cli.render import print_json
     from localaug.family import registry
     from localaug.store import local as store
 
     specs, entries = registry.family(), store.list_entries()
     if as_json:
-        ui.print_json(out_console(), ui.models_json(specs, entries))
+        print_json(out_console(), draw.models_json(specs, entries))
     else:
-        ui.render_models(out_console(), specs, entries, store.root())
+        draw.render_models(out_console(), specs, entries, store.root())
 
 
 
@@ -137,15 +141,16 @@ def bundle_export(
 
     Example: [bold]localaug bundle export qwen2-refine:1.5b qwen2-exp:1.5b -o models.tar[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import models as draw
+    from localaug.cli.render.progress import progress_for
     from localaug.store.bundle import export_bundle
 
-    progress = ui.progress_for(err_console(), noun="files")
+    progress = progress_for(err_console(), noun="files")
     try:
         result = export_bundle(models, output, quant=quant, progress=progress)
     finally:
         progress.close()
-    ui.render_bundle_exported(out_console(), result)
+    draw.render_bundle_exported(out_console(), result)
 
 
 @handled
@@ -157,15 +162,16 @@ def bundle_import(
 
     Example: [bold]localaug bundle import models.tar[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import models as draw
+    from localaug.cli.render.progress import progress_for
     from localaug.store.bundle import import_bundle
 
-    progress = ui.progress_for(err_console(), noun="files")
+    progress = progress_for(err_console(), noun="files")
     try:
         result = import_bundle(archive, force=force, progress=progress)
     finally:
         progress.close()
-    ui.render_bundle_imported(out_console(), result)
+    draw.render_bundle_imported(out_console(), result)
 
 
 @handled

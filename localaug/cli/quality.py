@@ -31,18 +31,20 @@ def grade(
 
     Example: [bold]localaug grade answers.jsonl --judge qwen2-instruct:7b[/bold], then [bold]localaug export answers.jsonl -o dpo.jsonl --format dpo[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import print_json
+    from localaug.cli.render import quality as draw
+    from localaug.cli.render.progress import counter
     from localaug.jobs.grade import JudgeOptions, run_grade, run_verdicts
 
     console = err_console()
-    with ui.counter(console, "judging") as tick:
+    with counter(console, "judging") as tick:
         opts = JudgeOptions(judge_model, max_tokens=max_tokens, temperature=temperature, seed=seed, aspect=aspect,
                             parallel=parallel, threads=threads, n_ctx=ctx, progress=tick)
         summary = (run_verdicts if pairwise else run_grade)(output, opts, ledger=ledger)
     if as_json:
-        ui.print_json(out_console(), summary.to_json())
+        print_json(out_console(), summary.to_json())
     else:
-        ui.render_rows(out_console(), f"localaug grade{' --pairwise' if pairwise else ''}: {output.name}", summary.rows())
+        draw.render_grades(out_console(), summary, output, pairwise)
 
 
 @handled
@@ -60,12 +62,12 @@ def export(
 
     Example: [bold]localaug export answers.jsonl -o data/dpo.jsonl --format dpo --margin 2[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import quality as draw
     from localaug.jobs.preference import Selection, export_output
 
     summary = export_output(output, dest, str(value(out_format)), Selection(str(value(rule)), margin, min_score),
                             grades=grades, verdicts=verdicts)
-    ui.render_export(err_console(), summary)
+    draw.render_export(err_console(), summary)
 
 
 def register(app: typer.Typer) -> None:

@@ -25,13 +25,13 @@ def report(
 
     Example: [bold]localaug report refined.jsonl[/bold] (needs pip install 'localaug[report]")
     """
-    from localaug import ui
+    from localaug.cli.render import report as draw
     from localaug.report.build import make_report
 
     console = err_console()
     with console.status("embedding and drawing…"):
         result = make_report(output, html, embed_model, max_rows=max_rows, seed=seed, threads=threads, judge=judge)
-    ui.render_report(out_console(), result)
+    draw.render_report(out_console(), result)
 
 
 @handled
@@ -51,17 +51,19 @@ def judge(
 
     Example: [bold]localaug judge seeds.answers.jsonl refined.answers.jsonl --judge qwen2-instruct:7b --aspect detail[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import print_json
+    from localaug.cli.render import report as draw
+    from localaug.cli.render.progress import counter
     from localaug.report.judge import run_judge
 
     console = err_console()
-    with ui.counter(console, "judging") as tick:
+    with counter(console, "judging") as tick:
         summary = run_judge(a, b, judge_model, aspect=aspect, output=output, threads=threads, parallel=parallel,
                             max_tokens=max_tokens, progress=tick, html=html)
     if as_json:
-        ui.print_json(out_console(), summary.to_json())
+        print_json(out_console(), summary.to_json())
     else:
-        ui.render_judge(out_console(), summary)
+        draw.render_judge(out_console(), summary)
 
 
 def register(app: typer.Typer) -> None:
