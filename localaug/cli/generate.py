@@ -94,12 +94,7 @@ def refine(
                     view.close()
             reason = aug.verdict(instruction, refined, gen)
             if as_json:
-                print_json(console, {
-                    "input": instruction, "output": refined, "status": "filtered" if reason else "ok", "rejected": reason,
-                    "model": str(aug.engine.path), "seed": seed,
-                    "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
-                    "completion_tokens": gen.completion_tokens, "seconds": round(gen.seconds, 3),
-                })
+                print_json(console, draw.refined_json(instruction, refined, reason, gen, aug.engine.path, seed))
             elif reason:
                 draw.render_rejected_refinement(err_console(), refined, reason)
             else:
@@ -147,8 +142,7 @@ def expand(
         events = tasks.expand_iter(aug.engine, aug.style, seed_text, n, aug.sampling(**sampling))
         result = _drain(events, None if as_json else lambda i, item: draw.render_item(console, i, item))
     if as_json:
-        print_json(console, {"input": seed_text, "instructions": result.items, "samples": result.samples,
-                                "rejected": result.rejected, "shortfall": result.shortfall})
+        print_json(console, draw.expanded_json(seed_text, result))
     else:
         draw.render_shortfall(err_console(), len(result.items), n, result.samples, result.rejected)
     if result.shortfall:
@@ -191,8 +185,7 @@ def pairs(
         events = tasks.pairs_iter(aug.engine, aug.style, seeds, n, aug.sampling(**sampling))
         result = _drain(events, None if as_json else lambda i, p: draw.render_pair(console, i, p.instruction, p.response))
     if as_json:
-        print_json(console, {"pairs": [{"instruction": p.instruction, "response": p.response} for p in result.items],
-                                "samples": result.samples, "rejected": result.rejected, "shortfall": result.shortfall})
+        print_json(console, draw.pairs_json(result))
     else:
         draw.render_shortfall(err_console(), len(result.items), n, result.samples, result.rejected)
     if result.shortfall:

@@ -9,13 +9,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from localaug.cli._errors import message
-from localaug.cli.shell import command, err_console, handled
+from localaug.cli.shell import command, err_console, handled, out_console
 from localaug.cli.options import (
     CtxOpt,
     Dedup,
     Device,
     DeviceOpt,
     ExamplesOpt,
+    JsonOpt,
     LayersOpt,
     MaxTokOpt,
     MergeDedup,
@@ -75,6 +76,7 @@ def run(
     actors: Annotated[Optional[int], typer.Option("--actors", help="--ray: actors, each loading the model once (default: as many as the nodes fit).")] = None,
     num_cpus: Annotated[Optional[float], typer.Option("--num-cpus", help="--ray: CPUs per actor, and its llama.cpp threads (default: 1 with --num-gpus, else a whole node).")] = None,
     num_gpus: Annotated[Optional[float], typer.Option("--num-gpus", help="--ray: GPUs per actor (all layers offloaded).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Augment a whole dataset: one record per input row, resumable after any interruption.
 
@@ -82,6 +84,7 @@ def run(
     or, to a training file: [bold]localaug run refine -i seeds.jsonl -o train.json --respond-with qwen2-instruct:1.5b --format alpaca[/bold]
     """
     from localaug.cli.render import jobs as draw
+    from localaug.cli.render import print_json
     from localaug.cli.render.progress import counter, job_progress_for
     from localaug.core.errors import JobError, JobInterrupted, UsageError
     from localaug.jobs import run as jobs
@@ -129,7 +132,10 @@ def run(
     except JobInterrupted as e:
         draw.render_interrupted(console, message(e))
         raise typer.Exit(e.exit_code) from None
-    draw.render_job_summary(console, summary)
+    if as_json:
+        print_json(out_console(), draw.job_json(summary, _dataset_info(output, value(out_format))))
+    else:
+        draw.render_job_summary(console, summary)
     for stage in (*summary.stages, summary):  # a job that made nothing is not a success
         failed = stage.all_failed()
         if failed:
@@ -146,17 +152,29 @@ def merge(
     dedup: Annotated[MergeDedup, typer.Option("--dedup", help="New items repeated across inputs: none, exact, or minhash near duplicates.")] = MergeDedup.exact,  # type: ignore[valid-type,attr-defined]
     minhash_threshold: Annotated[float, typer.Option("--minhash-threshold", help="--dedup minhash: Jaccard similarity counted as a duplicate.")] = 0.8,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Join outputs of different runs anyway.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Join shard outputs into one file: one record per row, in input order, duplicates across shards removed.
 
     Example: [bold]localaug merge out.0.jsonl out.1.jsonl out.2.jsonl -o merged.jsonl[/bold]
     """
     from localaug.cli.render import jobs as draw
+    from localaug.cli.render import print_json
     from localaug.jobs.merge import merge_outputs
 
     summary = merge_outputs(inputs, output, fmt=value(out_format), dedup=value(dedup), minhash_threshold=minhash_threshold,
                             allow_mixed=allow_mixed)
-    draw.render_merge_summary(err_console(), summary)
+    if as_json:
+        print_json(out_console(), draw.merge_json(summary, _dataset_info(output, value(out_format))))
+    else:
+        draw.render_merge_summary(err_console(), summary)
+
+
+def _dataset_info(output: Path, fmt: str | None) -> Path | None:
+    """The dataset_info.json a training format registers its file in (beside it), else None."""
+    from localaug.jobs.dataio import DATASET_INFO
+
+    return output.parent / "dataset_info.json" if fmt in DATASET_INFO else None
 
 
 def register(app: typer.Typer) -> None:

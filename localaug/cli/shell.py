@@ -6,6 +6,7 @@ Command modules import this (never ``cli.main``); ``cli.main`` adds their comman
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,11 @@ from typer.core import TyperCommand, TyperGroup
 
 from localaug.cli._errors import message
 from localaug.core.errors import LocalaugError
+
+try:  # Typer carries its own copy of Click in recent releases
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older Typer on Click
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 F = TypeVar("F", bound=Callable[..., Any])
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h everywhere (child contexts inherit it)
@@ -43,7 +49,7 @@ def handled(fn: F) -> F:
                 import traceback
 
                 traceback.print_exc()
-            err_console().print(f"[bold red]error:[/bold red] {escape(message(e))}", highlight=False, soft_wrap=True)
+            _one_line(message(e))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console().print("interrupted: nothing was left half-written", highlight=False)
@@ -69,10 +75,38 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
-    """A group (the app, ``bundle``) whose flags show as flags in --help."""
+    """A group (the app, ``bundle``) whose flags show as flags in --help, and whose usage errors
+    (unknown option, missing argument, a value not among the choices) are one line and exit 2, like
+    every other error: through the console script and a test's runner alike."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _bare_flags(super().get_params(ctx))
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except getattr(click_errors, "NoArgsIsHelpError", ()) as e:  # type: ignore[misc]
+            e.show()
+            sys.exit(e.exit_code)
+        except click_errors.UsageError as e:
+            where = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+            _one_line(f"{e.format_message()}{where}")
+            sys.exit(e.exit_code)
+        except (click_errors.Abort, KeyboardInterrupt):
+            err_console().print("interrupted", highlight=False)
+            sys.exit(130)
+        except click_errors.ClickException as e:
+            _one_line(e.format_message())
+            sys.exit(e.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(text: str) -> None:
+    text = text.replace(": Value error, ", ": ")  # how Typer words a value not among the choices
+    err_console().print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def command(app: typer.Typer, fn: Callable[..., Any], name: str | None = None, *, panel: str | None = None,

@@ -20,6 +20,7 @@ from localaug.augment.filters import DEFAULT_ROUGE_L, REASONS
 from localaug.augment.resolve import resolve_model
 from localaug.core.errors import UsageError, opt
 from localaug.core.files import read_bounded, refuse_overwriting_inputs, write_atomic, write_json_atomic
+from localaug.core.install import extra_hint
 from localaug.jobs.grade import GRADES, distribution, judged_lines, ledger_path
 from localaug.report import metrics
 from localaug.report.records import Collected, collect
@@ -46,7 +47,7 @@ def need_extra() -> None:
     import importlib.util
 
     if any(importlib.util.find_spec(name) is None for name in ("matplotlib", "sklearn")):
-        raise UsageError("localaug report draws with matplotlib and scikit-learn: pip install 'localaug[report]'")
+        raise UsageError(f"localaug report draws with matplotlib and scikit-learn: {extra_hint('report')}")
 
 
 def project(vectors: np.ndarray, seed: int) -> tuple[np.ndarray, str]:

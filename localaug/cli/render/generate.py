@@ -14,7 +14,11 @@ from rich.table import Table
 from localaug.cli.render import plain
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from localaug.augment.tasks import ExpandResult
     from localaug.runtime.bench import BenchResult
+    from localaug.runtime.engine import Generation
 
 
 class StreamView:
@@ -52,6 +56,23 @@ def render_refined(console: Console, original: str, refined: str, compare: bool,
         console.print(f"[dim]{footer}[/dim]", highlight=False)
 
 
+def refined_json(instruction: str, refined: str, reason: str | None, gen: Generation, model: Path,
+                 seed: int | None) -> dict[str, Any]:
+    return {"input": instruction, "output": refined, "status": "filtered" if reason else "ok", "rejected": reason,
+            "model": str(model), "seed": seed, "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
+            "completion_tokens": gen.completion_tokens, "seconds": round(gen.seconds, 3)}
+
+
+def expanded_json(seed_text: str, result: ExpandResult) -> dict[str, Any]:
+    return {"input": seed_text, "instructions": result.items, "samples": result.samples, "rejected": result.rejected,
+            "shortfall": result.shortfall}
+
+
+def pairs_json(result: ExpandResult) -> dict[str, Any]:
+    return {"pairs": [{"instruction": p.instruction, "response": p.response} for p in result.items],
+            "samples": result.samples, "rejected": result.rejected, "shortfall": result.shortfall}
+
+
 def render_rejected_refinement(console: Console, refined: str, reason: str) -> None:
     """A refine reply a job would not keep: why, and what the model wrote, on stderr."""
     from localaug.augment.filters import REASONS
@@ -86,10 +107,25 @@ def render_shortfall(console: Console, found: int, requested: int, samples: int,
 
 
 def render_doctor(console: Console, report: dict[str, Any]) -> None:
+    """``localaug doctor``'s facts (``augment.doctor``), worded for people."""
+    from localaug.cli.render import human_bytes
+    from localaug.core.install import gpu_hint
+
+    gpu = report["gpu_offload"]
+    version = report["llama_cpp_python"]
+    if version != report["llama_cpp_python_supported"]:
+        version += f" (localaug is tested with {report['llama_cpp_python_supported']})"
+    rows = [
+        ("localaug", report["localaug"]), ("llama-cpp-python", version),
+        ("gpu offload", "yes" if gpu else f"no: a CPU build; for a GPU, {gpu_hint('cuda')} (Metal: -DGGML_METAL=on)"),
+        ("default device", "gpu (all layers)" if gpu else "cpu"), ("llama.cpp features", report["llama_cpp_features"]),
+        ("cpu cores", str(report["cpu_cores"])), ("memory", human_bytes(report["memory_bytes"])), ("store", report["store"]),
+        ("models in store", str(report["models_in_store"])), ("store size", human_bytes(report["store_bytes"])),
+    ]
     table = Table(title="localaug doctor", show_header=False, title_justify="left")
     table.add_column("check", style="bold cyan")
     table.add_column("value", overflow="fold")
-    for k, v in report.items():
+    for k, v in rows:
         table.add_row(k, plain(v))
     console.print(table)
 
