@@ -393,6 +393,9 @@ class RayExecutor:
         self.task = opts.task
         return plan
 
+    def load(self, plan: JobPlan) -> None:
+        pass  # the actors load the model, each once, when the first block reaches them
+
     def rows(self) -> Iterator[InputRow]:
         rows = read_input(self.source)
         return dataio.instruction_rows(rows) if self.task == "respond" else rows

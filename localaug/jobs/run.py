@@ -26,7 +26,10 @@ record of a row that is in the input but outside this run's shard or limit is ke
 
 Before the model loads, the rows are read until the column the job needs is met as text
 (``columns.check_columns``): a ``field`` no row has, or one that holds no text, is refused with
-the columns the rows do have. No output may be one of the files a run reads.
+the columns the rows do have. No output may be one of the files a run reads. The model loads only
+once the rows are counted and one is left to do (``Executor.load``): the run id needs the model's
+sha256 and prompt style, both cached by the file's path, size and mtime, so rerunning a finished
+job answers at once, with the batch size its manifest had.
 
 A bad row (invalid JSON line, empty text, prompt too long, max tokens hit, unparseable reply) is
 recorded with ``status: failed`` and its ``error``; ``retry_failed`` reruns only those, and a
@@ -47,7 +50,7 @@ from localaug.augment.calibrate import Parallel, choose_parallel, remote_paralle
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.family.registry import DEFAULT_CTX
-from localaug.jobs import chain, dataio
+from localaug.jobs import dataio
 from localaug.jobs.columns import check_columns
 from localaug.jobs.dataio import InputRow
 from localaug.jobs.keys import KeysMet, select_rows
@@ -101,7 +104,8 @@ class Executor(Protocol):
     where: str  # " on Ray (4 actors)" or ""
     note: str  # what the start message adds about the executor ("batch size 16, calibrated ...") or ""
 
-    def plan(self, opts: JobOptions) -> JobPlan: ...
+    def plan(self, opts: JobOptions) -> JobPlan: ...  # resolve the model and the run (nothing loaded yet)
+    def load(self, plan: JobPlan) -> None: ...  # ready to make records: called only when a row is left to do
     def rows(self) -> Iterator[InputRow]: ...  # every row of the input, in order
     def column_rows(self) -> Iterator[InputRow] | None: ...  # rows readable before plan() (None: not here)
     def stage(self, row: InputRow) -> None: ...  # a row to do, met while counting
@@ -125,7 +129,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
         with output_lock(target.lock):
             plan = executor.plan(opts)
             note = target.prepare()
-            _refuse_another_run(target, plan)
+            previous = _refuse_another_run(target, plan)
             stats, todo = JobStats(), _todo(target.statuses, opts.retry_failed)
             met = KeysMet(target.statuses)
             for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit, met):
@@ -135,11 +139,13 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
                 else:
                     stats.skipped += 1
             note += _drop_stale(target, met, stats)
+            if stats.remaining:
+                executor.load(plan)
             manifest: dict[str, Any] = {
                 "run_id": plan.run_id, "complete": False, "input": input_name, **target.manifest_fields(),
                 "model": plan.model_fields(), "localaug": __version__, "llama_cpp_python": llama_cpp_version(),
                 "config": plan.config, "shard": list(shard) if shard else None, "limit": opts.limit,
-                "started": started_at, **executor.manifest_fields(plan)}
+                "started": started_at, **_kept(previous, stats), **executor.manifest_fields(plan)}
 
             def save(complete: bool) -> None:
                 manifest.update(stats.manifest_fields(complete, wall0), counts=target.counts() if complete else None)
@@ -218,12 +224,22 @@ def _todo(statuses: dict[str, str], retry_failed: bool) -> Callable[[InputRow], 
     return todo
 
 
-def _refuse_another_run(target: Target, plan: JobPlan) -> None:
-    old = read_json(target.manifest_path)
+def _refuse_another_run(target: Target, plan: JobPlan) -> dict[str, Any]:
+    """The manifest already there (empty: none), refusing it when it is another run's."""
+    old = read_json(target.manifest_path) or {}
     if target.statuses and old and old.get("run_id") != plan.run_id:
         changed = ", ".join(changed_keys(old.get("config", {}), plan.config)) or "the run settings"
         raise JobError(f"{target.where} holds a different run ({changed} changed): rerun with the same arguments to "
                        f"resume, or choose another {opt('output')}", path=str(target.where))
+    return old
+
+
+def _kept(previous: dict[str, Any], stats: JobStats) -> dict[str, Any]:
+    """What an earlier manifest said of how records were made (the batch size), kept by a run that
+    had nothing left to do and so loaded no model."""
+    if stats.remaining:
+        return {}
+    return {k: previous[k] for k in ("parallel", "parallel_chosen", "calibration_s") if k in previous}
 
 
 def _start_message(run_id: str, where: str, stats: JobStats, retry_failed: bool, note: str) -> str:
@@ -314,16 +330,18 @@ class LocalExecutor:
         self.note = ""
 
     def plan(self, opts: JobOptions) -> JobPlan:
-        plan = opts.plan()
+        return opts.plan()
+
+    def load(self, plan: JobPlan) -> None:
+        opts = self.opts
         if plan.remote is not None:  # nothing to load: requests in flight instead of sequences decoded
             self.parallel = remote_parallel(opts.parallel)
             self.note = f"{self.parallel.value} requests in flight to {plan.remote}"
-            return plan
+            return
         options = opts.engine_options()
         self.engine = Engine(plan.path, options, context=False)
         self.parallel = choose_parallel(self.engine, plan.sha256, options.n_ctx or DEFAULT_CTX, opts.parallel)
         self.note = self.parallel.describe() if self.parallel.source in ("calibrated", "cached") else ""
-        return plan
 
     def rows(self) -> Iterator[InputRow]:
         rows = dataio.read_rows(self.input_path)
@@ -354,7 +372,8 @@ class LocalExecutor:
             backend.close()
 
     def manifest_fields(self, plan: JobPlan) -> dict[str, Any]:
-        assert self.parallel is not None
+        if self.parallel is None:  # nothing was left to do: no model loaded, no batch size chosen
+            return {}
         fields: dict[str, Any] = {"parallel": self.parallel.value, "parallel_chosen": self.parallel.source}
         if self.parallel.source == "calibrated":
             fields["calibration_s"] = round(self.parallel.seconds, 2)
@@ -381,11 +400,15 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
 
     ``judge``: then judge the answers and write the training file from them (``chain.run_judged``);
     ``export`` False leaves the training file to the caller."""
-    if judge is not None or selection:  # chain runs its phases through this function, handed to it
-        return chain.run_judged(task, input, output, judge, fmt=fmt, progress=progress, respond_with=respond_with,
-                                respond=respond or {}, judging=judging or {}, selection=selection or {}, run=run_job,
-                                **options)
-    if respond_with is not None:
+    if judge is not None or selection or respond_with is not None:
+        # imported here, not at the top, so that a plain job starts light (an all-done rerun answers at
+        # once); chain never imports this module: it runs its phases through the run_job handed to it
+        from localaug.jobs import chain
+
+        if judge is not None or selection:
+            return chain.run_judged(task, input, output, judge, fmt=fmt, progress=progress, respond_with=respond_with,
+                                    respond=respond or {}, judging=judging or {}, selection=selection or {},
+                                    run=run_job, **options)
         return chain.run_chain(task, input, output, respond_with, fmt=fmt, progress=progress, respond=respond or {},
                                export=export, run=run_job, **options)
     opts = JobOptions(task, **options)
