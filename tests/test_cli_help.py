@@ -156,3 +156,41 @@ def test_the_pinned_llama_cpp_python_is_the_one_hints_name() -> None:
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
     assert re.findall(r'"llama-cpp-python==([0-9.]+)"', pyproject) == [LLAMA_CPP_PYTHON]
     assert f"llama-cpp-python=={LLAMA_CPP_PYTHON}" in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+RUN_PANELS = {
+    "Input": ["--input", "--field", "--response-field", "--input-field", "--limit"],
+    "Output and training": ["--output", "--format", "--retry-failed", "--json"],
+    "Model and prompt": ["--model", "--prompt-format", "--system", "--examples"],
+    "Sampling": ["-n", "--samples", "--max-samples", "--temperature", "--top-p", "--top-k", "--max-tokens", "--seed"],
+    "Filters": ["--dedup", "--minhash-threshold", "--rouge-l", "--echo", "--min-chars", "--max-chars", "--keep-refusals"],
+    "Engine": ["--device", "--gpu-layers", "--threads", "--ctx", "--parallel"],
+    "Scale-out (shards, Ray)": ["--shard", "--ray", "--actors", "--num-cpus", "--num-gpus"],
+    "Respond and judge (training files with answers)": [
+        "--respond-with", "--respond-system", "--respond-max-tokens", "--respond-samples", "--judge", "--rule", "--margin",
+        "--min-score", "--judge-max-tokens"],
+}
+
+
+def panels(text: str) -> dict[str, list[str]]:
+    """The options of each --help panel, by the panel's title, in order."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        title = re.match(r"╭─ (.+?) ─", line)
+        if title:
+            current = found.setdefault(title.group(1), [])
+        elif line.startswith("╰"):
+            current = None
+        elif current is not None:
+            first = line.strip("│ ").lstrip("* ").split(" ")[0]
+            if first.startswith("-"):
+                current.append(first)
+    return found
+
+
+def test_run_help_groups_its_options_in_panels() -> None:
+    shown = panels(help_of("run"))
+    assert shown == {"Arguments": [], "Options": ["--help"], **RUN_PANELS}
+    names = {max(p.opts, key=len) for p in commands()["run"].params if p.param_type_name == "option"}
+    assert names == {o for opts in RUN_PANELS.values() for o in opts}  # every option of run is in a panel

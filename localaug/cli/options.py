@@ -3,9 +3,10 @@ so ``--help`` lists them and the parser refuses a typo (exit 2)."""
 
 from __future__ import annotations
 
+import copy
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 
@@ -57,6 +58,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object, no
 # lists them here, from the same table (a Typer enum would show them in lower case).
 QUANTS = f"one of {', '.join(OUTPUT_TYPES)} (any case)"
 StoredQuantOpt = Annotated[Optional[str], typer.Option("--quant", "-q", help=f"Which stored quantization, {QUANTS} (default: the family's recommended one, else the newest).")]
+
+
+def in_panel(option: Any, panel: str) -> Any:
+    """A shared option (``Annotated[T, typer.Option(...)]``) shown under the --help panel ``panel``."""
+    kind, info = get_args(option)
+    info = copy.copy(info)
+    info.rich_help_panel = panel
+    return Annotated[kind, info]
 
 
 def gpu_layers(given: str | None) -> int | str | None:
