@@ -2,7 +2,7 @@
 localaug came from a package index (or a wheel) or from a checkout of its source.
 
 ``LLAMA_CPP_PYTHON`` is the llama-cpp-python release localaug is built and tested against; it is
-pinned in pyproject.toml too (tests/test_cli_docs.py checks that the two agree)."""
+pinned in pyproject.toml too (tests/test_cli_help.py checks that the two agree)."""
 
 from __future__ import annotations
 
