@@ -9,8 +9,10 @@ sizes, sha256 and lines), gguf-py's own reader, the scripted models' known repli
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +183,20 @@ def test_grade_export_judge_and_report_json(scripted, tmp_path: Path) -> None:
     judged = as_json(home, "judge", answers, answers, "--judge", scripted("judge"), "--max-tokens", "32", "--threads", "1")
     assert (judged["n"], judged["wins"], judged["ties"], judged["losses"], judged["score"]) == (2, 0, 2, 0, 0.5)
 
-    report = as_json(home, "report", answers, "--embed-model", scripted("refine"), "--threads", "1")
+    summary = Path(judged["verdicts"] + ".summary.json")
+    report = as_json(home, "report", answers, "--embed-model", scripted("refine"), "--threads", "1", "--judge", summary)
     for path in (report["files"]["html"], report["files"]["summary"], *report["files"]["figures"].values()):
         assert Path(path).is_file(), path
-    assert report["counts"]["rows"] == 2
+    assert report["counts"]["rows"] == 2 and report["judge"]["wins"] == 0 and report["judge"]["n"] == 2
+
+    # one judge table: the terminal's rows are the report page's, in the same order
+    shown = cli(home, "judge", answers, answers, "--judge", scripted("judge"), "--max-tokens", "32", "--threads", "1")
+    assert shown.exit_code == 0, shown.output
+    rows = [[cell.strip() for cell in line.split("│")[1:3]] for line in shown.stdout.splitlines() if line.count("│") == 3]
+    assert rows[:3] == [["aspect", "detail"], ["judge", scripted("judge").name], ["pairs judged", "2"]]
+    page = Path(report["files"]["html"]).read_text(encoding="utf-8")
+    section = page[page.index("<h2>Judge: detail</h2>"):]
+    cells = re.findall(r"<td>(.*?)</td><td>(.*?)</td>", section)
+    assert [[html.unescape(k), html.unescape(v)] for k, v in cells][2:] == rows  # after the rows naming A and B
     # a metric undefined on so few texts is null here, as in the summary file the report wrote
     assert report["diversity"] == strict(Path(report["files"]["summary"]).read_text())["diversity"]

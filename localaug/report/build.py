@@ -23,6 +23,7 @@ from localaug.core.files import read_bounded, refuse_overwriting_inputs, write_a
 from localaug.core.install import extra_hint
 from localaug.jobs.grade import GRADES, distribution, judged_lines, ledger_path
 from localaug.report import metrics
+from localaug.report.judge import table_rows
 from localaug.report.records import Collected, collect
 from localaug.runtime.embed import embed
 from localaug.runtime.engine import Engine, EngineOptions
@@ -176,10 +177,6 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _float(v: Any) -> float:
-    return float("nan") if v is None else float(v)
-
-
 def _page(r: Report, pngs: dict[str, bytes], page: Any) -> str:
     d, c = r.collected, r.collected.counts
     sections = [("Summary", page.paragraph(
@@ -205,10 +202,8 @@ def _page(r: Report, pngs: dict[str, bytes], page: Any) -> str:
             f"{g['graded']} answers graded 1–10 by the judge (MT-Bench's single-answer prompt), mean {mean}; "
             f"{g['no_rating']} replies gave no rating.") + page.figure(pngs["grades"], "answers by rating", "grades.png")
             + page.table(["rating", "answers"], [[k, v] for k, v in g["distribution"].items()])))
-    if r.judge:
+    if r.judge:  # the judge's own table (report.judge.table_rows), with the two files it compared
         j = r.judge
         sections.append((f"Judge: {j.get('aspect', '')}", page.table(
-            ["A", "B", "wins (B)", "ties", "losses (B)", "n", "B's score", "95% interval"],
-            [[j["a"], j["b"], j["wins"], j["ties"], j["losses"], j["n"], _float(j["score"]),
-              " – ".join("—" if v is None else f"{v:.3f}" for v in j["interval"])]])))
+            ["", ""], [["A", j["a"]], ["B", j["b"]], *map(list, table_rows(j))])))
     return page.page(f"localaug report: {d.path.name}", sections)
