@@ -27,6 +27,8 @@ def test_help_lists_every_command() -> None:
     assert result.exit_code == 0
     for command in app.registered_commands:
         assert command.callback is not None
+        if command.hidden:  # the aliases list and ls, named in the help of models
+            continue
         # Typer names a command after its function, with dashes for underscores.
         assert (command.name or command.callback.__name__.replace("_", "-")) in result.output
     for group in app.registered_groups:

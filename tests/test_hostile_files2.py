@@ -301,7 +301,7 @@ WRITERS: dict[str, Callable[[Ctx], list[tuple[list[Any], Path]]]] = {
 # commands that write only inside the store (LOCALAUG_HOME), at names the store chooses
 STORE_ONLY = {"pull", "bundle import", "rm"}
 # commands that write no file (stdout, or a cache in LOCALAUG_HOME)
-NO_FILES = {"inspect", "models", "list", "refine", "expand", "pairs", "doctor", "bench", "serve"}
+NO_FILES = {"inspect", "models", "list", "ls", "refine", "expand", "pairs", "doctor", "bench", "serve"}
 
 
 def cli_commands() -> set[str]:

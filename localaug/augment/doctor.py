@@ -1,5 +1,6 @@
 """``localaug doctor``: facts about this installation (the llama.cpp build, its backends, cores,
-memory, the store)."""
+memory, the store), as typed values: counts and bytes are numbers, switches are booleans, keys are
+snake_case (the terminal table words them for people)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,24 @@ from typing import Any
 
 def doctor() -> dict[str, Any]:
     """Facts about this installation: the llama.cpp build, its backends, threads, memory, the store."""
-    from localaug import __version__
+    from localaug._version import __version__
+    from localaug.core.install import LLAMA_CPP_PYTHON
     from localaug.runtime.engine import gpu_offload_supported, llama_cpp_version, system_info
     from localaug.store import local as store
 
     pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    info = system_info()
     entries = store.list_entries()
+    gpu = gpu_offload_supported()
     return {
         "localaug": __version__,
-        "llama-cpp-python": llama_cpp_version(),
-        "gpu offload": "yes" if gpu_offload_supported() else "no (CPU build; see README for CUDA/Metal)",
-        "default device": "gpu (all layers)" if gpu_offload_supported() else "cpu",
-        "llama.cpp features": info,
-        "cpu cores": os.cpu_count(),
-        "memory": f"{pages * page_size / 2**30:.1f} GiB",
+        "llama_cpp_python": llama_cpp_version(),
+        "llama_cpp_python_supported": LLAMA_CPP_PYTHON,  # the release localaug is tested against
+        "gpu_offload": gpu,
+        "default_device": "gpu" if gpu else "cpu",  # a GPU build offloads every layer by default
+        "llama_cpp_features": system_info(),
+        "cpu_cores": os.cpu_count(),
+        "memory_bytes": pages * page_size,
         "store": str(store.root()),
-        "models in store": len(entries),
-        "store size": f"{sum(e.size for e in entries) / 2**30:.2f} GiB",
+        "models_in_store": len(entries),
+        "store_bytes": sum(e.size for e in entries),
     }

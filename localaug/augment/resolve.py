@@ -1,17 +1,25 @@
 """From what a user names (a family name, a repo id, a GGUF file, a checkpoint folder) to a GGUF path,
 its family spec, its prompt style (with your own system prompt and examples, if given) and its
 metadata; and the sampling defaults of a model. A URL (``http://gpu-box:8000/v1#MODEL``) names a
-model on an OpenAI-compatible server instead: ``resolve_remote`` (jobs and the judge take one)."""
+model on an OpenAI-compatible server instead: ``resolve_remote`` (jobs and the judge take one).
+
+The metadata a resolution reads is cached by the file's path, size and mtime (``model_metadata``),
+as its sha256 is: naming a model costs a stat and a small JSON read, not a pass over its vocabulary."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from localaug.core.errors import UsageError, opt
-from localaug.core.files import read_bounded
+from gguf import Keys
+
+from localaug.core.errors import LocalaugError, UsageError, opt
+from localaug.core.files import read_bounded, read_json, write_json_atomic
+from localaug.core.settings import localaug_home
 from localaug.family import registry
 from localaug.family.prompts import FAMILY_FORMATS, read_examples
 from localaug.family.registry import ModelSpec
@@ -51,7 +59,7 @@ def resolve_style(
         raise UsageError(f"{opt('model')}: a model on a server (a URL) is for localaug run and localaug judge; here give "
                          "a GGUF file, a family or store name, or a checkpoint folder")
     path, spec = resolve_model(model, quant)
-    meta = read_kv(path)
+    meta = model_metadata(path)
     spec = spec or family_spec_from_metadata(meta)
     return ResolvedModel(path, spec, style_for(meta, spec, prompt_format), meta)
 
@@ -116,3 +124,71 @@ def with_overrides(style: PromptStyle, task: str | None, system: str | None,
     style = replace(style, system=system, examples=examples)
     check_overrides(style, task)
     return style
+
+
+# --- the metadata a resolution reads, cached -----------------------------------------------------------
+
+METADATA_CACHE = "metadata-cache.json"  # in LOCALAUG_HOME, beside the sha256 cache
+_CACHE_VERSION = 1
+_CACHED_MODELS = 64  # the most recently resolved files kept
+_SHORT_LIST = 64  # lists longer than this (the vocabulary, merges, scores) are not kept
+
+
+class Vocabulary(Sequence[str]):
+    """A GGUF's token list as the metadata cache keeps it: its length, and the texts of the tokens its
+    metadata names by id (``tokenizer.ggml.*_token_id``: BOS, EOS, ...), which is all a prompt style
+    reads; any other id reads as ""."""
+
+    def __init__(self, texts: dict[int, str], length: int) -> None:
+        self._texts, self._length = texts, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._length))]
+        if not -self._length <= i < self._length:
+            raise IndexError(i)
+        return self._texts.get(i % self._length, "")
+
+
+def model_metadata(path: Path) -> dict[str, Any]:
+    """The GGUF metadata a model's resolution reads (``store.gguf_info.read_kv``), cached by (path,
+    size, mtime) in LOCALAUG_HOME as the file's sha256 is: reading a 150k-token vocabulary and its
+    merges takes a few hundred milliseconds, which every command naming the model (an all-done rerun
+    of a job included) would spend again. Every scalar key and short list is kept; of the vocabulary,
+    its length and the special tokens' texts (``Vocabulary``)."""
+    st = path.stat()
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = localaug_home() / METADATA_CACHE
+    cache = read_json(cache_file) or {}
+    hit = cache.get(ident)
+    if isinstance(hit, dict) and hit.get("version") == _CACHE_VERSION:
+        try:
+            return _thaw(hit)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # a damaged entry: read the file again
+    entry = _freeze(read_kv(path))
+    kept = dict(list((k, v) for k, v in cache.items() if k != ident)[-(_CACHED_MODELS - 1):])
+    with contextlib.suppress(OSError, LocalaugError):  # a read-only home: read the file again next time
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache_file, {**kept, ident: entry})
+    return _thaw(entry)
+
+
+def _freeze(meta: dict[str, Any]) -> dict[str, Any]:
+    tokens = meta.get(Keys.Tokenizer.LIST)
+    tokens = tokens if isinstance(tokens, list) else []
+    named = {v for k, v in meta.items() if k.startswith("tokenizer.ggml.") and k.endswith("_token_id")
+             and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(tokens)}
+    keys = {k: v for k, v in meta.items() if not isinstance(v, list) or len(v) <= _SHORT_LIST}
+    return {"version": _CACHE_VERSION, "keys": keys, "n_tokens": len(tokens),
+            "tokens": {str(i): tokens[i] for i in sorted(named)}}
+
+
+def _thaw(entry: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(entry["keys"])
+    if entry["n_tokens"]:
+        meta[Keys.Tokenizer.LIST] = Vocabulary({int(i): str(t) for i, t in entry["tokens"].items()}, int(entry["n_tokens"]))
+    return meta

@@ -1,4 +1,4 @@
-"""The ``localaug`` command: a thin Typer shell over the API; rendering lives in ``localaug.ui``."""
+"""The ``localaug`` command: a thin Typer shell over the API; rendering lives in ``localaug.cli.render``."""
 
 from localaug.cli.main import app, main
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled, out_console
+from localaug.cli.shell import command, err_console, handled, out_console
 from localaug.cli.options import (
     CtxOpt,
     Device,
@@ -60,7 +60,6 @@ def _read_input(text: str | None) -> str | None:
     return text
 
 
-@app.command()
 @handled
 def refine(
     text: Annotated[Optional[str], typer.Argument(help="The instruction to refine; '-' reads stdin; none on a terminal starts an interactive loop.")] = None,
@@ -79,14 +78,15 @@ def refine(
 
     Example: [bold]localaug refine "Create a travel guide for Hangzhou." --compare[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import generate as draw
+    from localaug.cli.render import print_json
 
     given = _read_input(text)
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     console = out_console()
     with _load("refine", model, prompt_format, device, layers, threads, ctx, system, examples) as aug:
         def run(instruction: str) -> bool:
-            view = ui.StreamView(console, "refining…") if not as_json else None
+            view = draw.StreamView(console, "refining…") if not as_json else None
             try:
                 refined, gen = aug.refine_full(instruction, on_piece=view.piece if view else None, **sampling)
             finally:
@@ -94,17 +94,12 @@ def refine(
                     view.close()
             reason = aug.verdict(instruction, refined, gen)
             if as_json:
-                ui.print_json(console, {
-                    "input": instruction, "output": refined, "status": "filtered" if reason else "ok", "rejected": reason,
-                    "model": str(aug.engine.path), "seed": seed,
-                    "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
-                    "completion_tokens": gen.completion_tokens, "seconds": round(gen.seconds, 3),
-                })
+                print_json(console, draw.refined_json(instruction, refined, reason, gen, aug.engine.path, seed))
             elif reason:
-                ui.render_rejected_refinement(err_console(), refined, reason)
+                draw.render_rejected_refinement(err_console(), refined, reason)
             else:
                 footer = f"{gen.completion_tokens} tokens, {gen.stats['decode_tokens_per_s']:.1f} tok/s, {gen.finish_reason}"
-                ui.render_refined(console, instruction, refined, compare, footer)
+                draw.render_refined(console, instruction, refined, compare, footer)
             return reason is None
 
         if given is not None:
@@ -121,7 +116,6 @@ def refine(
                 run(line.strip())
 
 
-@app.command()
 @handled
 def expand(
     text: Annotated[str, typer.Argument(help="The seed instruction; '-' reads stdin.")],
@@ -137,7 +131,8 @@ def expand(
 
     Example: [bold]localaug expand "Plan a tour of France that includes Paris and Lyon." -n 5[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import generate as draw
+    from localaug.cli.render import print_json
     from localaug.augment import tasks
 
     seed_text = (_read_input(text) or "").strip()
@@ -145,18 +140,16 @@ def expand(
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     with _load("expand", model, prompt_format, device, layers, threads, ctx, system, examples) as aug:
         events = tasks.expand_iter(aug.engine, aug.style, seed_text, n, aug.sampling(**sampling))
-        result = _drain(events, None if as_json else lambda i, item: ui.render_item(console, i, item))
+        result = _drain(events, None if as_json else lambda i, item: draw.render_item(console, i, item))
     if as_json:
-        ui.print_json(console, {"input": seed_text, "instructions": result.items, "samples": result.samples,
-                                "rejected": result.rejected, "shortfall": result.shortfall})
+        print_json(console, draw.expanded_json(seed_text, result))
     else:
-        ui.render_shortfall(err_console(), len(result.items), n, result.samples, result.rejected)
+        draw.render_shortfall(err_console(), len(result.items), n, result.samples, result.rejected)
     if result.shortfall:
         raise typer.Exit(1)
 
 
 
-@app.command()
 @handled
 def pairs(
     file: Annotated[str, typer.Argument(help="Seed pairs: JSON/JSONL of {instruction, response} (or Alpaca), or ### blocks; '-' reads stdin.")],
@@ -172,7 +165,8 @@ def pairs(
 
     Example: [bold]localaug pairs seeds.jsonl -n 3 --json[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import generate as draw
+    from localaug.cli.render import print_json
     from localaug.augment import tasks
     from localaug.core.errors import UsageError
     from localaug.family import prompts
@@ -189,35 +183,33 @@ def pairs(
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed)
     with _load("pairs", model, prompt_format, device, layers, threads, ctx, system, examples) as aug:
         events = tasks.pairs_iter(aug.engine, aug.style, seeds, n, aug.sampling(**sampling))
-        result = _drain(events, None if as_json else lambda i, p: ui.render_pair(console, i, p.instruction, p.response))
+        result = _drain(events, None if as_json else lambda i, p: draw.render_pair(console, i, p.instruction, p.response))
     if as_json:
-        ui.print_json(console, {"pairs": [{"instruction": p.instruction, "response": p.response} for p in result.items],
-                                "samples": result.samples, "rejected": result.rejected, "shortfall": result.shortfall})
+        print_json(console, draw.pairs_json(result))
     else:
-        ui.render_shortfall(err_console(), len(result.items), n, result.samples, result.rejected)
+        draw.render_shortfall(err_console(), len(result.items), n, result.samples, result.rejected)
     if result.shortfall:
         raise typer.Exit(1)
 
 
-@app.command()
 @handled
 def doctor(as_json: JsonOpt = False) -> None:
     """Report the llama.cpp build (backends, GPU offload, CPU features), threads, memory and the store.
 
     Example: [bold]localaug doctor[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import generate as draw
+    from localaug.cli.render import print_json
     from localaug.api import doctor as report
 
     data = report()
     if as_json:
-        ui.print_json(out_console(), data)
+        print_json(out_console(), data)
     else:
-        ui.render_doctor(out_console(), data)
+        draw.render_doctor(out_console(), data)
 
 
 
-@app.command()
 @handled
 def bench(
     model: ModelOpt = None,
@@ -231,7 +223,8 @@ def bench(
 
     Example: [bold]localaug bench --model qwen2-refine:1.5b --tokens 128[/bold] or [bold]localaug bench --batch[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import generate as draw
+    from localaug.cli.render import print_json
     from localaug.family import styles
     from localaug.runtime.bench import BENCH_PROMPT, run_bench
 
@@ -242,13 +235,13 @@ def bench(
             result = run_bench(aug.engine, styles.build_prompt(aug.style, "refine", BENCH_PROMPT), tokens, repeats)
     if batch:
         if as_json:
-            ui.print_json(out_console(), curve)
+            print_json(out_console(), curve)
         else:
-            ui.render_batch_curve(out_console(), curve)
+            draw.render_batch_curve(out_console(), curve)
     elif as_json:
-        ui.print_json(out_console(), result.to_dict())
+        print_json(out_console(), result.to_dict())
     else:
-        ui.render_bench(out_console(), result)
+        draw.render_bench(out_console(), result)
 
 
 def _batch_curve(aug: Any, tokens: int) -> dict[str, Any]:
@@ -264,3 +257,11 @@ def _batch_curve(aug: Any, tokens: int) -> dict[str, Any]:
                        "raw_tokens_per_s": round(p.raw_tokens_per_s or 0, 2),
                        "vs_raw": round(p.vs_raw or 0, 3)} for p in points],
             "chosen": fastest(points)}
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (refine, expand, pairs):
+        command(app, fn, panel="Generate")
+    for fn in (doctor, bench):
+        command(app, fn, panel="This machine")

@@ -3,17 +3,20 @@ so ``--help`` lists them and the parser refuses a typo (exit 2)."""
 
 from __future__ import annotations
 
+import copy
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 
+from localaug.convert import OUTPUT_TYPES
+from localaug.family.judging import ASPECTS
 from localaug.family.prompts import FAMILY_FORMATS
 from localaug.family.registry import TASKS
 from localaug.family.styles import TEACHER
 from localaug.jobs import DEDUP_MODES, MERGE_DEDUP, PREFERENCE_RULES
-from localaug.jobs.dataio import EXPORT_FORMATS, RECORD_FORMATS
+from localaug.jobs.dataio import EXPORT_FORMATS, RECORD_FORMATS, RESPONSE_FORMATS
 from localaug.runtime import DEVICES
 
 
@@ -25,9 +28,11 @@ Device = _choices("Device", DEVICES)
 Task = _choices("Task", TASKS)
 PromptFormat = _choices("PromptFormat", (*FAMILY_FORMATS, TEACHER))
 OutputFormat = _choices("OutputFormat", (*RECORD_FORMATS, *EXPORT_FORMATS))
+TrainingFormat = _choices("TrainingFormat", RESPONSE_FORMATS)  # a training file whose examples have responses
 Dedup = _choices("Dedup", DEDUP_MODES)
 MergeDedup = _choices("MergeDedup", MERGE_DEDUP)
 PreferenceRule = _choices("PreferenceRule", PREFERENCE_RULES)
+Aspect = _choices("Aspect", tuple(ASPECTS))
 
 
 def value(choice: Enum | None) -> str | None:
@@ -49,7 +54,18 @@ LayersOpt = Annotated[Optional[str], typer.Option("--gpu-layers", help="Layers t
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
 CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context size (default 4096, grown up to the trained length when needed).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object, no decoration.")]
-QuantOpt = Annotated[Optional[str], typer.Option("--quant", "-q", help="Which quantization, e.g. Q4_K_M (default: the recommended one).")]
+# Quantizations are checked (any case) where they are used, whose one-line error lists them; --help
+# lists them here, from the same table (a Typer enum would show them in lower case).
+QUANTS = f"one of {', '.join(OUTPUT_TYPES)} (any case)"
+StoredQuantOpt = Annotated[Optional[str], typer.Option("--quant", "-q", help=f"Which stored quantization, {QUANTS} (default: the family's recommended one, else the newest).")]
+
+
+def in_panel(option: Any, panel: str) -> Any:
+    """A shared option (``Annotated[T, typer.Option(...)]``) shown under the --help panel ``panel``."""
+    kind, info = get_args(option)
+    info = copy.copy(info)
+    info.rich_help_panel = panel
+    return Annotated[kind, info]
 
 
 def gpu_layers(given: str | None) -> int | str | None:

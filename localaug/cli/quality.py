@@ -8,17 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled, out_console
-from localaug.cli.options import CtxOpt, JsonOpt, OutputFormat, PreferenceRule, ThreadsOpt, value
+from localaug.cli.options import Aspect, CtxOpt, JsonOpt, PreferenceRule, ThreadsOpt, TrainingFormat, value
+from localaug.cli.shell import command, err_console, handled, out_console
 
 
-@app.command()
 @handled
 def grade(
     output: Annotated[Path, typer.Argument(help="A localaug run respond output (its records, or the training file with its .ledger.jsonl).")],
     judge_model: Annotated[str, typer.Option("--judge", help="The judge: any instruct GGUF or store name (a larger one judges better).")],
     pairwise: Annotated[bool, typer.Option("--pairwise", help="Judge every two answers of an instruction against each other, in both orders, instead of grading each.")] = False,
-    aspect: Annotated[str, typer.Option("--aspect", help="--pairwise: helpfulness (MT-Bench's own criteria), detail or truthfulness.")] = "helpfulness",
+    aspect: Annotated[Aspect, typer.Option("--aspect", help="--pairwise: what the verdict weighs (helpfulness: MT-Bench's own criteria).")] = Aspect.helpfulness,  # type: ignore[valid-type,attr-defined]
     ledger: Annotated[Optional[Path], typer.Option("--output", "-o", help="The judgements ledger (default: OUTPUT.grades.jsonl, or OUTPUT.verdicts.jsonl); resumable.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="The longest judge reply.")] = 512,
     temperature: Annotated[float, typer.Option("--temperature", help="The judge's sampling (0: greedy, as MT-Bench).")] = 0.0,
@@ -32,39 +31,53 @@ def grade(
 
     Example: [bold]localaug grade answers.jsonl --judge qwen2-instruct:7b[/bold], then [bold]localaug export answers.jsonl -o dpo.jsonl --format dpo[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import print_json
+    from localaug.cli.render import quality as draw
+    from localaug.cli.render.progress import counter
     from localaug.jobs.grade import JudgeOptions, run_grade, run_verdicts
 
     console = err_console()
-    with ui.counter(console, "judging") as tick:
-        opts = JudgeOptions(judge_model, max_tokens=max_tokens, temperature=temperature, seed=seed, aspect=aspect,
+    with counter(console, "judging") as tick:
+        opts = JudgeOptions(judge_model, max_tokens=max_tokens, temperature=temperature, seed=seed, aspect=str(value(aspect)),
                             parallel=parallel, threads=threads, n_ctx=ctx, progress=tick)
         summary = (run_verdicts if pairwise else run_grade)(output, opts, ledger=ledger)
     if as_json:
-        ui.print_json(out_console(), summary.to_json())
+        print_json(out_console(), summary.to_json())
     else:
-        ui.render_rows(out_console(), f"localaug grade{' --pairwise' if pairwise else ''}: {output.name}", summary.rows())
+        draw.render_grades(out_console(), summary, output, pairwise)
 
 
-@app.command()
 @handled
 def export(
     output: Annotated[Path, typer.Argument(help="A localaug run respond output whose answers were judged (localaug grade).")],
     dest: Annotated[Path, typer.Option("--output", "-o", help="The training file to write (with DEST.manifest.json, and dataset_info.json beside it).")],
-    out_format: Annotated[OutputFormat, typer.Option("--format", help="A training format: alpaca, sharegpt or messages (the best-graded answer), or dpo (pairs).")],  # type: ignore[valid-type]
+    out_format: Annotated[TrainingFormat, typer.Option("--format", help="alpaca, sharegpt or messages: the best-graded answer; dpo: preference pairs.")],  # type: ignore[valid-type]
     rule: Annotated[PreferenceRule, typer.Option("--rule", help="dpo: pairs from grades (chosen - rejected >= --margin) or from pairwise verdicts in both orders.")] = PreferenceRule.scores,  # type: ignore[valid-type,attr-defined]
     margin: Annotated[float, typer.Option("--margin", help="--rule scores: the least grade difference between chosen and rejected.")] = 1.0,
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Keep only instructions whose chosen answer is graded at least this (1-10).")] = None,
     grades: Annotated[Optional[Path], typer.Option("--grades", help="The grades ledger (default: OUTPUT.grades.jsonl).")] = None,
     verdicts: Annotated[Optional[Path], typer.Option("--verdicts", help="The pairwise verdicts ledger (default: OUTPUT.verdicts.jsonl).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a training file from judged answers: the best-graded answer per instruction, or preference pairs.
 
     Example: [bold]localaug export answers.jsonl -o data/dpo.jsonl --format dpo --margin 2[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import print_json
+    from localaug.cli.render import quality as draw
+    from localaug.jobs.dataio import DATASET_INFO
     from localaug.jobs.preference import Selection, export_output
 
     summary = export_output(output, dest, str(value(out_format)), Selection(str(value(rule)), margin, min_score),
                             grades=grades, verdicts=verdicts)
-    ui.render_export(err_console(), summary)
+    if as_json:
+        info = dest.parent / "dataset_info.json" if value(out_format) in DATASET_INFO else None
+        print_json(out_console(), draw.export_json(summary, info))
+    else:
+        draw.render_export(err_console(), summary)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (grade, export):
+        command(app, fn, panel="Judge and export")

@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled, out_console
-from localaug.cli.options import JsonOpt, ThreadsOpt
+from localaug.cli.shell import command, err_console, handled, out_console
+from localaug.cli.options import Aspect, JsonOpt, ThreadsOpt, value
 
 
-@app.command()
 @handled
 def report(
     output: Annotated[Path, typer.Argument(help="A localaug run output: JSONL records, a training file (its .ledger.jsonl beside it) or a --ray folder.")],
@@ -21,27 +20,31 @@ def report(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling and of the t-SNE map.")] = 0,
     judge: Annotated[Optional[Path], typer.Option("--judge", help="A localaug judge summary (.summary.json) to add as a table.")] = None,
     threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """See what augmentation did: a 2-D map of sources vs new texts, lengths, rejections, diversity, samples.
 
-    Example: [bold]localaug report refined.jsonl[/bold] (needs pip install 'localaug[report]')
+    Example: [bold]localaug report refined.jsonl[/bold] (needs the report extra: pip install 'localaug[report]', or pip install -e '.[report]' from a checkout)
     """
-    from localaug import ui
+    from localaug.cli.render import print_json
+    from localaug.cli.render import report as draw
     from localaug.report.build import make_report
 
     console = err_console()
     with console.status("embedding and drawing…"):
         result = make_report(output, html, embed_model, max_rows=max_rows, seed=seed, threads=threads, judge=judge)
-    ui.render_report(out_console(), result)
+    if as_json:
+        print_json(out_console(), draw.report_json(result))
+    else:
+        draw.render_report(out_console(), result)
 
 
-@app.command()
 @handled
 def judge(
     a: Annotated[Path, typer.Argument(help="Responses A (a localaug run respond output), e.g. answers to the seed instructions.")],
     b: Annotated[Path, typer.Argument(help="Responses B, e.g. answers to the refined instructions.")],
     judge_model: Annotated[str, typer.Option("--judge", help="The judge: any instruct GGUF or store name, or a model on an OpenAI-compatible server, URL#MODEL (key in LOCALAUG_REMOTE_API_KEY); a larger one judges better.")],
-    aspect: Annotated[str, typer.Option("--aspect", help="detail, truthfulness or helpfulness.")] = "detail",
+    aspect: Annotated[Aspect, typer.Option("--aspect", help="What the verdict weighs.")] = Aspect.detail,  # type: ignore[valid-type,attr-defined]
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The verdicts ledger (default: B.judge-ASPECT.jsonl); resumable.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="The longest judge reply.")] = 512,
     parallel: Annotated[Optional[int], typer.Option("--parallel", help="Sequences decoded together (default: calibrated); a judge at a URL: requests in flight (default 8).")] = None,
@@ -53,14 +56,22 @@ def judge(
 
     Example: [bold]localaug judge seeds.answers.jsonl refined.answers.jsonl --judge qwen2-instruct:7b --aspect detail[/bold]
     """
-    from localaug import ui
+    from localaug.cli.render import print_json
+    from localaug.cli.render import report as draw
+    from localaug.cli.render.progress import counter
     from localaug.report.judge import run_judge
 
     console = err_console()
-    with ui.counter(console, "judging") as tick:
-        summary = run_judge(a, b, judge_model, aspect=aspect, output=output, threads=threads, parallel=parallel,
+    with counter(console, "judging") as tick:
+        summary = run_judge(a, b, judge_model, aspect=str(value(aspect)), output=output, threads=threads, parallel=parallel,
                             max_tokens=max_tokens, progress=tick, html=html)
     if as_json:
-        ui.print_json(out_console(), summary.to_json())
+        print_json(out_console(), summary.to_json())
     else:
-        ui.render_judge(out_console(), summary)
+        draw.render_judge(out_console(), summary)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (report, judge):
+        command(app, fn, panel="Judge and export")

@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from localaug.cli.main import app, err_console, handled
+from localaug.cli.shell import command, err_console, handled
 from localaug.cli.options import Device, DeviceOpt, LayersOpt, ThreadsOpt, gpu_layers, value
 
 
-@app.command()
 @handled
 def serve(
     model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="A model to serve (family name, repo id, GGUF file or checkpoint folder); repeat for several. The first is the default.")] = None,
@@ -43,30 +42,23 @@ def serve(
         raise UsageError("--parallel, --max-tokens and --max-n must be at least 1, --max-queue at least 0, "
                          "--stall-after over 0")
     hosts = tuple(h.strip() for item in allow_host or [] for h in item.split(",") if h.strip())
+    from localaug.cli.render import serve as draw
+
     console = err_console()
     sock = bind(host, port)  # before loading, so a busy port fails at once
     try:
         opts = EngineOptions(device=value(device), gpu_layers=gpu_layers(layers), threads=threads, n_ctx=ctx)  # type: ignore[arg-type]
         sources = list(dict.fromkeys(model or [DEFAULT_MODELS["refine"]]))
-        console.print(f"loading {', '.join(sources)}…", highlight=False)
+        draw.render_loading(console, sources)
         served = load_models(sources, opts=opts, parallel=parallel, n_ctx=ctx, max_queue=max_queue)
     except BaseException:
         sock.close()
         raise
-    url = url_of(sock)
-    console.print(f"[bold]localaug serve[/bold] on [bold]{url}/v1[/bold]  (OpenAI base_url)", highlight=False)
-    for m in served:
-        console.print(f"  model [bold]{m.id}[/bold]: {m.path} ({m.style.prompt_format}, {m.batch.parallel} slots x {m.n_ctx} tokens)",
-                      highlight=False, soft_wrap=True)
-    console.print(f"  auth: {'on (Bearer key)' if api_key else 'off'}; limits: max_tokens {max_tokens}, n {max_n}, "
-                  f"queue {max_queue}; Ctrl-C stops", highlight=False)
     checked = host_check(host, hosts)
-    if (checked or (checked is None and not api_key)) and "*" not in hosts:
-        console.print(f"  Host/Origin accepted: localhost, 127.0.0.1, [::1]{''.join(', ' + h for h in hosts)}",
-                      highlight=False)
-    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(f"[bold yellow]warning:[/bold yellow] listening on {host} without --api-key: anyone who can "
-                      "reach this port can use the models", highlight=False)
+    shown_hosts = hosts if (checked or (checked is None and not api_key)) and "*" not in hosts else None
+    open_to = host if not api_key and host not in ("127.0.0.1", "localhost", "::1") else None
+    draw.render_serving(console, url_of(sock), served, api_key=bool(api_key), max_tokens=max_tokens, max_n=max_n,
+                        max_queue=max_queue, accepted_hosts=shown_hosts, open_to=open_to)
     config = ServerConfig(api_key=api_key or None, limits=Limits(max_tokens=max_tokens, max_n=max_n),
                           allowed_hosts=hosts, check_host=checked, docs=docs, stall_after_s=stall_after)
     try:
@@ -77,7 +69,7 @@ def serve(
         for m in served:
             m.close()
         sock.close()
-    console.print("server stopped", highlight=False)
+    draw.render_stopped(console)
 
 
 def is_loopback(host: str) -> bool:
@@ -96,3 +88,9 @@ def host_check(host: str, allowed: tuple[str, ...]) -> bool | None:
     if allowed:
         return True
     return None if is_loopback(host) else False
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to ``app``."""
+    for fn in (serve,):
+        command(app, fn, panel="Serve")

@@ -30,7 +30,7 @@ OUTPUT_TYPES: tuple[str, ...] = tuple(DIRECT_TYPES) + tuple(q for q in QUANT_TYP
 
 
 class ConvertProgress(Protocol):
-    """What conversion reports; ``localaug.ui`` renders it (Rich bar on a TTY, plain lines otherwise)."""
+    """What conversion reports; ``localaug.cli.render`` renders it (Rich bar on a TTY, plain lines otherwise)."""
 
     def stage(self, name: str, total: int, unit: str) -> None: ...
 

@@ -13,17 +13,29 @@ exactly one example.
 (``jobs.grade``), and the training file is written from the judged answers at the end
 (``jobs.preference``: the best-graded answer, a minimum score, or preference pairs), the rule in
 the manifest. Every phase resumes on its own, so the same command finishes a run killed anywhere.
+
+Each phase is run through ``run`` (``jobs.run.run_job``, which hands itself over): this module
+never imports the job skeleton, which imports it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from localaug.core.errors import UsageError, opt
+from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.jobs import dataio
+from localaug.jobs.exports import PREFERENCE_FORMATS
+from localaug.jobs.grade import GRADES, VERDICTS, JudgeOptions, ledger_path, resolve_judge, run_grade, run_verdicts, summary_path
+from localaug.jobs.ledger import iter_ledger
+from localaug.jobs.options import OUTPUT_FORMATS, JobOptions
+from localaug.jobs.preference import Judged, Selection, selection_fields, write_export
 from localaug.jobs.stats import JobProgress, JobSummary
+
+JobRunner = Callable[..., JobSummary]  # run_job: (task, input, output, *, fmt, progress, **options) -> summary
 
 # settings the responder takes from the job as given (the rest are the augmenter's alone)
 SHARED = ("seed", "device", "gpu_layers", "threads", "n_ctx", "retry_failed", "max_chars", "refusals")
@@ -48,9 +60,7 @@ def responder_options(task: str, options: dict[str, Any], respond: dict[str, Any
 
 def run_chain(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str],
               respond_with: str | os.PathLike[str], *, fmt: str, progress: JobProgress | None,
-              respond: dict[str, Any], export: bool = True, **options: Any) -> JobSummary:
-    from localaug.jobs.run import OUTPUT_FORMATS, JobOptions, run_job
-
+              respond: dict[str, Any], run: JobRunner, export: bool = True, **options: Any) -> JobSummary:
     answer = responder_options(task, options, respond)
     if fmt == "parquet":
         raise UsageError(f"{opt('respond_with')} writes jsonl or a training file: use --format jsonl and convert")
@@ -61,11 +71,11 @@ def run_chain(task: str, input: str | os.PathLike[str], output: str | os.PathLik
     responder = JobOptions("respond", model=respond_with, **answer)
     responder.check()
     responder.plan()  # the responder resolves (pulled on first use) before the augmenter's run, not after it
-    first = run_job(task, input, stage, fmt="jsonl", progress=progress, **options)
+    first = run(task, input, stage, fmt="jsonl", progress=progress, **options)
     first.task = task
     if not first.complete:
         return first
-    second = run_job("respond", stage, out, fmt=fmt, progress=progress, model=respond_with, export=export, **answer)
+    second = run("respond", stage, out, fmt=fmt, progress=progress, model=respond_with, export=export, **answer)
     second.task = "respond"
     second.stages = [first]
     return second
@@ -74,15 +84,9 @@ def run_chain(task: str, input: str | os.PathLike[str], output: str | os.PathLik
 def run_judged(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str],
                judge: str | os.PathLike[str] | None, *, fmt: str, progress: JobProgress | None,
                respond_with: str | os.PathLike[str] | None, respond: dict[str, Any], judging: dict[str, Any],
-               selection: dict[str, Any], **options: Any) -> JobSummary:
+               selection: dict[str, Any], run: JobRunner, **options: Any) -> JobSummary:
     """Answers (respond, or an augmenter then respond_with), then a judge, then the training file
     from the judged answers (see the module doc)."""
-    from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
-    from localaug.jobs.grade import GRADES, VERDICTS, JudgeOptions, ledger_path, resolve_judge, run_grade, run_verdicts, summary_path
-    from localaug.jobs.ledger import iter_ledger
-    from localaug.jobs.preference import Judged, Selection, selection_fields, write_export
-    from localaug.jobs.run import run_job
-
     sel = Selection(**selection)
     sel.check()
     if judge is None:
@@ -95,12 +99,13 @@ def run_judged(task: str, input: str | os.PathLike[str], output: str | os.PathLi
     ledgers = [ledger_path(out, GRADES), ledger_path(out, VERDICTS)]
     refuse_overwriting_inputs([*ledgers, *map(summary_path, ledgers)], [Path(input)])
     resolve_judge(judge)  # resolved (pulled on first use) before the answers are made, not after
-    summary = run_job(task, input, output, fmt=fmt, progress=progress, respond_with=respond_with, respond=respond,
+    summary = run(task, input, output, fmt=fmt, progress=progress, respond_with=respond_with, respond=respond,
                       export=False, **options)
     if not summary.complete:
         return summary
     want_grades, want_verdicts = sel.needs(fmt) if fmt in dataio.EXPORT_FORMATS else (True, False)
-    summary.judging = [run(out, opts) for run, wanted in ((run_grade, want_grades), (run_verdicts, want_verdicts)) if wanted]
+    summary.judging = [judge_with(out, opts) for judge_with, wanted in ((run_grade, want_grades), (run_verdicts, want_verdicts))
+                       if wanted]
     if fmt in dataio.EXPORT_FORMATS:
         judged = Judged.load(*(ledger if wanted else None for ledger, wanted in zip(ledgers, (want_grades, want_verdicts))))
         summary.exported, tally = write_export(iter_ledger(summary.ledger), fmt, out, judged, sel)
@@ -114,8 +119,6 @@ def run_judged(task: str, input: str | os.PathLike[str], output: str | os.PathLi
 
 def _refuse_unjudgeable(task: str, fmt: str, respond_with: Any, samples: int, sel: Any) -> None:
     """A judged run that could not make what it is asked for is refused before anything runs."""
-    from localaug.jobs.exports import PREFERENCE_FORMATS
-
     if task != "respond" and respond_with is None:
         raise UsageError(f"{opt('judge')} grades answers: give {opt('respond_with')} with {task} (or run respond)")
     if fmt in ("prompts", "parquet"):

@@ -26,6 +26,7 @@ from typing import Any
 
 from localaug.core.errors import UsageError
 from localaug.core.files import dumps_strict
+from localaug.core.install import extra_hint
 from localaug.jobs import exports
 from localaug.jobs.exports import DATASET_INFO, PREFERENCE_FORMATS, Example, no_responses
 from localaug.jobs.readers import (  # noqa: F401 - the readers' names, as they were here
@@ -87,7 +88,7 @@ def _need_pyarrow(what: str) -> Any:
     try:
         import pyarrow  # noqa: F401
     except ImportError as e:
-        raise UsageError(f"reading {what} needs pyarrow: pip install 'localaug[parquet]'") from e
+        raise UsageError(f"reading {what} needs pyarrow: {extra_hint('parquet')}") from e
     return pyarrow
 
 

@@ -40,13 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from localaug.core.errors import UsageError
+from localaug.core.install import extra_hint
 
 try:  # absolute imports: this is the real Ray, not this module
     import pyarrow as pa
     import ray
     import ray.data
 except ImportError as e:  # pragma: no cover - the optional extra
-    raise UsageError("Ray is not installed: pip install 'localaug[ray]'") from e
+    raise UsageError(f"Ray is not installed: {extra_hint('ray')}") from e
 
 from localaug.augment.resolve import DEFAULT_MODELS
 from localaug.core import errors
@@ -391,6 +392,9 @@ class RayExecutor:
         check_nodes(self._job, self.res)
         self.task = opts.task
         return plan
+
+    def load(self, plan: JobPlan) -> None:
+        pass  # the actors load the model, each once, when the first block reaches them
 
     def rows(self) -> Iterator[InputRow]:
         rows = read_input(self.source)

@@ -26,7 +26,10 @@ record of a row that is in the input but outside this run's shard or limit is ke
 
 Before the model loads, the rows are read until the column the job needs is met as text
 (``columns.check_columns``): a ``field`` no row has, or one that holds no text, is refused with
-the columns the rows do have. No output may be one of the files a run reads.
+the columns the rows do have. No output may be one of the files a run reads. The model loads only
+once the rows are counted and one is left to do (``Executor.load``): the run id needs the model's
+sha256 and prompt style, both cached by the file's path, size and mtime, so rerunning a finished
+job answers at once, with the batch size its manifest had.
 
 Counting keeps where each row still to do is in a text input (``localaug.jobs.pending``): a row is
 read again from its place when its turn comes, so no row is read from the start or keyed twice. The
@@ -45,23 +48,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from localaug.augment import filters
+from localaug._version import __version__
 from localaug.augment.calibrate import Parallel, choose_parallel, remote_parallel
-from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_remote, resolve_style, with_overrides
-from localaug.augment.tasks import SINGLE_SAMPLE
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
-from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
-from localaug.family.registry import DEFAULT_CTX, TASKS, ModelSpec
-from localaug.family.styles import PromptStyle
+from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
+from localaug.family.registry import DEFAULT_CTX
 from localaug.jobs import dataio
 from localaug.jobs.columns import check_columns
-from localaug.jobs.config import JobConfig, run_config, run_id_of
 from localaug.jobs.dataio import InputRow
-from localaug.jobs.keys import KeysMet, parse_shard, select_rows
+from localaug.jobs.keys import KeysMet, select_rows
 from localaug.jobs.ledger import (
     Appender,
     changed_keys,
@@ -74,130 +72,16 @@ from localaug.jobs.ledger import (
     scan_ledger,
     stale_path,
 )
+from localaug.jobs.options import OUTPUT_FORMATS, JobOptions, JobPlan
 from localaug.jobs.pending import PendingRows
 from localaug.jobs.seen import Loaded, SeenBook, compact_keeping_index, index_paths
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
 from localaug.runtime.batch import Backend, open_backend
-from localaug.runtime.engine import Engine, EngineOptions, llama_cpp_version
-from localaug.runtime.remote import RemoteModel, is_remote, open_remote
-from localaug.store.gguf_info import file_type_name
+from localaug.runtime.engine import Engine, llama_cpp_version
+from localaug.runtime.remote import open_remote
 
 __all__ = ["OUTPUT_FORMATS", "JobOptions", "JobPlan", "JobStats", "JobSummary", "execute", "run_job"]
-
-OUTPUT_FORMATS = (*dataio.RECORD_FORMATS, *dataio.EXPORT_FORMATS)
-_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens")
-_FILTERS = ("max_samples", "threshold", "min_chars", "max_chars", "refusals", "echo", "dedup", "minhash_threshold")
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """One job's settings: ``run_job``'s keyword arguments (sampling settings left None take the
-    model manifest's values)."""
-
-    task: str
-    model: str | os.PathLike[str] | None = None
-    field: str = "instruction"
-    response_field: str | None = None
-    n: int = 3
-    limit: int | None = None
-    shard: str | tuple[int, int] | None = None
-    seed: int = 0
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    max_tokens: int | None = None
-    quant: str | None = None
-    prompt_format: str | None = None
-    device: str = "auto"
-    gpu_layers: int | str | None = None
-    threads: int | None = None
-    n_ctx: int | None = None
-    parallel: int | None = None  # sequences decoded together; None: calibrated for the machine
-    retry_failed: bool = False
-    max_samples: int | None = None
-    threshold: float = filters.DEFAULT_ROUGE_L
-    min_chars: int = filters.DEFAULT_MIN_CHARS
-    max_chars: int | None = None
-    refusals: bool = True
-    echo: float = filters.DEFAULT_ECHO
-    dedup: str = "exact"
-    minhash_threshold: float = filters.DEFAULT_MINHASH
-    system: str | None = None  # your own system prompt (teacher mode; respond: the responder's)
-    examples: str | os.PathLike[str] | tuple[tuple[str, str], ...] | None = None  # teacher mode: a JSON/JSONL file or pairs
-    input_field: str | None = None  # a column of context (Alpaca's input) joined to the text
-    samples: int = 1  # respond: answers per instruction
-
-    def check(self) -> tuple[int, int] | None:
-        """Refuse bad settings before anything is read or written; the parsed shard."""
-        if self.task not in TASKS:
-            raise UsageError(f"unknown task {self.task!r}: use {', '.join(TASKS)}")
-        if self.n < 1 or (self.parallel is not None and self.parallel < 1) or (self.limit is not None and self.limit < 0) or (
-                self.max_samples is not None and self.max_samples < self.n):
-            raise UsageError(f"{opt('n')} and {opt('parallel')} must be at least 1, {opt('limit')} at least 0, "
-                             f"{opt('max_samples')} at least {opt('n')}")
-        self.config(PromptStyle("qwen2-chatml"), None, "").validate()
-        unsent = [name for name in ("top_k", "min_p", "repeat_penalty") if getattr(self, name) is not None]
-        if unsent and is_remote(self.model):  # a chat completions request does not carry them
-            raise UsageError(f"{', '.join(map(opt, unsent))}: not sent to a model on a server (it takes temperature, "
-                             "top_p, max_tokens, seed and stop): drop them")
-        return parse_shard(self.shard)
-
-    def config(self, style: PromptStyle, spec: ModelSpec | None, model_name: str) -> JobConfig:
-        sampling = default_sampling(spec, seed=self.seed, **{k: getattr(self, k) for k in _SAMPLING})
-        return JobConfig(self.task, sampling, self.field, self.response_field, 1 if self.task in SINGLE_SAMPLE else self.n,
-                         model_name, **{k: getattr(self, k) for k in _FILTERS}, input_field=self.input_field,
-                         samples=self.samples, system=style.system if self.task == "respond" else None)
-
-    def engine_options(self, threads_default: int | None = None) -> EngineOptions:
-        return EngineOptions(device=self.device, gpu_layers=self.gpu_layers, threads=self.threads or threads_default,  # type: ignore[arg-type]
-                             n_ctx=self.n_ctx)
-
-    def plan(self) -> JobPlan:
-        """Resolve the model (pulling it on first use; a URL: asking its server) and the run it makes."""
-        if is_remote(self.model):
-            return self._remote_plan(str(self.model))
-        m = resolve_style(self.model or DEFAULT_MODELS[self.task], self.quant, self.prompt_format)
-        style = with_overrides(m.style, self.task, self.system, self.examples)
-        cfg = self.config(style, m.spec, m.spec.name if m.spec else m.path.name)
-        cfg.validate()
-        sha = cached_sha256(m.path)
-        config = run_config(cfg, sha, style)
-        return JobPlan(m.path, m.spec, style, m.meta, sha, cfg, config, run_id_of(config))
-
-    def _remote_plan(self, model: str) -> JobPlan:
-        """A model on a server: the run id hashes its base URL and name instead of a file's sha256."""
-        r = resolve_remote(model, self.prompt_format)
-        style = with_overrides(r.style, self.task, self.system, self.examples)
-        cfg = self.config(style, r.spec, r.model.name)
-        cfg.validate()
-        config = {**run_config(cfg, None, style), "remote": r.model.identity()}
-        return JobPlan(None, r.spec, style, {}, None, cfg, config, run_id_of(config), remote=r.model)
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """A resolved run: the model file (or on a server) and its style, the worker config and the run id."""
-
-    path: Path | None  # None: a remote model
-    spec: ModelSpec | None
-    style: PromptStyle
-    meta: dict[str, Any]
-    sha256: str | None
-    cfg: JobConfig
-    config: dict[str, Any]  # what the run id hashes (in the manifest, to name what changed)
-    run_id: str
-    remote: RemoteModel | None = None
-
-    def model_fields(self) -> dict[str, Any]:
-        if self.remote is not None:  # the endpoint and the model's name; the key is never written
-            return {"remote": self.remote.base_url, "name": self.remote.name,
-                    "family": self.spec.name if self.spec else None}
-        return {"path": str(self.path), "sha256": self.sha256, "quant": file_type_name(self.meta),
-                "family": self.spec.name if self.spec else None}
-
 
 # --- the seams --------------------------------------------------------------------------------------
 
@@ -227,7 +111,8 @@ class Executor(Protocol):
     where: str  # " on Ray (4 actors)" or ""
     note: str  # what the start message adds about the executor ("batch size 16, calibrated ...") or ""
 
-    def plan(self, opts: JobOptions) -> JobPlan: ...
+    def plan(self, opts: JobOptions) -> JobPlan: ...  # resolve the model and the run (nothing loaded yet)
+    def load(self, plan: JobPlan) -> None: ...  # ready to make records: called only when a row is left to do
     def rows(self) -> Iterator[InputRow]: ...  # every row of the input, in order
     def column_rows(self) -> Iterator[InputRow] | None: ...  # rows readable before plan() (None: not here)
     def stage(self, row: InputRow) -> None: ...  # a row to do, met while counting
@@ -251,7 +136,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
         with output_lock(target.lock):
             plan = executor.plan(opts)
             note = target.prepare()
-            _refuse_another_run(target, plan)
+            previous = _refuse_another_run(target, plan)
             stats, todo = JobStats(), _todo(target.statuses, opts.retry_failed)
             met = KeysMet(target.statuses)
             for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit, met):
@@ -261,11 +146,13 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
                 else:
                     stats.skipped += 1
             note += _drop_stale(target, met, stats)
+            if stats.remaining:
+                executor.load(plan)
             manifest: dict[str, Any] = {
                 "run_id": plan.run_id, "complete": False, "input": input_name, **target.manifest_fields(),
-                "model": plan.model_fields(), "localaug": _version(), "llama_cpp_python": llama_cpp_version(),
+                "model": plan.model_fields(), "localaug": __version__, "llama_cpp_python": llama_cpp_version(),
                 "config": plan.config, "shard": list(shard) if shard else None, "limit": opts.limit,
-                "started": started_at, **executor.manifest_fields(plan)}
+                "started": started_at, **_kept(previous, stats), **executor.manifest_fields(plan)}
 
             def save(complete: bool) -> None:
                 manifest.update(stats.manifest_fields(complete, wall0), counts=target.counts() if complete else None)
@@ -344,12 +231,22 @@ def _todo(statuses: dict[str, str], retry_failed: bool) -> Callable[[InputRow], 
     return todo
 
 
-def _refuse_another_run(target: Target, plan: JobPlan) -> None:
-    old = read_json(target.manifest_path)
+def _refuse_another_run(target: Target, plan: JobPlan) -> dict[str, Any]:
+    """The manifest already there (empty: none), refusing it when it is another run's."""
+    old = read_json(target.manifest_path) or {}
     if target.statuses and old and old.get("run_id") != plan.run_id:
         changed = ", ".join(changed_keys(old.get("config", {}), plan.config)) or "the run settings"
         raise JobError(f"{target.where} holds a different run ({changed} changed): rerun with the same arguments to "
                        f"resume, or choose another {opt('output')}", path=str(target.where))
+    return old
+
+
+def _kept(previous: dict[str, Any], stats: JobStats) -> dict[str, Any]:
+    """What an earlier manifest said of how records were made (the batch size), kept by a run that
+    had nothing left to do and so loaded no model."""
+    if stats.remaining:
+        return {}
+    return {k: previous[k] for k in ("parallel", "parallel_chosen", "calibration_s") if k in previous}
 
 
 def _start_message(run_id: str, where: str, stats: JobStats, retry_failed: bool, note: str) -> str:
@@ -361,12 +258,6 @@ def _start_message(run_id: str, where: str, stats: JobStats, retry_failed: bool,
     else:
         message = f"{head}: new, {stats.total} rows"
     return message + note
-
-
-def _version() -> str:
-    from localaug import __version__
-
-    return __version__
 
 
 # --- one machine: a ledger file, the engine in this process ----------------------------------------
@@ -449,16 +340,18 @@ class LocalExecutor:
         self.loaded: Loaded | None = None  # how the job-wide duplicate index was filled
 
     def plan(self, opts: JobOptions) -> JobPlan:
-        plan = opts.plan()
+        return opts.plan()
+
+    def load(self, plan: JobPlan) -> None:
+        opts = self.opts
         if plan.remote is not None:  # nothing to load: requests in flight instead of sequences decoded
             self.parallel = remote_parallel(opts.parallel)
             self.note = f"{self.parallel.value} requests in flight to {plan.remote}"
-            return plan
+            return
         options = opts.engine_options()
         self.engine = Engine(plan.path, options, context=False)
         self.parallel = choose_parallel(self.engine, plan.sha256, options.n_ctx or DEFAULT_CTX, opts.parallel)
         self.note = self.parallel.describe() if self.parallel.source in ("calibrated", "cached") else ""
-        return plan
 
     def rows(self) -> Iterator[InputRow]:
         rows = dataio.read_rows(self.input_path)
@@ -497,7 +390,8 @@ class LocalExecutor:
                     book.close()
 
     def manifest_fields(self, plan: JobPlan) -> dict[str, Any]:
-        assert self.parallel is not None
+        if self.parallel is None:  # nothing was left to do: no model loaded, no batch size chosen
+            return {}
         fields: dict[str, Any] = {"parallel": self.parallel.value, "parallel_chosen": self.parallel.source}
         if self.parallel.source == "calibrated":
             fields["calibration_s"] = round(self.parallel.seconds, 2)
@@ -524,16 +418,17 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
 
     ``judge``: then judge the answers and write the training file from them (``chain.run_judged``);
     ``export`` False leaves the training file to the caller."""
-    if judge is not None or selection:
-        from localaug.jobs.chain import run_judged
+    if judge is not None or selection or respond_with is not None:
+        # imported here, not at the top, so that a plain job starts light (an all-done rerun answers at
+        # once); chain never imports this module: it runs its phases through the run_job handed to it
+        from localaug.jobs import chain
 
-        return run_judged(task, input, output, judge, fmt=fmt, progress=progress, respond_with=respond_with,
-                          respond=respond or {}, judging=judging or {}, selection=selection or {}, **options)
-    if respond_with is not None:
-        from localaug.jobs.chain import run_chain
-
-        return run_chain(task, input, output, respond_with, fmt=fmt, progress=progress, respond=respond or {},
-                         export=export, **options)
+        if judge is not None or selection:
+            return chain.run_judged(task, input, output, judge, fmt=fmt, progress=progress, respond_with=respond_with,
+                                    respond=respond or {}, judging=judging or {}, selection=selection or {},
+                                    run=run_job, **options)
+        return chain.run_chain(task, input, output, respond_with, fmt=fmt, progress=progress, respond=respond or {},
+                               export=export, run=run_job, **options)
     opts = JobOptions(task, **options)
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")

@@ -1,5 +1,5 @@
 """What a running job counts (``JobStats``), how it reports progress (``JobProgress``, drawn by
-``localaug.ui``) and what it returns (``JobSummary``)."""
+``localaug.cli.render``) and what it returns (``JobSummary``)."""
 
 from __future__ import annotations
 

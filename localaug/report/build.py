@@ -20,8 +20,10 @@ from localaug.augment.filters import DEFAULT_ROUGE_L, REASONS
 from localaug.augment.resolve import resolve_model
 from localaug.core.errors import UsageError, opt
 from localaug.core.files import read_bounded, refuse_overwriting_inputs, write_atomic, write_json_atomic
+from localaug.core.install import extra_hint
 from localaug.jobs.grade import GRADES, distribution, judged_lines, ledger_path
 from localaug.report import metrics
+from localaug.report.judge import table_rows
 from localaug.report.records import Collected, collect
 from localaug.runtime.embed import embed
 from localaug.runtime.engine import Engine, EngineOptions
@@ -46,7 +48,7 @@ def need_extra() -> None:
     import importlib.util
 
     if any(importlib.util.find_spec(name) is None for name in ("matplotlib", "sklearn")):
-        raise UsageError("localaug report draws with matplotlib and scikit-learn: pip install 'localaug[report]'")
+        raise UsageError(f"localaug report draws with matplotlib and scikit-learn: {extra_hint('report')}")
 
 
 def project(vectors: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
@@ -175,10 +177,6 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _float(v: Any) -> float:
-    return float("nan") if v is None else float(v)
-
-
 def _page(r: Report, pngs: dict[str, bytes], page: Any) -> str:
     d, c = r.collected, r.collected.counts
     sections = [("Summary", page.paragraph(
@@ -204,10 +202,8 @@ def _page(r: Report, pngs: dict[str, bytes], page: Any) -> str:
             f"{g['graded']} answers graded 1–10 by the judge (MT-Bench's single-answer prompt), mean {mean}; "
             f"{g['no_rating']} replies gave no rating.") + page.figure(pngs["grades"], "answers by rating", "grades.png")
             + page.table(["rating", "answers"], [[k, v] for k, v in g["distribution"].items()])))
-    if r.judge:
+    if r.judge:  # the judge's own table (report.judge.table_rows), with the two files it compared
         j = r.judge
         sections.append((f"Judge: {j.get('aspect', '')}", page.table(
-            ["A", "B", "wins (B)", "ties", "losses (B)", "n", "B's score", "95% interval"],
-            [[j["a"], j["b"], j["wins"], j["ties"], j["losses"], j["n"], _float(j["score"]),
-              " – ".join("—" if v is None else f"{v:.3f}" for v in j["interval"])]])))
+            ["", ""], [["A", j["a"]], ["B", j["b"]], *map(list, table_rows(j))])))
     return page.page(f"localaug report: {d.path.name}", sections)

@@ -75,15 +75,25 @@ class JudgeSummary:
         return asdict(self)
 
     def rows(self) -> list[tuple[str, str]]:
-        """The summary as (what, value) lines, for the terminal and the page."""
-        lo, hi = self.interval
-        shown = "—" if math.isnan(self.score) else f"{self.score:.3f}  (95% interval {lo:.3f}–{hi:.3f})"
-        judge = self.judge if is_remote(self.judge) else Path(self.judge).name
-        failed = [("pairs whose request failed (rerun to judge them)", str(self.failed))] if self.failed else []
-        return [("aspect", self.aspect), ("judge", judge), ("pairs judged", str(self.n)), *failed,
-                ("B better (wins)", str(self.wins)), ("ties", str(self.ties)), ("A better (losses)", str(self.losses)),
-                ("B's score (wins + ties/2) / n", shown), ("replies with no verdict (ties)", str(self.no_verdict)),
-                ("rows in only one file", str(self.missing)), ("verdicts", self.verdicts)]
+        """The summary as (what, value) lines, for the terminal and the page (``table_rows``)."""
+        return table_rows(self.to_json())
+
+
+def table_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The judge table, (what, value) lines, from a summary (``JudgeSummary.to_json``, or a
+    ``….summary.json`` read back): the one table the terminal, ``judge --html`` and the report page
+    show. An undefined score (no pair judged: NaN, or null once written) shows as —."""
+    score, (lo, hi) = s.get("score"), s.get("interval") or (None, None)
+    defined = isinstance(score, (int, float)) and not math.isnan(score) and None not in (lo, hi)
+    shown = f"{score:.3f}  (95% interval {lo:.3f}–{hi:.3f})" if defined else "—"
+    judge = str(s.get("judge", ""))
+    failed = s.get("failed") or 0
+    return [("aspect", str(s.get("aspect", ""))), ("judge", judge if is_remote(judge) else Path(judge).name),
+            ("pairs judged", str(s["n"])),
+            *([("pairs whose request failed (rerun to judge them)", str(failed))] if failed else []),
+            ("B better (wins)", str(s["wins"])), ("ties", str(s["ties"])), ("A better (losses)", str(s["losses"])),
+            ("B's score (wins + ties/2) / n", shown), ("replies with no verdict (ties)", str(s.get("no_verdict", 0))),
+            ("rows in only one file", str(s.get("missing", 0))), ("verdicts", str(s.get("verdicts", "")))]
 
 
 def _position(value: Any) -> bool:

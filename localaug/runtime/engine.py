@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 import llama_cpp as L
 
 from localaug.core.errors import EngineError, PromptTooLongError, UsageError, opt
+from localaug.core.install import gpu_hint
 from localaug.family.registry import DEFAULT_CTX
 from localaug.runtime.grammar import json_grammar  # noqa: F401 - bounded JSON Schema grammars live there
 
@@ -94,10 +95,8 @@ def _quiet_llama(verbose: bool) -> None:
 
 def _resolve_layers(opts: EngineOptions) -> int:
     if opts.device in ("cuda", "metal") and not gpu_offload_supported():
-        flag = "-DGGML_CUDA=on" if opts.device == "cuda" else "-DGGML_METAL=on"
         raise UsageError(
-            f"{opt('device')} {opts.device}: this llama.cpp build has no GPU backend; reinstall with "
-            f'CMAKE_ARGS="{flag}" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+            f"{opt('device')} {opts.device}: this llama.cpp build has no GPU backend; reinstall with {gpu_hint(opts.device)}"
         )
     if opts.device == "cpu":
         return 0

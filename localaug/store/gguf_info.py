@@ -1,4 +1,4 @@
-"""Read a GGUF file's metadata into a typed record (rendering lives in ui.py)."""
+"""Read a GGUF file's metadata into a typed record (rendering lives in cli/render/models.py)."""
 
 from __future__ import annotations
 
