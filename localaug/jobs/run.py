@@ -53,6 +53,7 @@ from typing import Any, Protocol
 
 from localaug._version import __version__
 from localaug.augment.calibrate import Parallel, choose_parallel, remote_parallel
+from localaug.augment.tasks import SINGLE_SAMPLE
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.family.registry import DEFAULT_CTX
