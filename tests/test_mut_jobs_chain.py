@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 
 from localaug.core.errors import ModelNotFoundError, UsageError, opt
-from localaug.jobs.chain import SHARED, responder_options, run_chain, stage_path
+from localaug.jobs import chain
+from localaug.jobs.chain import SHARED, responder_options, stage_path
+from localaug.jobs.run import run_job
 from localaug.jobs.stats import JobStats
+
+
+def run_chain(*args, **kwargs):
+    """chain.run_chain with the real job runner handed in, as run_job hands it."""
+    return chain.run_chain(*args, run=run_job, **kwargs)
 
 
 @pytest.fixture(autouse=True)

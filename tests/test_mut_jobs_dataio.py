@@ -422,6 +422,9 @@ def test_save_to_disk_folder_with_a_column_twice(tmp_path):
     assert "names column 'q' twice" in str(e.value) and "data-00000-of-00001.arrow" in str(e.value)
 
 
+FROM_CHECKOUT = " (or pip install -e '.[parquet]' from a checkout)"
+
+
 def test_without_pyarrow_the_readers_say_what_to_install(tmp_path, monkeypatch):
     p = tmp_path / "in.parquet"
     pq.write_table(pa.Table.from_pylist([{"a": 1}]), p)
@@ -429,13 +432,13 @@ def test_without_pyarrow_the_readers_say_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed: import raises ImportError
     with pytest.raises(UsageError) as e:
         list(D.read_rows(p))
-    assert str(e.value) == "reading Parquet needs pyarrow: pip install 'localaug[parquet]'"
+    assert str(e.value) == "reading Parquet needs pyarrow: pip install 'localaug[parquet]'" + FROM_CHECKOUT
     with pytest.raises(UsageError) as e:
         list(D.read_rows(d))
-    assert str(e.value) == "reading a datasets folder needs pyarrow: pip install 'localaug[parquet]'"
+    assert str(e.value) == "reading a datasets folder needs pyarrow: pip install 'localaug[parquet]'" + FROM_CHECKOUT
     with pytest.raises(UsageError) as e:
         D.write_records([{"a": 1}], "parquet", tmp_path / "o.parquet")
-    assert str(e.value) == "reading Parquet output needs pyarrow: pip install 'localaug[parquet]'"
+    assert str(e.value) == "reading Parquet output needs pyarrow: pip install 'localaug[parquet]'" + FROM_CHECKOUT
 
 
 # --- round trips ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from qwen2_fixture import write_tokenizer
 from scripted_fixture import SCRIPTS
 from test_respond import ENV_KEYS, lines, load_like_llamafactory, write_jsonl
 
@@ -211,7 +212,9 @@ def test_context_and_system_prompt_reach_the_responder_and_every_export(tmp_path
     recs = sorted(lines(data / "train.json.ledger.jsonl"), key=lambda r: r["row"])
     assert [(r["instruction"], r["input"], r["system"]) for r in recs] == [
         ("Summarize the note.", "West Lake is in Hangzhou.", system), ("Name a tea.", "", system), ("Name a temple.", "", system)]
-    tok = AutoTokenizer.from_pretrained(answerer.parent / "scripted-answers")
+    (tmp_path / "tok").mkdir()
+    write_tokenizer(tmp_path / "tok")  # the scripted models' tokenizer: Qwen2's own files
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     for rec, user in zip(recs, ["Summarize the note.\nWest Lake is in Hangzhou.", "Name a tea.", "Name a temple."]):
         prompt = tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
                                          tokenize=False, add_generation_prompt=True)
