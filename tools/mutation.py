@@ -59,6 +59,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/serve/scheduler.py": ("tests/test_mut_runtime.py",),
     "localaug/runtime/batch.py": ("tests/test_mut_runtime.py",),
     "localaug/jobs/exports.py": ("tests/test_mut_exports.py",),
+    "localaug/jobs/preference.py": ("tests/test_mut_preference.py",),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
