@@ -59,6 +59,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/serve/scheduler.py": ("tests/test_mut_runtime.py",),
     "localaug/runtime/batch.py": ("tests/test_mut_runtime.py",),
     "localaug/jobs/exports.py": ("tests/test_mut_exports.py",),
+    "localaug/jobs/grade.py": ("tests/test_mut_grade.py",),
     "localaug/jobs/preference.py": ("tests/test_mut_preference.py",),
 }
 
