@@ -59,6 +59,7 @@ class Loopback:
         self.seen: list[Seen] = []
         self.connections = 0
         self.in_flight = self.most_in_flight = 0
+        self.unsent = 0  # answers the client hung up on before taking them whole
         self._lock = threading.Lock()
         server = self
 
@@ -95,7 +96,12 @@ class Loopback:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except OSError:
+                    with server._lock:
+                        server.unsent += 1
+                    raise
                 if reply.hang_up:
                     self.close_connection = True
 
