@@ -58,6 +58,10 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/augment/calibrate.py": ("tests/test_mut_calibrate.py",),
     "localaug/serve/scheduler.py": ("tests/test_mut_runtime_scheduler.py",),
     "localaug/runtime/batch.py": ("tests/test_mut_runtime_batch.py",),
+    "localaug/jobs/exports.py": ("tests/test_mut_exports.py",),
+    "localaug/jobs/grade.py": ("tests/test_mut_grade.py",),
+    "localaug/jobs/preference.py": ("tests/test_mut_preference.py",),
+    "localaug/runtime/remote.py": ("tests/test_mut_remote.py",),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -249,7 +249,7 @@ def export_output(output: str | os.PathLike[str], dest: str | os.PathLike[str], 
         if wanted and not path.is_file() and (given or fmt in PREFERENCE_FORMATS or sel.min_score is not None):
             raise UsageError(f"{path} does not exist: judge the answers first ({how})")
     manifest = out.with_name(out.name + ".manifest.json")
-    written = [out, manifest, *([out.parent / "dataset_info.json"] if fmt in dataio.DATASET_INFO else [])]
+    written = [out, manifest, out.parent / "dataset_info.json"]  # every format export writes has an entry
     refuse_overwriting_inputs(written, [src, records, grades_file, verdicts_file, src.with_name(src.name + ".manifest.json")])
     judged = Judged.load(grades_file if want_grades and grades_file.is_file() else None,
                          verdicts_file if want_verdicts and verdicts_file.is_file() else None)

@@ -327,7 +327,7 @@ def _reason(e: BaseException) -> str:
         return f"TLS: {e.reason or e}"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return str(e) or type(e).__name__
+    return _one_line(str(e)) or type(e).__name__  # e.g. a status line that is not HTTP: the server's own bytes
 
 
 def _server_message(data: bytes) -> str:
@@ -343,7 +343,12 @@ def _server_message(data: bytes) -> str:
             if isinstance(candidate, str) and candidate.strip():
                 text = candidate
                 break
-    line = " ".join(text.split()) or "(no message)"
+    return _one_line(text) or "(no message)"
+
+
+def _one_line(text: str) -> str:
+    """Text a server sent, for a message: one line, at most MAX_SERVER_MESSAGE characters."""
+    line = " ".join(text.split())
     return line if len(line) <= MAX_SERVER_MESSAGE else line[:MAX_SERVER_MESSAGE] + "…"
 
 
