@@ -27,6 +27,7 @@ from localaug.core.errors import UsageError
 from localaug.jobs import dataio as D
 from localaug.jobs import readers as R
 from localaug.jobs.dataio import InputRow
+from localaug.jobs.exports import Example
 
 PROPS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
@@ -654,6 +655,7 @@ def test_exports_are_utf8_whatever_the_locale(tmp_path):
     assert (tmp_path / "r.jsonl").read_bytes() == (
         '{"source_id": "k", "task": "respond", "status": "ok", "instruction": "你好", "response": "😀"}\n').encode()
     assert D.write_records([], "jsonl", tmp_path / "e.jsonl") == 0  # and in this process
+    assert D.write_records([], "alpaca", tmp_path / "e.json") == 0
     assert [r.record for r in D.read_rows(ds)] == [{"x": 1}]
 
 
@@ -782,3 +784,86 @@ def test_inputs_of_one_row(tmp_path, name, data):
     p = tmp_path / name
     p.write_text(data, encoding="utf-8")
     assert rows(p) == [(0, {"instruction": "唯一"}, None, None)]
+
+
+# --- a respond record's context and system prompt; choosing what is exported ------------------------------------
+
+
+def test_training_examples_of_a_respond_record_carry_its_context_and_system():
+    base = respond("k", "Q", "A")
+    assert D.training_examples({**base, "input": "ctx", "system": "Be brief."}) == [Example("Q", "A", "ctx", "Be brief.")]
+    assert D.training_examples({**base, "input": 3, "system": ""}) == [Example("Q", "A", "", None)]
+    assert D.training_examples({**base, "input": None, "system": ["x"]}) == [Example("Q", "A", "", None)]
+    assert D.training_examples(base) == [Example("Q", "A", "", None)]
+    assert D.training_examples({**base, "status": "failed", "input": "ctx"}) == []
+    # the keys mean the responder's input only in a respond record
+    pairs = {"status": "ok", "task": "pairs", "pairs": [{"instruction": "q", "response": "r"}], "input": "c", "system": "s"}
+    assert D.training_examples(pairs) == [Example("q", "r", "", None)]
+    assert D.training_examples({"status": "ok", "task": "refine", "output": "R", "system": "s"}) == [Example("R", "", "", None)]
+
+
+def test_an_alpaca_export_names_its_system_column_only_when_a_row_has_one(tmp_path):
+    plain, told = respond("k1", "Q1", "A1"), {**respond("k2", "Q2", "A2"), "input": "ctx", "system": "Be brief."}
+    out = tmp_path / "train.json"
+    assert D.write_records([plain, told], "alpaca", out) == 2
+    assert out.read_bytes() == ('[\n{"instruction": "Q1", "input": "", "output": "A1"},\n'
+                                '{"instruction": "Q2", "input": "ctx", "output": "A2", "system": "Be brief."}\n]\n').encode()
+    columns = {"prompt": "instruction", "query": "input", "response": "output"}
+    info = tmp_path / "dataset_info.json"
+    assert json.loads(info.read_text())["train"]["columns"] == {**columns, "system": "system"}
+    assert D.write_records([told, plain], "alpaca", out) == 2  # the first row has it
+    assert json.loads(info.read_text())["train"]["columns"] == {**columns, "system": "system"}
+    assert D.write_records([plain], "alpaca", out) == 1
+    assert json.loads(info.read_text())["train"]["columns"] == columns
+    assert D.write_dataset_info(tmp_path / "t.json", "alpaca") == info
+    assert json.loads(info.read_text())["t"] == {"file_name": "t.json", "formatting": "alpaca", "columns": columns}
+    D.write_dataset_info(tmp_path / "t.json", "alpaca", system_column=True)
+    assert json.loads(info.read_text())["t"]["columns"] == {**columns, "system": "system"}
+
+
+def test_an_export_of_chosen_records(tmp_path):
+    recs = [respond("k1", "Q1", "a1"), respond("k2", "Q2", "a2"), respond("k3", "Q3", "a3")]
+    out = tmp_path / "train.jsonl"
+
+    def choose(rec):
+        return None if rec["source_id"] == "k2" else {**rec, "response": rec["response"].upper()}
+
+    assert D.write_records(recs, "alpaca", out, choose=choose) == 2
+    assert out.read_bytes() == (b'{"instruction": "Q1", "input": "", "output": "A1"}\n'
+                                b'{"instruction": "Q3", "input": "", "output": "A3"}\n')
+
+
+# --- rows read again from their places -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, data", [
+    ("in.JSONL", b'{"instruction": "\xe4\xb8\x80"}\r\n\n[1]\n{"a": 1, "a": 2}\r{"instruction": "last"}'),
+    ("in.json", b'{"rows": [ {"instruction": "a"},\n 7 , {"b": [1, {"c": null}]}]}'),
+    ("in.csv", b'\xef\xbb\xbfinstruction,n\r\n"two\r\nlines",1\r\nbad \xff,2\r\nplain,3\r\n'),
+])
+def test_rows_read_again_from_their_places_in_any_order(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    first = list(D.read_rows(p))
+    assert len(first) in (3, 4)
+    order = [len(first) - 1, 0, *range(1, len(first) - 1)]
+    again = list(D.read_again(p, [first[i].place for i in order]))
+    assert [(a.record, a.error, a.raw, a.place) for a in again] == [
+        (first[i].record, first[i].error, first[i].raw, first[i].place) for i in order]
+    assert all(a.index == 0 for a in again)
+
+
+def test_rows_read_again_from_a_csv_whose_header_no_longer_reads(tmp_path, monkeypatch):
+    p = tmp_path / "in.csv"
+    p.write_bytes(b"instruction\nshort\n")
+    [row] = list(D.read_rows(p))
+    p.write_bytes(b"a" * 20 + b"\nshort\n")
+    old = csv.field_size_limit()
+    monkeypatch.setattr(R, "MAX_ROW_CHARS", 10)
+    try:
+        csv.field_size_limit(10)
+        with pytest.raises(UsageError) as e:
+            list(D.read_again(p, [row.place]))
+    finally:
+        csv.field_size_limit(old)
+    assert str(e.value) == f"{p}: the CSV header cannot be read (field larger than field limit (10)): fix the first line"

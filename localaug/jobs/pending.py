@@ -82,8 +82,8 @@ class PendingRows:
             yield from islice(again(), self.count, None)
 
     def _placed(self) -> Iterator[InputRow]:
-        if self.path is None or not self._offsets:
-            return
+        # a generator: the input is opened at the first row kept as a place, if any
+        assert self.path is not None
         places = zip(self._offsets, self._lengths, self._numbers, self._crcs)
         for k, row in enumerate(dataio.read_again(self.path, places)):
             if row is None:

@@ -194,7 +194,7 @@ class SeenBook:
         assert not len(self.index), "a rebuild starts from an empty index"
         with contextlib.suppress(FileNotFoundError):
             self.header_path.unlink()
-        size = self.ledger.stat().st_size if self.ledger.exists() else 0
+        size = self.ledger.stat().st_size  # the run created it (LedgerTarget.prepare)
         marks: list[tuple[str, int]] = []  # (source id, record number) of each text
         keys: list[bytes] = []
         parts = [np.empty((0, self.width), np.uint32)]
@@ -214,7 +214,7 @@ class SeenBook:
             tmp.write_bytes(rows)
             os.replace(tmp, self.entries_path)
         self._open_entries(len(rows))
-        hashed = hash_range(self.ledger, 0, size, hashlib.blake2b()) if size else hashlib.blake2b()
+        hashed = hash_range(self.ledger, 0, size, hashlib.blake2b())
         if hashed is None:
             raise OSError(f"{self.ledger} was cut while it was read")
         self._mark = _Mark(len(rows) // self.row_bytes, hashlib.blake2b(rows), size)
