@@ -55,7 +55,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/family/templates.py": ("tests/test_mut_augment_templates.py",),
     "localaug/report/judge.py": ("tests/test_mut_report.py",),
     "localaug/report/metrics.py": ("tests/test_mut_report_metrics.py",),
-    "localaug/augment/calibrate.py": ("tests/test_mut_calibrate.py",),
+    "localaug/runtime/calibrate.py": ("tests/test_mut_calibrate.py",),
     "localaug/serve/scheduler.py": ("tests/test_mut_runtime_scheduler.py",),
     "localaug/runtime/batch.py": ("tests/test_mut_runtime_batch.py",),
 }

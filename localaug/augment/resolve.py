@@ -16,8 +16,8 @@ from localaug.family import registry
 from localaug.family.prompts import FAMILY_FORMATS, read_examples
 from localaug.family.registry import ModelSpec
 from localaug.family.styles import TEACHER, PromptStyle, check_overrides, family_spec_from_metadata, style_for
-from localaug.runtime.engine import SamplingParams
 from localaug.runtime.remote import RemoteModel, connect, is_remote, parse_endpoint
+from localaug.runtime.sampling import SamplingParams
 from localaug.store.gguf_info import read_kv
 
 DEFAULT_MODELS = {"refine": "qwen2-refine:1.5b", "expand": "qwen2-exp:1.5b", "pairs": "qwen2-response-exp:7b",

@@ -18,8 +18,8 @@ written: the same command judges it again. Judging is greedy by default (``tempe
 MT-Bench); a sampled judge seeds each reading from the key of what it judges, so what it says does
 not depend on the order or batching of requests.
 
-The judge is any instruct GGUF (or store name), opened through ``runtime.batch.open_backend``: the
-one seam (``open_judge``) where another backend, e.g. a model on a server, slots in.
+The judge is any instruct GGUF (or store name), opened through ``runtime.calibrate.open_calibrated``:
+the one seam (``open_judge``) where another backend, e.g. a model on a server, slots in.
 """
 
 from __future__ import annotations
@@ -33,18 +33,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localaug.augment.calibrate import choose_parallel
 from localaug.augment.resolve import resolve_style
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.family import judging
-from localaug.family.registry import DEFAULT_CTX
 from localaug.family.styles import PromptStyle, render_messages
 from localaug.jobs.dataio import chunked, training_examples
 from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, parse_line, record_lines, repair_ledger
 from localaug.jobs.schema import Skipped
-from localaug.runtime.batch import Backend, Request, open_backend
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.backend import Backend, Request, rows_per_chunk
+from localaug.runtime.calibrate import open_calibrated
+from localaug.runtime.engine import EngineOptions
+from localaug.runtime.sampling import SamplingParams
 
 GRADES, VERDICTS = ".grades.jsonl", ".verdicts.jsonl"  # the ledgers' names: OUT + suffix
 MAX_REPLY_KEPT = 4000  # characters of each judge reply kept in the ledger
@@ -224,9 +224,8 @@ def resolve_judge(judge: str | os.PathLike[str]) -> JudgeModel:
 def open_judge(model: JudgeModel, opts: JudgeOptions) -> tuple[Backend, int]:
     """The backend that runs the judge's requests, and how many it runs at a time."""
     options = EngineOptions(device=opts.device, threads=opts.threads, n_ctx=opts.n_ctx)  # type: ignore[arg-type]
-    engine = Engine(model.path, options, context=False)
-    chosen = choose_parallel(engine, model.identity, options.n_ctx or DEFAULT_CTX, opts.parallel).value
-    return open_backend(engine, options, chosen), chosen
+    backend, chosen = open_calibrated(model.path, options, opts.parallel)
+    return backend, chosen.value
 
 
 def _sampling(opts: JudgeOptions, key: str, k: int) -> SamplingParams:
@@ -251,7 +250,7 @@ def _judge(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path,
     failures: list[str] = []
     finished = 0
     try:
-        for chunk in chunked(iter(items), max(4 * chosen, 8)):  # type: ignore[arg-type]
+        for chunk in chunked(iter(items), rows_per_chunk(chosen)):  # type: ignore[arg-type]
             by_key = {item.key: item for item in chunk}
             requests = [Request(f"{item.key}|{k}", render_messages(model.style, conv), _sampling(opts, item.key, k),
                                 model.style.stop) for item in chunk for k, conv in enumerate(item.conversations)]

@@ -50,12 +50,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localaug.augment import filters
-from localaug.augment.calibrate import Parallel, choose_parallel, remote_parallel
 from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_remote, resolve_style, with_overrides
 from localaug.augment.tasks import SINGLE_SAMPLE
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
 from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
-from localaug.family.registry import DEFAULT_CTX, TASKS, ModelSpec
+from localaug.family.registry import TASKS, ModelSpec
 from localaug.family.styles import PromptStyle
 from localaug.jobs import dataio
 from localaug.jobs.columns import check_columns
@@ -78,9 +77,11 @@ from localaug.jobs.pending import PendingRows
 from localaug.jobs.seen import Loaded, SeenBook, compact_keeping_index, index_paths
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
-from localaug.runtime.batch import Backend, open_backend
-from localaug.runtime.engine import Engine, EngineOptions, llama_cpp_version
-from localaug.runtime.remote import RemoteModel, is_remote, open_remote
+from localaug.runtime.backend import Backend, rows_per_chunk
+from localaug.runtime.calibrate import Parallel, open_calibrated
+from localaug.runtime.engine import EngineOptions
+from localaug.runtime.llama import llama_cpp_version
+from localaug.runtime.remote import RemoteModel, is_remote
 from localaug.store.gguf_info import file_type_name
 
 __all__ = ["OUTPUT_FORMATS", "JobOptions", "JobPlan", "JobStats", "JobSummary", "execute", "run_job"]
@@ -443,21 +444,20 @@ class LocalExecutor:
         self.input_path, self.opts = input_path, opts
         text_file = input_path.is_file() and dataio.input_kind(input_path) in dataio.TEXT_KINDS
         self.pending = PendingRows(input_path if text_file else None)  # the rows to do, met while counting
-        self.engine: Engine | None = None
+        self.backend: Backend | None = None
         self.parallel: Parallel | None = None
         self.note = ""
         self.loaded: Loaded | None = None  # how the job-wide duplicate index was filled
 
     def plan(self, opts: JobOptions) -> JobPlan:
         plan = opts.plan()
-        if plan.remote is not None:  # nothing to load: requests in flight instead of sequences decoded
-            self.parallel = remote_parallel(opts.parallel)
+        model = plan.remote if plan.remote is not None else plan.path
+        assert model is not None
+        self.backend, self.parallel = open_calibrated(model, opts.engine_options(), opts.parallel)
+        if plan.remote is not None:  # nothing loaded: requests in flight instead of sequences decoded
             self.note = f"{self.parallel.value} requests in flight to {plan.remote}"
-            return plan
-        options = opts.engine_options()
-        self.engine = Engine(plan.path, options, context=False)
-        self.parallel = choose_parallel(self.engine, plan.sha256, options.n_ctx or DEFAULT_CTX, opts.parallel)
-        self.note = self.parallel.describe() if self.parallel.source in ("calibrated", "cached") else ""
+        else:
+            self.note = self.parallel.describe() if self.parallel.source in ("calibrated", "cached") else ""
         return plan
 
     def rows(self) -> Iterator[InputRow]:
@@ -471,20 +471,15 @@ class LocalExecutor:
         self.pending.add(row)  # where it is (read again when its turn comes), or the row itself
 
     def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]:
-        assert self.parallel is not None, "plan() chooses the batch size"
-        if plan.remote is not None:
-            backend: Backend = open_remote(plan.remote, self.parallel.value)
-        else:
-            assert self.engine is not None, "plan() loads the model"
-            engine, self.engine = self.engine, None  # the backend owns it now
-            backend = open_backend(engine, self.opts.engine_options(), self.parallel.value)
+        assert self.backend is not None and self.parallel is not None, "plan() opens the backend"
+        backend, self.backend = self.backend, None  # closed below
         seen = plan.cfg.new_seen()
         # kept beside the ledger for the tasks whose records hold new instructions
         book = SeenBook(target.where, plan.run_id, seen) if seen is not None and plan.cfg.task not in SINGLE_SAMPLE else None
         try:
             if book is not None:
                 self.loaded = book.load()
-            for chunk in dataio.chunked(self.pending.rows(pending), max(4 * self.parallel.value, 8)):
+            for chunk in dataio.chunked(self.pending.rows(pending), rows_per_chunk(self.parallel.value)):
                 for rec in augment(backend, plan.style, plan.cfg, chunk, seen):
                     yield [rec]
                     if book is not None:  # the record is in the ledger now
@@ -504,9 +499,9 @@ class LocalExecutor:
         return fields
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
 
 def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str], *,  # noqa: A002 - the CLI's --input
