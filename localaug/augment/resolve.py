@@ -48,7 +48,7 @@ def resolve_style(
 ) -> ResolvedModel:
     """The GGUF path, family spec, prompt style and metadata for ``model`` (tensors are not read)."""
     if is_remote(model):
-        raise UsageError(f"{opt('model')}: a model on a server (a URL) is for localaug run and localaug judge; here give "
+        raise UsageError(f"{opt('model')}: a model on a server (a URL) is for localaug run and localaug judge or grade; here give "
                          "a GGUF file, a family or store name, or a checkpoint folder")
     path, spec = resolve_model(model, quant)
     meta = read_kv(path)
