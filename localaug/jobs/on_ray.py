@@ -258,7 +258,7 @@ def actor_job(opts: JobOptions, plan: JobPlan, res: Resources, records: bool) ->
     shared filesystem), a name is looked up by its sha256 in each node's store."""
     model = str(opts.model or DEFAULT_MODELS[opts.task])
     is_path = Path(model).suffix == ".gguf" and Path(model).is_file()  # as resolve_model decides
-    return ActorJob(str(Path(model).resolve()) if is_path else str(model), is_path, plan.sha256, plan.run_id, plan.cfg,
+    return ActorJob(str(Path(model).resolve()) if is_path else str(model), is_path, plan.sha256, plan.run_id, plan.job_config,
                     plan.style, opts.engine_options(threads_default=max(1, int(res.num_cpus or 1))), opts.parallel,
                     records)
 

@@ -187,8 +187,8 @@ class JobPlan:
     style: PromptStyle
     meta: dict[str, Any]
     sha256: str | None
-    cfg: JobConfig
-    config: dict[str, Any]  # what the run id hashes (in the manifest, to name what changed)
+    job_config: JobConfig  # what the worker runs each row with
+    run_config: dict[str, Any]  # what the run id hashes (in the manifest, to name what changed)
     run_id: str
     remote: RemoteModel | None = None
 
@@ -255,7 +255,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
             _refuse_another_run(target, plan)
             stats, todo = JobStats(), _todo(target.statuses, opts.retry_failed)
             met = KeysMet(target.statuses)
-            for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit, met):
+            for row in select_rows(executor.rows(), plan.job_config, plan.run_id, shard, opts.limit, met):
                 stats.total += 1
                 if todo(row):
                     executor.stage(row)
@@ -265,7 +265,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
             manifest: dict[str, Any] = {
                 "run_id": plan.run_id, "complete": False, "input": input_name, **target.manifest_fields(),
                 "model": plan.model_fields(), "localaug": _version(), "llama_cpp_python": llama_cpp_version(),
-                "config": plan.config, "shard": list(shard) if shard else None, "limit": opts.limit,
+                "config": plan.run_config, "shard": list(shard) if shard else None, "limit": opts.limit,
                 "started": started_at, **executor.manifest_fields(plan)}
 
             def save(complete: bool) -> None:
@@ -278,7 +278,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
                 progress.start(stats, _start_message(plan.run_id, executor.where, stats, opts.retry_failed, note))
 
             def pending() -> Iterator[InputRow]:
-                return (row for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit) if todo(row))
+                return (row for row in select_rows(executor.rows(), plan.job_config, plan.run_id, shard, opts.limit) if todo(row))
 
             _drive(plan, executor, target, stats, pending, progress, save)
             exported = target.finish()
@@ -348,7 +348,7 @@ def _todo(statuses: dict[str, str], retry_failed: bool) -> Callable[[InputRow], 
 def _refuse_another_run(target: Target, plan: JobPlan) -> None:
     old = read_json(target.manifest_path)
     if target.statuses and old and old.get("run_id") != plan.run_id:
-        changed = ", ".join(changed_keys(old.get("config", {}), plan.config)) or "the run settings"
+        changed = ", ".join(changed_keys(old.get("config", {}), plan.run_config)) or "the run settings"
         raise JobError(f"{target.where} holds a different run ({changed} changed): rerun with the same arguments to "
                        f"resume, or choose another {opt('output')}", path=str(target.where))
 
@@ -473,14 +473,14 @@ class LocalExecutor:
     def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]:
         assert self.backend is not None and self.parallel is not None, "plan() opens the backend"
         backend, self.backend = self.backend, None  # closed below
-        seen = plan.cfg.new_seen()
+        seen = plan.job_config.new_seen()
         # kept beside the ledger for the tasks whose records hold new instructions
-        book = SeenBook(target.where, plan.run_id, seen) if seen is not None and plan.cfg.task not in SINGLE_SAMPLE else None
+        book = SeenBook(target.where, plan.run_id, seen) if seen is not None and plan.job_config.task not in SINGLE_SAMPLE else None
         try:
             if book is not None:
                 self.loaded = book.load()
             for chunk in dataio.chunked(self.pending.rows(pending), rows_per_chunk(self.parallel.value)):
-                for rec in augment(backend, plan.style, plan.cfg, chunk, seen):
+                for rec in augment(backend, plan.style, plan.job_config, chunk, seen):
                     yield [rec]
                     if book is not None:  # the record is in the ledger now
                         book.written(rec)
