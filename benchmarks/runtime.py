@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from localaug.family import prompts
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path(os.environ.get("LOCALAUG_TEST_MODELS", Path.home() / ".cache" / "localaug-test-models")) / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"

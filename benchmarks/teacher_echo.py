@@ -94,8 +94,10 @@ def run_tree(args: argparse.Namespace) -> dict:
     from localaug.augment import filters
     from localaug.augment.resolve import resolve_style
     from localaug.family import styles
-    from localaug.runtime.batch import BatchEngine, Request
-    from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+    from localaug.runtime.backend import Request
+    from localaug.runtime.batch import BatchEngine
+    from localaug.runtime.engine import Engine, EngineOptions
+    from localaug.runtime.sampling import SamplingParams
 
     style = resolve_style(args.model).style
     assert not style.is_family, "a teacher-mode (non-family) model is needed"

@@ -23,7 +23,8 @@ from localaug.jobs.grade import JudgeOptions, run_grade, run_verdicts
 from localaug.jobs.merge import MergeSummary, merge_outputs
 from localaug.jobs.preference import Selection, export_output
 from localaug.jobs.run import JobSummary, run_job
-from localaug.runtime.engine import Generation, SamplingParams
+from localaug.runtime.sampling import SamplingParams
+from localaug.runtime.stream import Generation
 
 __all__ = [
     "DEFAULT_MODELS", "Augmenter", "ExpandResult", "Generation", "JobSummary", "JudgeOptions", "MergeSummary", "Pair",

@@ -7,8 +7,11 @@ from dataclasses import replace
 import pytest
 
 from localaug.family import prompts
-from localaug.runtime.batch import MIN_SHARE, BatchEngine, Request, Result
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.backend import Request, Result
+from localaug.runtime.batch import BatchEngine
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.prefix import MIN_SHARE
+from localaug.runtime.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=20)
 SEEDED = SamplingParams(temperature=0.8, top_p=0.95, top_k=50, max_tokens=16, seed=1234)
@@ -171,7 +174,7 @@ def test_a_shared_prefix_is_decoded_once_and_changes_nothing(engine: Engine) -> 
     for share in (True, False):
         with BatchEngine(engine, parallel=3, n_ctx=1024, share_prefix=share) as batch:
             got = run_all(batch, [Request(str(i), system_chat(t), GREEDY, prompts.QWEN2_STOP) for i, t in enumerate(texts)])
-            stats = batch.prefix_stats
+            stats = batch.prefix.stats
         for i, t in enumerate(texts):
             assert got[(str(i), 0)].generation.tokens == want[t], (share, t)
         total = sum(len(engine.tokenize(system_chat(t))) for t in texts)

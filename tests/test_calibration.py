@@ -7,9 +7,9 @@ from pathlib import Path
 
 from scripted_fixture import SCRIPTS
 
-from localaug.augment.calibrate import choose_parallel
 from localaug.jobs.run import run_job
 from localaug.runtime.bench import BATCH_SIZES, batch_curve, fastest
+from localaug.runtime.calibrate import choose_parallel
 from localaug.runtime.engine import Engine, EngineOptions
 
 

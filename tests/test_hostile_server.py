@@ -23,7 +23,8 @@ import pytest
 from http_fixture import running
 
 from localaug.family import prompts
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.sampling import SamplingParams
 from localaug.serve.app import _Watchdog, unhealthy
 from localaug.serve.handlers import Limits, ServerConfig
 from localaug.serve.scheduler import MAX_RESTARTS, Scheduler, ServedModel, load_model

@@ -27,8 +27,9 @@ from test_hostile_server import with_template
 from localaug.cli.serve import host_check
 from localaug.core.errors import TemplateRenderError
 from localaug.family import prompts, templates
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.engine import Engine, EngineOptions
 from localaug.runtime.grammar import GrammarLimitError, GrammarLimits, grammar_depth, json_grammar
+from localaug.runtime.sampling import SamplingParams
 from localaug.serve.handlers import Limits, ServerConfig
 from localaug.serve.scheduler import ServedModel, load_model
 

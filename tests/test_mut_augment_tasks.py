@@ -23,7 +23,8 @@ from localaug.core.errors import UsageError
 from localaug.family import teacher_pool
 from localaug.family.prompts import Pair
 from localaug.family.styles import PromptStyle
-from localaug.runtime.engine import Generation, SamplingParams
+from localaug.runtime.sampling import SamplingParams
+from localaug.runtime.stream import Generation
 
 FAMILY = PromptStyle("qwen2-chatml")
 RESPONSE_EXP = PromptStyle("qwen2-response-pairs")

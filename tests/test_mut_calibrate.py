@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from localaug.augment import calibrate
-from localaug.augment.calibrate import Parallel, affordable, choose_parallel, measure_batch_sizes
+from localaug.runtime import calibrate
 from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, BatchPoint
-from localaug.runtime.engine import Engine, EngineOptions, llama_cpp_version
+from localaug.runtime.calibrate import Parallel, affordable, choose_parallel, measure_batch_sizes
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.llama import llama_cpp_version
 
 SHA = "ab" * 32
 N_CTX = 512

@@ -20,7 +20,7 @@ from localaug.family.prompts import Pair
 from localaug.jobs.config import JobConfig
 from localaug.jobs.dataio import InputRow
 from localaug.jobs.keys import KeysMet, RowKeys, make_key, parse_shard, row_identity, row_payload, select_rows, shard_of
-from localaug.runtime.engine import SamplingParams
+from localaug.runtime.sampling import SamplingParams
 
 PROPS = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 REFINE = JobConfig("refine", SamplingParams())

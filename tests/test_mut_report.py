@@ -611,10 +611,11 @@ def test_the_batch_size_given_is_the_one_that_runs(tmp_path, scripted_judge, mon
 def test_a_judge_run_takes_its_batch_size_from_this_machines_calibration(tmp_path, scripted_judge, monkeypatch):
     import re as re_mod
 
-    from localaug.augment.calibrate import affordable
     from localaug.family.registry import DEFAULT_CTX
     from localaug.runtime.bench import BATCH_SIZES
-    from localaug.runtime.engine import Engine, EngineOptions, llama_cpp_version
+    from localaug.runtime.calibrate import affordable
+    from localaug.runtime.engine import Engine, EngineOptions
+    from localaug.runtime.llama import llama_cpp_version
 
     monkeypatch.delenv("LOCALAUG_PARALLEL")
     a, b = judged_files(tmp_path, ORDER_CASES)

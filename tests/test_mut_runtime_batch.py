@@ -26,17 +26,13 @@ from tiny_runtime import HOT, HOT2, OPTS, Fresh, assert_slots_empty, greedy, kv,
 import localaug.runtime.batch as batch_module
 from localaug.core.errors import EngineError
 from localaug.family.registry import DEFAULT_CTX
-from localaug.runtime.batch import (
-    MIN_SHARE,
-    BatchEngine,
-    Piece,
-    Request,
-    Result,
-    SequentialBackend,
-    Slots,
-    open_backend,
-)
-from localaug.runtime.engine import Engine, EngineOptions, Generation, SamplingParams
+from localaug.runtime.backend import Request, Result, SequentialBackend
+from localaug.runtime.batch import BatchEngine, Slots
+from localaug.runtime.calibrate import Parallel, open_calibrated
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.prefix import MIN_SHARE
+from localaug.runtime.sampling import SamplingParams
+from localaug.runtime.stream import Generation, Piece
 
 @pytest.fixture(scope="module")
 def engine(converted) -> Iterator[Engine]:
@@ -98,7 +94,7 @@ def run_all(batch: BatchEngine, requests: Iterable[Request]) -> dict[tuple[str, 
 
 
 def assert_holder_matches_prefix(batch: BatchEngine) -> None:
-    assert kv(batch, batch.holder) == ((0, len(batch.prefix) - 1) if batch.prefix else (-1, -1))
+    assert kv(batch, batch.prefix.holder) == ((0, len(batch.prefix.tokens) - 1) if batch.prefix.tokens else (-1, -1))
 
 
 def assert_same(got: Result, want: Generation, cached: int = 0) -> None:
@@ -157,16 +153,16 @@ def test_engine_sizes_and_ownership(engine: Engine, converted) -> None:
     with BatchEngine(engine, n_ctx=16) as batch:
         assert batch.parallel == 8  # the default
     with BatchEngine(engine, parallel=1) as batch:
-        assert (batch.parallel, batch.holder, batch.n_ctx_seq) == (1, 1, 256)  # the engine's n_ctx
+        assert (batch.parallel, batch.prefix.holder, batch.n_ctx_seq) == (1, 1, 256)  # the engine's n_ctx
         assert L.llama_n_seq_max(batch.ctx) == 2
     with BatchEngine(engine, parallel=3, n_ctx=64) as batch:  # 3 slots and the holder: 4 x 64 cells
-        assert (L.llama_n_ctx(batch.ctx), batch.n_batch, batch.llama_batch.n_tokens) == (256, 256, 0)
+        assert (L.llama_n_ctx(batch.ctx), batch.n_batch, batch.token_batch.size) == (256, 256, 0)
         assert L.llama_n_ctx_seq(batch.ctx) == 256  # one unified pool: any sequence may use any cell
     with BatchEngine(engine, parallel=2, n_ctx=40_000) as batch:
         assert batch.n_ctx_seq == 32768  # capped at the trained context
     batch = BatchEngine(engine, parallel=2, n_ctx=16)
     batch.close()
-    assert batch.ctx is None and batch.llama_batch is None and batch.engine is engine
+    assert batch.ctx is None and batch.token_batch is None and batch.engine is engine
     batch.close()  # twice: nothing freed twice
     assert engine.generate(toks(1, 5), greedy(4)).tokens  # a shared engine stays open
     # a model path: the batch engine loads it, with the default context, and frees it
@@ -184,15 +180,15 @@ def test_engine_sizes_and_ownership(engine: Engine, converted) -> None:
 
 def test_the_prefix_holder_filled_kept_replaced_truncated_and_evicted(engine: Engine, fresh) -> None:
     """One engine over a server's life: every request's tokens equal a fresh engine's, whatever the
-    holder did, and the holder holds exactly the KV of ``batch.prefix``."""
+    holder did, and the holder holds exactly the KV of ``batch.prefix.tokens``."""
     P = toks(10, 12)
     with BatchEngine(engine, parallel=3, n_ctx=48) as batch:
-        stats = batch.prefix_stats
+        stats = batch.prefix.stats
 
         def one(prompt: list[int], cached: int, prefix: list[int]) -> None:
             [r] = run_all(batch, [Request("x", prompt, greedy(1))]).values()
             assert_same(r, fresh(prompt, greedy(1)), cached)
-            assert batch.prefix == prefix
+            assert batch.prefix.tokens == prefix
             assert_holder_matches_prefix(batch)
             assert_slots_empty(batch)
 
@@ -201,7 +197,7 @@ def test_the_prefix_holder_filled_kept_replaced_truncated_and_evicted(engine: En
         got = run_all(batch, [Request(str(i), p, greedy(1)) for i, p in enumerate(together)])
         for i, p in enumerate(together):
             assert_same(got[(str(i), 0)], fresh(p, greedy(1)), cached=12)
-        assert batch.prefix == P
+        assert batch.prefix.tokens == P
         assert_holder_matches_prefix(batch)
         assert (stats.decoded, stats.reused) == (12 + 3 + 4 + 2, 3 * 12)
 
@@ -227,8 +223,8 @@ def test_the_prefix_holder_filled_kept_replaced_truncated_and_evicted(engine: En
         one(toks(22, MIN_SHARE + 1), 0, toks(22, MIN_SHARE))  # just long enough
         X = [toks(22, 1)[0] + 1] + toks(22, MIN_SHARE)[1:] + toks(24, 3)  # all but the first token in common
         one(X, 0, X[:-1])
-        batch.forget_prefix()
-        assert batch.prefix == [] and kv(batch, batch.holder) == (-1, -1)
+        batch.prefix.forget()
+        assert batch.prefix.tokens == [] and kv(batch, batch.prefix.holder) == (-1, -1)
         one(P + toks(14, 5), 0, (P + toks(14, 5))[:-1])  # evicted: decoded whole
 
 
@@ -238,8 +234,8 @@ def test_without_share_prefix_nothing_is_cached(engine: Engine, fresh) -> None:
     with BatchEngine(engine, parallel=2, n_ctx=32, share_prefix=False) as batch:
         got = run_all(batch, [Request(str(i), p, greedy()) for i, p in enumerate(prompts)])
         got.update(run_all(batch, [Request("again", prompts[0], greedy())]))
-        assert batch.prefix == [] and kv(batch, batch.holder) == (-1, -1)
-        assert (batch.prefix_stats.decoded, batch.prefix_stats.reused) == (15 + 16 + 15, 0)
+        assert batch.prefix.tokens == [] and kv(batch, batch.prefix.holder) == (-1, -1)
+        assert (batch.prefix.stats.decoded, batch.prefix.stats.reused) == (15 + 16 + 15, 0)
     for key, p in (("0", prompts[0]), ("1", prompts[1]), ("again", prompts[0])):
         assert_same(got[(key, 0)], fresh(p))
 
@@ -293,15 +289,15 @@ def nested_prompts(draw: st.DrawFn) -> list[list[int]]:
 @given(prompts=nested_prompts(), held=st.integers(0, 20))
 def test_requests_admitted_together_cache_the_prefix_that_saves_most(batch6: BatchEngine, prompts: list[list[int]],
                                                                      held: int) -> None:
-    batch6.forget_prefix()
+    batch6.prefix.forget()
     if held >= MIN_SHARE:  # a holder from earlier requests: the first ``held`` tokens of a prompt, then others
         old = (prompts[0][:held] + [3000] * held)[:held + 2]
         fill_only(batch6, [old + [4000], old + [4001]])
-        assert batch6.prefix == old
-    before, stats = list(batch6.prefix), replace(batch6.prefix_stats)
+        assert batch6.prefix.tokens == old
+    before, stats = list(batch6.prefix.tokens), replace(batch6.prefix.stats)
     best, winners = best_prefixes(prompts)
     slots = fill_only(batch6, prompts)
-    chosen = tuple(batch6.prefix)
+    chosen = tuple(batch6.prefix.tokens)
     if len(winners) == 1 and len(next(iter(winners))) >= MIN_SHARE:
         [want] = winners
         assert chosen == (want if common(before, list(want)) < len(want) else tuple(before))
@@ -310,41 +306,41 @@ def test_requests_admitted_together_cache_the_prefix_that_saves_most(batch6: Bat
     assert_holder_matches_prefix(batch6)
     # the holder decoded what it did not hold yet (what it kept of the old prefix: at least MIN_SHARE
     # tokens, or nothing); each slot took from it all it shares with its prompt but the last token
-    keep = common(before, batch6.prefix)
+    keep = common(before, batch6.prefix.tokens)
     holder = 0 if chosen == tuple(before) else len(chosen) - (keep if keep >= MIN_SHARE else 0)
-    shared = [min(common(batch6.prefix, p), len(p) - 1) for p in prompts]
+    shared = [min(common(batch6.prefix.tokens, p), len(p) - 1) for p in prompts]
     shared = [n if n >= MIN_SHARE else 0 for n in shared]
     assert slots == [(0, n - 1) if n else (-1, -1) for n in shared]
-    assert batch6.prefix_stats.reused - stats.reused == sum(shared)
-    assert batch6.prefix_stats.decoded - stats.decoded == holder + sum(len(p) for p in prompts) - sum(shared)
+    assert batch6.prefix.stats.reused - stats.reused == sum(shared)
+    assert batch6.prefix.stats.decoded - stats.decoded == holder + sum(len(p) for p in prompts) - sum(shared)
 
 
 def test_prefix_choices_worked_out_by_hand(batch6: BatchEngine) -> None:
     a, b = [500] * 10, [400] * 10  # each shared by two prompts: 10 tokens saved either way
-    batch6.forget_prefix()
+    batch6.prefix.forget()
     fill_only(batch6, [a + [1], a + [2], b + [3], b + [4]])
-    assert batch6.prefix == b  # [400, ...] sorts first
-    batch6.forget_prefix()
+    assert batch6.prefix.tokens == b  # [400, ...] sorts first
+    batch6.prefix.forget()
     fill_only(batch6, [a + [1], a + [2], a[:9] + [5], b + [3], b + [4]])  # a's first 9: 18 saved, more
-    assert batch6.prefix == a[:9]
-    batch6.forget_prefix()
+    assert batch6.prefix.tokens == a[:9]
+    batch6.prefix.forget()
     fill_only(batch6, [a, a + [1], a + [2]])  # the whole of a prompt: all but its last token
-    assert batch6.prefix == a[:-1]
-    batch6.forget_prefix()
+    assert batch6.prefix.tokens == a[:-1]
+    batch6.prefix.forget()
     fill_only(batch6, [b[:MIN_SHARE - 1] + [1], b[:MIN_SHARE - 1] + [2]])  # too short to cache
-    assert batch6.prefix == []
+    assert batch6.prefix.tokens == []
     fill_only(batch6, [b[:MIN_SHARE] + [1], b[:MIN_SHARE] + [2]])  # just long enough
-    assert batch6.prefix == b[:MIN_SHARE]
+    assert batch6.prefix.tokens == b[:MIN_SHARE]
     fill_only(batch6, [a + [1], a + [2]])
     fill_only(batch6, [a[:9] + [5], a[:9] + [6]])  # the holder holds all of it and more: kept whole
-    assert batch6.prefix == a
+    assert batch6.prefix.tokens == a
     fill_only(batch6, [[7, 7, 7], [8, 8, 8]])  # two prompts sharing nothing: the holder stays
-    assert batch6.prefix == a
+    assert batch6.prefix.tokens == a
     # a new prefix sharing exactly MIN_SHARE tokens with the holder's: those are kept, 4 decoded
     x = a[:MIN_SHARE] + [9] * 4
-    before = batch6.prefix_stats.decoded
+    before = batch6.prefix.stats.decoded
     fill_only(batch6, [x + [1], x + [2]])
-    assert batch6.prefix == x and batch6.prefix_stats.decoded - before == 4 + 1 + 1
+    assert batch6.prefix.tokens == x and batch6.prefix.stats.decoded - before == 4 + 1 + 1
     assert_holder_matches_prefix(batch6)
 
 
@@ -356,11 +352,11 @@ def test_a_prefix_longer_than_a_batch_and_prompts_in_chunks(engine: Engine, fres
         assert batch.n_batch == 512
         prompts = [P + toks(61, 3), P + toks(62, 2)]
         got = run_all(batch, [Request(str(i), p, greedy()) for i, p in enumerate(prompts)])
-        assert batch.prefix == P
+        assert batch.prefix.tokens == P
         assert_holder_matches_prefix(batch)
         for i, p in enumerate(prompts):
             assert_same(got[(str(i), 0)], fresh(p), cached=530)
-        batch.forget_prefix()
+        batch.prefix.forget()
         x, short, long = toks(63, 4), toks(64, 4), toks(65, 520)
         with batch.session() as state:
             admit(state, Request("x", x, greedy(1)), Request("short", short, greedy(2)))
@@ -395,7 +391,7 @@ def test_samples_fork_from_one_prefill_with_seed_plus_index(engine: Engine, fres
     p = toks(30, 6)
     with BatchEngine(engine, parallel=3, n_ctx=16) as batch:
         got = run_all(batch, [Request("s", p, HOT, n=3)])
-        assert batch.prefix_stats.decoded == len(p)  # one prefill for three samples
+        assert batch.prefix.stats.decoded == len(p)  # one prefill for three samples
     assert sorted(got) == [("s", 0), ("s", 1), ("s", 2)]
     for k in range(3):
         assert_same(got[("s", k)], fresh(p, replace(HOT, seed=HOT.seed + k)))
@@ -608,7 +604,7 @@ def test_a_request_sharing_the_cached_prefix_that_cannot_start_leaves_its_slot_e
     P = toks(70, 10)
     with BatchEngine(engine, parallel=1, n_ctx=24) as batch:
         run_all(batch, [Request("warm", P + [7], greedy(1))])
-        assert batch.prefix == P
+        assert batch.prefix.tokens == P
         with batch.session() as state:
             [error] = admit(state, Request("bad", P + [8], greedy(1, grammar="root ::= (")))
             assert error.id == "bad" and error.error.startswith("could not start:")
@@ -628,9 +624,9 @@ def test_a_shared_prefix_llama_cpp_refuses_is_not_cached(engine: Engine, fresh, 
     with BatchEngine(engine, parallel=2, n_ctx=24) as batch:
         run_all(batch, [Request("warm", P + [5], greedy(1))])  # the holder holds P
         monkeypatch.setattr(L, "llama_decode", refuse_the_holder)
-        batch.forget_prefix()
+        batch.prefix.forget()
         got = run_all(batch, [Request(str(i), p, greedy(1)) for i, p in enumerate(prompts)])
-        assert batch.prefix_stats.decoded == 13 + 14 + 15  # the warm-up's prompt, then both whole
+        assert batch.prefix.stats.decoded == 13 + 14 + 15  # the warm-up's prompt, then both whole
     for i, p in enumerate(prompts):
         assert_same(got[(str(i), 0)], fresh(p, greedy(1)))
 
@@ -720,11 +716,11 @@ def test_clear_drops_every_sequence_and_the_prefix(engine: Engine) -> None:
     P = toks(54, 10)
     with BatchEngine(engine, parallel=2, n_ctx=24) as batch, batch.session() as state:
         admit(state, Request("a", P + [7], greedy(3)), Request("b", P + [8], greedy(3), n=3))
-        assert batch.prefix == P
+        assert batch.prefix.tokens == P
         list(state.step())
         assert state.clear() == ["a", "b"]
-        assert (state.slots, state.groups, state.active, batch.prefix) == ([None, None], [], 0, [])
-        assert kv(batch, batch.holder) == (-1, -1)
+        assert (state.slots, state.groups, state.active, batch.prefix.tokens) == ([None, None], [], 0, [])
+        assert kv(batch, batch.prefix.holder) == (-1, -1)
         assert_slots_empty(batch)
 
 
@@ -734,8 +730,9 @@ def test_clear_drops_every_sequence_and_the_prefix(engine: Engine) -> None:
 def test_one_sequence_at_a_time_backend(converted, fresh, monkeypatch: pytest.MonkeyPatch) -> None:
     path = converted("tied", "F32")
     p = toks(56, 5)
-    with open_backend(path, OPTS, parallel=1) as seq:
-        assert isinstance(seq, SequentialBackend) and seq.engine.n_ctx == 256  # its context is made
+    seq, chosen = open_calibrated(path, OPTS, 1)
+    with seq:
+        assert chosen == Parallel(1, "given") and isinstance(seq, SequentialBackend) and seq.engine.n_ctx == 256  # its context is made
         stop = (fresh(p, HOT).text[2:4],)
         reqs = [Request("a", p, HOT, n=2), Request("e", [], HOT, n=2), Request("s", p, HOT, stop)]
         got = {(r.id, r.index): r for r in seq.run(reqs)}
@@ -766,11 +763,13 @@ def test_one_sequence_at_a_time_backend(converted, fresh, monkeypatch: pytest.Mo
 
 def test_a_batch_backend_owns_the_engine_it_is_given(converted) -> None:
     engine = Engine(converted("tied", "F32"), OPTS, context=False)
-    with open_backend(engine, replace(OPTS, n_ctx=128), parallel=2) as many:  # the options' context
-        assert isinstance(many, BatchEngine) and many.engine is engine
+    many, chosen = open_calibrated(engine, replace(OPTS, n_ctx=128), 2)
+    with many:  # the options' context
+        assert chosen == Parallel(2, "given") and isinstance(many, BatchEngine) and many.engine is engine
         assert (many.parallel, many.n_ctx_seq, engine._ctx) == (2, 128, None)
     assert many.engine is None and engine._model is None  # handed over: freed with the backend
-    with open_backend(converted("tied", "F32"), OPTS, parallel=2) as loaded:
+    loaded, _ = open_calibrated(converted("tied", "F32"), OPTS, 2)
+    with loaded:
         assert loaded.engine._ctx is None and loaded.n_ctx_seq == 256  # no single-sequence context made
         own = loaded.engine
     assert own._model is None

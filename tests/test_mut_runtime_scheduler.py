@@ -28,15 +28,17 @@ import pytest
 from tiny_runtime import HOT, HOT2, OPTS, Fresh, assert_slots_empty, greedy, kv, make_fresh, toks
 
 import localaug.serve.scheduler as scheduler_module
-from localaug.augment import calibrate
-from localaug.augment.calibrate import affordable
 from localaug.convert import convert_checkpoint
 from localaug.core.errors import ModelNotFoundError, PromptTooLongError, QueueFullError, UsageError
-from localaug.runtime.batch import BatchEngine, Piece, Request, Result
 from localaug.family import registry
 from localaug.family.registry import DEFAULT_CTX
+from localaug.runtime import calibrate
+from localaug.runtime.backend import Request, Result
+from localaug.runtime.batch import BatchEngine
 from localaug.runtime.bench import BATCH_SIZES
+from localaug.runtime.calibrate import affordable
 from localaug.runtime.engine import Engine
+from localaug.runtime.stream import Piece
 from localaug.serve.scheduler import (
     CANCELLED,
     MAX_RESTARTS,
@@ -371,7 +373,7 @@ def test_a_failed_decode_step_fails_the_running_requests_and_serving_goes_on(eng
         assert tokens_of(sched.submit(Request("later", later, greedy(2)))) == [fresh(later, greedy(2)).tokens]
         idle(sched)
         assert (sched.stats.requests_failed, sched.stats.restarts, sched.stats.decode_steps) == (2, 0, 3)
-        assert sched.batch.prefix == []  # the cache was dropped with the failed step
+        assert sched.batch.prefix.tokens == []  # the cache was dropped with the failed step
 
         def broken(ctx, batch):  # not llama.cpp's answer: a bug of ours, reported as internal
             raise RuntimeError("a bug")

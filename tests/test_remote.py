@@ -35,9 +35,10 @@ from localaug.family import judging
 from localaug.family.prompts import Chat
 from localaug.jobs.run import JobOptions, run_job
 from localaug.report.judge import run_judge
-from localaug.runtime.batch import Request
-from localaug.runtime.engine import EngineOptions, SamplingParams
+from localaug.runtime.backend import Request
+from localaug.runtime.engine import EngineOptions
 from localaug.runtime.remote import Endpoint, RemoteModel, connect, open_remote, parse_endpoint
+from localaug.runtime.sampling import SamplingParams
 from localaug.serve.app import Limits, ServerConfig
 from localaug.serve.scheduler import ServedModel, load_model
 
@@ -58,7 +59,7 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def smol(smollm2: Path) -> Iterator[ServedModel]:
     m = load_model(smollm2, name="smol", opts=EngineOptions(threads=1), parallel=1, n_ctx=2048)
-    m.batch.share_prefix = False  # every prompt decoded whole: the same messages, the same tokens
+    m.batch.prefix.enabled = False  # every prompt decoded whole: the same messages, the same tokens
     yield m
     m.close()
 

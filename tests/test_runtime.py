@@ -10,7 +10,8 @@ import pytest
 from localaug.api import Augmenter
 from localaug.core.errors import PromptTooLongError
 from localaug.family import prompts
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.sampling import SamplingParams
 
 GREEDY = dict(temperature=0.0, max_tokens=24)
 

@@ -26,8 +26,10 @@ from scripted_fixture import SCRIPTS
 
 from localaug.api import Augmenter
 from localaug.family import prompts
-from localaug.runtime.batch import BatchEngine, Request
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.backend import Request
+from localaug.runtime.batch import BatchEngine
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.sampling import SamplingParams
 from localaug.serve.app import Limits, ServerConfig
 from localaug.serve.scheduler import CANCELLED, Scheduler, ServedModel, load_model
 

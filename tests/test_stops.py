@@ -20,8 +20,11 @@ from openai import OpenAI
 from scripted_fixture import SCRIPTS
 
 from localaug.family import prompts
-from localaug.runtime.batch import BatchEngine, Request
-from localaug.runtime.engine import Engine, EngineOptions, Generation, SamplingParams
+from localaug.runtime.backend import Request
+from localaug.runtime.batch import BatchEngine
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.sampling import SamplingParams
+from localaug.runtime.stream import Generation
 from localaug.serve.app import Limits, ServerConfig
 from localaug.serve.scheduler import ServedModel, load_model
 

@@ -58,13 +58,16 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/family/templates.py": ("tests/test_mut_augment_templates.py",),
     "localaug/report/judge.py": ("tests/test_mut_report.py",),
     "localaug/report/metrics.py": ("tests/test_mut_report_metrics.py",),
-    "localaug/augment/calibrate.py": ("tests/test_mut_calibrate.py",),
+    "localaug/runtime/calibrate.py": ("tests/test_mut_calibrate.py", "tests/test_mut_runtime_backend.py"),
     "localaug/serve/scheduler.py": ("tests/test_mut_runtime_scheduler.py",),
     "localaug/runtime/batch.py": ("tests/test_mut_runtime_batch.py",),
     "localaug/jobs/exports.py": ("tests/test_mut_exports.py",),
     "localaug/jobs/grade.py": ("tests/test_mut_grade.py",),
     "localaug/jobs/preference.py": ("tests/test_mut_preference.py",),
     "localaug/runtime/remote.py": ("tests/test_mut_remote.py",),
+    "localaug/runtime/prefix.py": ("tests/test_mut_runtime_batch.py", "tests/test_mut_runtime_backend.py"),
+    "localaug/runtime/backend.py": ("tests/test_mut_runtime_backend.py", "tests/test_mut_runtime_batch.py"),
+    "localaug/runtime/llama.py": ("tests/test_mut_runtime_backend.py", "tests/test_mut_runtime_batch.py"),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -13,7 +13,9 @@ from localaug.augment.tasks import ExpandResult
 from localaug.family.prompts import Pair
 from localaug.family.registry import ModelSpec
 from localaug.family.styles import PromptStyle
-from localaug.runtime.engine import Engine, EngineOptions, Generation, SamplingParams
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.sampling import SamplingParams
+from localaug.runtime.stream import Generation
 
 
 class Augmenter:

@@ -12,7 +12,7 @@ def doctor() -> dict[str, Any]:
     """Facts about this installation: the llama.cpp build, its backends, threads, memory, the store."""
     from localaug._version import __version__
     from localaug.core.install import LLAMA_CPP_PYTHON
-    from localaug.runtime.engine import gpu_offload_supported, llama_cpp_version, system_info
+    from localaug.runtime.llama import gpu_offload_supported, llama_cpp_version, system_info
     from localaug.store import local as store
 
     pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")

@@ -24,8 +24,8 @@ from localaug.family import registry
 from localaug.family.prompts import FAMILY_FORMATS, read_examples
 from localaug.family.registry import ModelSpec
 from localaug.family.styles import TEACHER, PromptStyle, check_overrides, family_spec_from_metadata, style_for
-from localaug.runtime.engine import SamplingParams
 from localaug.runtime.remote import RemoteModel, connect, is_remote, parse_endpoint
+from localaug.runtime.sampling import SamplingParams
 from localaug.store.gguf_info import read_kv
 
 DEFAULT_MODELS = {"refine": "qwen2-refine:1.5b", "expand": "qwen2-exp:1.5b", "pairs": "qwen2-response-exp:7b",
@@ -56,7 +56,7 @@ def resolve_style(
 ) -> ResolvedModel:
     """The GGUF path, family spec, prompt style and metadata for ``model`` (tensors are not read)."""
     if is_remote(model):
-        raise UsageError(f"{opt('model')}: a model on a server (a URL) is for localaug run and localaug judge; here give "
+        raise UsageError(f"{opt('model')}: a model on a server (a URL) is for localaug run and localaug judge or grade; here give "
                          "a GGUF file, a family or store name, or a checkpoint folder")
     path, spec = resolve_model(model, quant)
     meta = model_metadata(path)

@@ -33,7 +33,9 @@ from localaug.core.errors import ReplyParseError, UsageError, opt
 from localaug.family import prompts
 from localaug.family.prompts import Pair
 from localaug.family.styles import PromptStyle, build_prompt, examples_for, parse_reply, user_turn
-from localaug.runtime.engine import Engine, Generation, SamplingParams, sample_seed
+from localaug.runtime.engine import Engine
+from localaug.runtime.sampling import SamplingParams, sample_seed
+from localaug.runtime.stream import Generation
 
 
 SINGLE_SAMPLE = ("refine", "respond")  # one sample per input, judged alone

@@ -245,12 +245,13 @@ def bench(
 
 
 def _batch_curve(aug: Any, tokens: int) -> dict[str, Any]:
-    from localaug.augment.calibrate import CALIBRATION_PROMPT, affordable
-    from localaug.family.registry import DEFAULT_CTX
+    from localaug.family.registry import context_size
     from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, batch_curve, fastest
+    from localaug.runtime.calibrate import CALIBRATION_PROMPT, affordable
 
     engine = aug.engine
-    sizes = affordable(engine, engine.opts.n_ctx or DEFAULT_CTX, GPU_BATCH_SIZES if engine.gpu_layers else BATCH_SIZES)
+    n_ctx = context_size(engine.opts.n_ctx, engine.n_ctx_train)
+    sizes = affordable(engine, n_ctx, GPU_BATCH_SIZES if engine.gpu_layers else BATCH_SIZES)
     points = batch_curve(engine, engine.tokenize(CALIBRATION_PROMPT), sizes, tokens)
     return {"model": str(engine.path), "threads": engine.threads, "gpu_layers": engine.gpu_layers, "tokens": tokens,
             "curve": [{"parallel": p.parallel, "tokens_per_s": round(p.tokens_per_s, 2),

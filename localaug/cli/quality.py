@@ -15,7 +15,7 @@ from localaug.cli.shell import command, err_console, handled, out_console
 @handled
 def grade(
     output: Annotated[Path, typer.Argument(help="A localaug run respond output (its records, or the training file with its .ledger.jsonl).")],
-    judge_model: Annotated[str, typer.Option("--judge", help="The judge: any instruct GGUF or store name (a larger one judges better).")],
+    judge_model: Annotated[str, typer.Option("--judge", help="The judge: any instruct GGUF or store name, or a model on an OpenAI-compatible server, URL#MODEL (key in LOCALAUG_REMOTE_API_KEY); a larger one judges better.")],
     pairwise: Annotated[bool, typer.Option("--pairwise", help="Judge every two answers of an instruction against each other, in both orders, instead of grading each.")] = False,
     aspect: Annotated[Aspect, typer.Option("--aspect", help="--pairwise: what the verdict weighs (helpfulness: MT-Bench's own criteria).")] = Aspect.helpfulness,  # type: ignore[valid-type,attr-defined]
     ledger: Annotated[Optional[Path], typer.Option("--output", "-o", help="The judgements ledger (default: OUTPUT.grades.jsonl, or OUTPUT.verdicts.jsonl); resumable.")] = None,

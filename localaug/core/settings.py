@@ -4,7 +4,7 @@
 ``~/.cache/localaug`` when XDG_CACHE_HOME is unset, as huggingface_hub does for its cache).
 Hugging Face's own variables (``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``) are
 honoured by huggingface_hub itself; we only read ``HF_HUB_OFFLINE`` to word errors well.
-``LOCALAUG_PARALLEL``: a batch size to use instead of the calibrated one (see augment.calibrate).
+``LOCALAUG_PARALLEL``: a batch size to use instead of the calibrated one (see runtime.calibrate).
 """
 
 from __future__ import annotations

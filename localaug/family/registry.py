@@ -19,6 +19,13 @@ AUGMENT_TASKS = TASKS[:3]  # the tasks that make new instructions (respond answe
 DEFAULT_CTX = 4096  # the context (tokens) a model starts with; grown on demand up to its trained length
 
 
+def context_size(requested: int | None, trained: int) -> int:
+    """The context (tokens of one sequence) a model runs with: ``requested``, else DEFAULT_CTX, never
+    more than the context it was trained for. The engines size their KV cache by it, and the
+    calibration measures the batch sizes that cache affords."""
+    return min(requested or DEFAULT_CTX, trained)
+
+
 @dataclass(frozen=True)
 class Architecture:
     arch: str

@@ -15,7 +15,7 @@ from localaug.family.prompts import Pair
 from localaug.family.registry import TASKS
 from localaug.family.styles import PromptStyle
 from localaug.jobs import DEDUP_MODES
-from localaug.runtime.engine import SamplingParams
+from localaug.runtime.sampling import SamplingParams
 
 __all__ = ["DEDUP_MODES", "TASKS", "JobConfig", "run_config", "run_id_of"]
 

@@ -18,8 +18,9 @@ written: the same command judges it again. Judging is greedy by default (``tempe
 MT-Bench); a sampled judge seeds each reading from the key of what it judges, so what it says does
 not depend on the order or batching of requests.
 
-The judge is any instruct GGUF (or store name), opened through ``runtime.batch.open_backend``: the
-one seam (``open_judge``) where another backend, e.g. a model on a server, slots in.
+The judge is any instruct GGUF (or store name), or a model on an OpenAI-compatible server named by
+URL (``runtime.remote``), whose URL and name then stand for the judge's sha256 in the run id; it is
+opened through ``runtime.calibrate.open_calibrated`` (``open_judge``).
 """
 
 from __future__ import annotations
@@ -33,18 +34,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localaug.augment.calibrate import choose_parallel
-from localaug.augment.resolve import resolve_style
+from localaug.augment.resolve import resolve_remote, resolve_style
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.family import judging
-from localaug.family.registry import DEFAULT_CTX
 from localaug.family.styles import PromptStyle, render_messages
 from localaug.jobs.dataio import chunked, training_examples
 from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, parse_line, record_lines, repair_ledger
 from localaug.jobs.schema import Skipped
-from localaug.runtime.batch import Backend, Request, open_backend
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
+from localaug.runtime.backend import Backend, Request, rows_per_chunk
+from localaug.runtime.calibrate import open_calibrated
+from localaug.runtime.engine import EngineOptions
+from localaug.runtime.remote import RemoteModel, is_remote
+from localaug.runtime.sampling import SamplingParams
 
 GRADES, VERDICTS = ".grades.jsonl", ".verdicts.jsonl"  # the ledgers' names: OUT + suffix
 MAX_REPLY_KEPT = 4000  # characters of each judge reply kept in the ledger
@@ -211,12 +213,16 @@ class JudgeModel:
     """A resolved judge: how to prompt it, what stands for it in the run id, the files it reads."""
 
     name: str
-    path: Path
+    path: Path | None  # None: a model on a server
     style: PromptStyle
-    identity: str  # the GGUF's sha256
+    identity: str | dict[str, str]  # the GGUF's sha256, or the server's URL and the model's name
+    remote: RemoteModel | None = None
 
 
 def resolve_judge(judge: str | os.PathLike[str]) -> JudgeModel:
+    if is_remote(judge):  # a model on a server: asked now, so a wrong URL or key fails before any work
+        r = resolve_remote(str(judge), param="judge")
+        return JudgeModel(str(r.model), None, r.style, r.model.identity(), r.model)
     m = resolve_style(judge)
     return JudgeModel(str(m.path), m.path, m.style, cached_sha256(m.path))
 
@@ -224,9 +230,8 @@ def resolve_judge(judge: str | os.PathLike[str]) -> JudgeModel:
 def open_judge(model: JudgeModel, opts: JudgeOptions) -> tuple[Backend, int]:
     """The backend that runs the judge's requests, and how many it runs at a time."""
     options = EngineOptions(device=opts.device, threads=opts.threads, n_ctx=opts.n_ctx)  # type: ignore[arg-type]
-    engine = Engine(model.path, options, context=False)
-    chosen = choose_parallel(engine, model.identity, options.n_ctx or DEFAULT_CTX, opts.parallel).value
-    return open_backend(engine, options, chosen), chosen
+    backend, chosen = open_calibrated(model.remote or model.path, options, opts.parallel)  # type: ignore[arg-type]
+    return backend, chosen.value
 
 
 def _sampling(opts: JudgeOptions, key: str, k: int) -> SamplingParams:
@@ -251,7 +256,7 @@ def _judge(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path,
     failures: list[str] = []
     finished = 0
     try:
-        for chunk in chunked(iter(items), max(4 * chosen, 8)):  # type: ignore[arg-type]
+        for chunk in chunked(iter(items), rows_per_chunk(chosen)):  # type: ignore[arg-type]
             by_key = {item.key: item for item in chunk}
             requests = [Request(f"{item.key}|{k}", render_messages(model.style, conv), _sampling(opts, item.key, k),
                                 model.style.stop) for item in chunk for k, conv in enumerate(item.conversations)]
@@ -284,7 +289,8 @@ def _prepare(output: Path, ledger: Path | None, suffix: str, judge: str | os.Pat
     read = [records, output.with_name(output.name + ".manifest.json")]
     refuse_overwriting_inputs([out, summary], read + ([Path(judge)] if Path(judge).is_file() else []))
     model = resolve_judge(judge)
-    refuse_overwriting_inputs([out, summary], [*read, model.path])
+    if model.path is not None:
+        refuse_overwriting_inputs([out, summary], [*read, model.path])
     return records, rows, out, summary, model
 
 
@@ -336,11 +342,16 @@ class GradeSummary:
     def rows(self) -> list[tuple[str, str]]:
         """The summary as (what, value) lines, for the terminal."""
         mean = "—" if self.mean is None else f"{self.mean:.2f}"
-        return [("judge", Path(self.judge).name), ("answers", str(self.answers)), ("graded", str(self.graded)),
+        return [("judge", _shown(self.judge)), ("answers", str(self.answers)), ("graded", str(self.graded)),
                 ("graded now", str(self.done_now)), ("no rating in the reply", str(self.no_rating)),
                 ("mean rating", mean), ("ratings 1–10", " ".join(f"{k}:{v}" for k, v in self.distribution.items())),
                 *([("requests that failed (rerun)", f"{self.failed}: {self.first_error}")] if self.failed else []),
                 ("grades", self.ledger)]
+
+
+def _shown(judge: str) -> str:
+    """The judge as a summary line names it: a GGUF by its file name, a model on a server by URL#MODEL."""
+    return judge if is_remote(judge) else Path(judge).name
 
 
 def distribution(scores: list[float]) -> dict[str, int]:
@@ -403,7 +414,7 @@ class VerdictSummary:
 
     def rows(self) -> list[tuple[str, str]]:
         shown = f"{self.first_shown_preferred} of {self.decided_readings}" if self.decided_readings else "—"
-        return [("judge", Path(self.judge).name), ("aspect", self.aspect), ("pairs of answers", str(self.pairs)),
+        return [("judge", _shown(self.judge)), ("aspect", self.aspect), ("pairs of answers", str(self.pairs)),
                 ("judged", str(self.judged)), ("judged now", str(self.done_now)),
                 *((k, str(v)) for k, v in self.outcomes.items()), ("readings naming the answer shown first", shown),
                 *([("requests that failed (rerun)", f"{self.failed}: {self.first_error}")] if self.failed else []),

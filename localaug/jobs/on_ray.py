@@ -62,6 +62,7 @@ from localaug.jobs.keys import RowKeys, make_key
 from localaug.jobs.ledger import lock_path, record_counts
 from localaug.jobs.run import JobOptions, JobPlan, JobProgress, JobStats, JobSummary, Target, execute
 from localaug.jobs.worker import Worker, result_keys
+from localaug.runtime.backend import DEFAULT_PARALLEL, rows_per_chunk
 from localaug.runtime.engine import EngineOptions
 from localaug.runtime.remote import is_remote
 
@@ -76,7 +77,7 @@ class Resources:
     actors: int | None = None
     num_cpus: float | None = None  # per actor; llama.cpp threads default to this
     num_gpus: float = 0.0  # per actor; a GPU actor offloads every layer (device auto)
-    batch_size: int | None = None  # rows per actor call; default max(4 x parallel, 8), as localaug run
+    batch_size: int | None = None  # rows per actor call; default runtime.backend.rows_per_chunk, as localaug run
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ def _map(ds: ray.data.Dataset, job: ActorJob, res: Resources, actors: int) -> ra
 
 
 def _batch_size(job: ActorJob, res: Resources) -> int:
-    return res.batch_size or max(4 * (job.parallel or 8), 8)
+    return res.batch_size or rows_per_chunk(job.parallel or DEFAULT_PARALLEL)
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ def actor_job(opts: JobOptions, plan: JobPlan, res: Resources, records: bool) ->
     shared filesystem), a name is looked up by its sha256 in each node's store."""
     model = str(opts.model or DEFAULT_MODELS[opts.task])
     is_path = Path(model).suffix == ".gguf" and Path(model).is_file()  # as resolve_model decides
-    return ActorJob(str(Path(model).resolve()) if is_path else str(model), is_path, plan.sha256, plan.run_id, plan.cfg,
+    return ActorJob(str(Path(model).resolve()) if is_path else str(model), is_path, plan.sha256, plan.run_id, plan.job_config,
                     plan.style, opts.engine_options(threads_default=max(1, int(res.num_cpus or 1))), opts.parallel,
                     records)
 

@@ -129,8 +129,8 @@ class JobPlan:
     style: PromptStyle
     meta: dict[str, Any]
     sha256: str | None
-    cfg: JobConfig
-    config: dict[str, Any]  # what the run id hashes (in the manifest, to name what changed)
+    job_config: JobConfig  # what the worker runs each row with
+    run_config: dict[str, Any]  # what the run id hashes (in the manifest, to name what changed)
     run_id: str
     remote: RemoteModel | None = None
 

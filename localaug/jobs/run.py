@@ -52,11 +52,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localaug._version import __version__
-from localaug.augment.calibrate import Parallel, choose_parallel, remote_parallel
 from localaug.augment.tasks import SINGLE_SAMPLE
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
-from localaug.family.registry import DEFAULT_CTX
 from localaug.jobs import dataio
 from localaug.jobs.columns import check_columns
 from localaug.jobs.dataio import InputRow
@@ -78,9 +76,9 @@ from localaug.jobs.pending import PendingRows
 from localaug.jobs.seen import Loaded, SeenBook, compact_keeping_index, index_paths
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
-from localaug.runtime.batch import Backend, open_backend
-from localaug.runtime.engine import Engine, llama_cpp_version
-from localaug.runtime.remote import open_remote
+from localaug.runtime.backend import Backend, rows_per_chunk
+from localaug.runtime.calibrate import Parallel, open_calibrated
+from localaug.runtime.llama import llama_cpp_version
 
 __all__ = ["OUTPUT_FORMATS", "JobOptions", "JobPlan", "JobStats", "JobSummary", "execute", "run_job"]
 
@@ -140,7 +138,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
             previous = _refuse_another_run(target, plan)
             stats, todo = JobStats(), _todo(target.statuses, opts.retry_failed)
             met = KeysMet(target.statuses)
-            for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit, met):
+            for row in select_rows(executor.rows(), plan.job_config, plan.run_id, shard, opts.limit, met):
                 stats.total += 1
                 if todo(row):
                     executor.stage(row)
@@ -152,7 +150,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
             manifest: dict[str, Any] = {
                 "run_id": plan.run_id, "complete": False, "input": input_name, **target.manifest_fields(),
                 "model": plan.model_fields(), "localaug": __version__, "llama_cpp_python": llama_cpp_version(),
-                "config": plan.config, "shard": list(shard) if shard else None, "limit": opts.limit,
+                "config": plan.run_config, "shard": list(shard) if shard else None, "limit": opts.limit,
                 "started": started_at, **_kept(previous, stats), **executor.manifest_fields(plan)}
 
             def save(complete: bool) -> None:
@@ -165,7 +163,7 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
                 progress.start(stats, _start_message(plan.run_id, executor.where, stats, opts.retry_failed, note))
 
             def pending() -> Iterator[InputRow]:
-                return (row for row in select_rows(executor.rows(), plan.cfg, plan.run_id, shard, opts.limit) if todo(row))
+                return (row for row in select_rows(executor.rows(), plan.job_config, plan.run_id, shard, opts.limit) if todo(row))
 
             _drive(plan, executor, target, stats, pending, progress, save)
             exported = target.finish()
@@ -236,7 +234,7 @@ def _refuse_another_run(target: Target, plan: JobPlan) -> dict[str, Any]:
     """The manifest already there (empty: none), refusing it when it is another run's."""
     old = read_json(target.manifest_path) or {}
     if target.statuses and old and old.get("run_id") != plan.run_id:
-        changed = ", ".join(changed_keys(old.get("config", {}), plan.config)) or "the run settings"
+        changed = ", ".join(changed_keys(old.get("config", {}), plan.run_config)) or "the run settings"
         raise JobError(f"{target.where} holds a different run ({changed} changed): rerun with the same arguments to "
                        f"resume, or choose another {opt('output')}", path=str(target.where))
     return old
@@ -335,7 +333,7 @@ class LocalExecutor:
         self.input_path, self.opts = input_path, opts
         text_file = input_path.is_file() and dataio.input_kind(input_path) in dataio.TEXT_KINDS
         self.pending = PendingRows(input_path if text_file else None)  # the rows to do, met while counting
-        self.engine: Engine | None = None
+        self.backend: Backend | None = None
         self.parallel: Parallel | None = None
         self.note = ""
         self.loaded: Loaded | None = None  # how the job-wide duplicate index was filled
@@ -344,15 +342,13 @@ class LocalExecutor:
         return opts.plan()
 
     def load(self, plan: JobPlan) -> None:
-        opts = self.opts
-        if plan.remote is not None:  # nothing to load: requests in flight instead of sequences decoded
-            self.parallel = remote_parallel(opts.parallel)
+        model = plan.remote if plan.remote is not None else plan.path
+        assert model is not None
+        self.backend, self.parallel = open_calibrated(model, self.opts.engine_options(), self.opts.parallel)
+        if plan.remote is not None:  # nothing loaded: requests in flight instead of sequences decoded
             self.note = f"{self.parallel.value} requests in flight to {plan.remote}"
-            return
-        options = opts.engine_options()
-        self.engine = Engine(plan.path, options, context=False)
-        self.parallel = choose_parallel(self.engine, plan.sha256, options.n_ctx or DEFAULT_CTX, opts.parallel)
-        self.note = self.parallel.describe() if self.parallel.source in ("calibrated", "cached") else ""
+        else:
+            self.note = self.parallel.describe() if self.parallel.source in ("calibrated", "cached") else ""
 
     def rows(self) -> Iterator[InputRow]:
         rows = dataio.read_rows(self.input_path)
@@ -365,21 +361,16 @@ class LocalExecutor:
         self.pending.add(row)  # where it is (read again when its turn comes), or the row itself
 
     def run(self, plan: JobPlan, pending: Callable[[], Iterator[InputRow]], target: Target) -> Iterator[list[dict[str, Any]]]:
-        assert self.parallel is not None, "plan() chooses the batch size"
-        if plan.remote is not None:
-            backend: Backend = open_remote(plan.remote, self.parallel.value)
-        else:
-            assert self.engine is not None, "plan() loads the model"
-            engine, self.engine = self.engine, None  # the backend owns it now
-            backend = open_backend(engine, self.opts.engine_options(), self.parallel.value)
-        seen = plan.cfg.new_seen()
+        assert self.backend is not None and self.parallel is not None, "load() opens the backend"
+        backend, self.backend = self.backend, None  # closed below
+        seen = plan.job_config.new_seen()
         # kept beside the ledger for the tasks whose records hold new instructions
-        book = SeenBook(target.where, plan.run_id, seen) if seen is not None and plan.cfg.task not in SINGLE_SAMPLE else None
+        book = SeenBook(target.where, plan.run_id, seen) if seen is not None and plan.job_config.task not in SINGLE_SAMPLE else None
         try:
             if book is not None:
                 self.loaded = book.load()
-            for chunk in dataio.chunked(self.pending.rows(pending), max(4 * self.parallel.value, 8)):
-                for rec in augment(backend, plan.style, plan.cfg, chunk, seen):
+            for chunk in dataio.chunked(self.pending.rows(pending), rows_per_chunk(self.parallel.value)):
+                for rec in augment(backend, plan.style, plan.job_config, chunk, seen):
                     yield [rec]
                     if book is not None:  # the record is in the ledger now
                         book.written(rec)
@@ -399,9 +390,9 @@ class LocalExecutor:
         return fields
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
 
 def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[str], *,  # noqa: A002 - the CLI's --input

@@ -1,7 +1,8 @@
 """The per-batch function of a job: rows in, one record per row out, the model loaded once.
 
-``augment`` turns input rows into records through a *backend* (``localaug.runtime.batch``: the
-continuous-batching engine when ``parallel > 1``, else one sequence at a time). Each row is driven
+``augment`` turns input rows into records through a *backend* (``localaug.runtime.backend``: the
+continuous-batching engine when ``parallel > 1``, else one sequence at a time, or a model on a
+server). Each row is driven
 by ``augment.tasks.Draw``, the sampling loop the terminal and the server drive too: samples until
 ``n`` pass the filters (length, refusal, echo of the input, duplicates within the row and,
 optionally, across the job) or a cap is hit, every rejection counted by reason. ``Worker`` wraps it for other schedulers (e.g. Ray
@@ -16,17 +17,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from localaug.augment import filters, tasks
-from localaug.augment.calibrate import choose_parallel
 from localaug.augment.resolve import resolve_style
 from localaug.core.errors import LocalaugError
 from localaug.core.files import cached_sha256
-from localaug.family.registry import DEFAULT_CTX
 from localaug.family.styles import PromptStyle
 from localaug.jobs.config import JobConfig, run_config, run_id_of
 from localaug.jobs.dataio import InputRow, get_field
 from localaug.jobs.keys import make_key, row_context, row_identity, row_payload
-from localaug.runtime.batch import Backend, Request, Result, open_backend
-from localaug.runtime.engine import Engine, EngineOptions, sample_seed
+from localaug.runtime.backend import DEFAULT_PARALLEL, Backend, Request, Result
+from localaug.runtime.calibrate import open_calibrated
+from localaug.runtime.engine import EngineOptions
+from localaug.runtime.sampling import sample_seed
 
 # Result keys a record sets; input columns with these names are kept as source_<name>.
 RESULT_KEYS = ("output", "outputs", "pairs", "task", "model", "seed", "status", "finish_reason", "error",
@@ -191,20 +192,17 @@ class Worker:
     ``style`` (a style resolved elsewhere, e.g. on a Ray driver) overrides ``prompt_format``."""
 
     def __init__(self, model: str | os.PathLike[str], cfg: JobConfig, *, options: EngineOptions | None = None,
-                 prompt_format: str | None = None, quant: str | None = None, parallel: int | None = 8,
+                 prompt_format: str | None = None, quant: str | None = None, parallel: int | None = DEFAULT_PARALLEL,
                  style: PromptStyle | None = None) -> None:
         m = resolve_style(model, quant, style.prompt_format if style else prompt_format)
         path, spec, self.style = m.path, m.spec, style or m.style
         self.cfg = replace(cfg, model_name=cfg.model_name or (spec.name if spec else path.name))
         self.path = path
         self.cfg.validate()
-        sha = cached_sha256(path)
-        self.run_id = run_id_of(run_config(self.cfg, sha, self.style))
+        self.run_id = run_id_of(run_config(self.cfg, cached_sha256(path), self.style))
         self.seen = self.cfg.new_seen()
-        options = options or EngineOptions()
-        engine = Engine(path, options, context=False)
-        self.parallel = choose_parallel(engine, sha, options.n_ctx or DEFAULT_CTX, parallel).value  # None: calibrated
-        self.backend = open_backend(engine, options, self.parallel)
+        self.backend, chosen = open_calibrated(path, options or EngineOptions(), parallel)  # None: calibrated
+        self.parallel = chosen.value
 
     def __call__(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen: dict[str, int] = {}

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from localaug.augment.calibrate import choose_parallel, remote_parallel
 from localaug.augment.resolve import resolve_remote, resolve_style
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import (
@@ -41,14 +40,15 @@ from localaug.core.files import (
     write_json_atomic,
 )
 from localaug.family import judging
-from localaug.family.registry import DEFAULT_CTX
 from localaug.family.styles import PromptStyle, render_messages
 from localaug.jobs.dataio import chunked
 from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, parse_line, record_lines, repair_ledger
 from localaug.jobs.schema import Skipped
-from localaug.runtime.batch import Backend, Request, open_backend
-from localaug.runtime.engine import Engine, EngineOptions, SamplingParams
-from localaug.runtime.remote import RemoteModel, is_remote, open_remote
+from localaug.runtime.backend import Request, rows_per_chunk
+from localaug.runtime.calibrate import open_calibrated
+from localaug.runtime.engine import EngineOptions
+from localaug.runtime.remote import RemoteModel, is_remote
+from localaug.runtime.sampling import SamplingParams
 
 MAX_REPLY_KEPT = 4000  # characters of each judge reply kept in the ledger
 
@@ -283,13 +283,13 @@ def _judge(todo: list[str], left: dict[str, tuple[str, str]], right: dict[str, t
            max_tokens: int, tick: Callable[[int], Any]) -> list[str]:
     """Judge the pairs ``todo`` into the ledger; the errors of the pairs whose request failed (not
     written, so that the same command judges them again)."""
-    backend, chosen = _backend(model, options, parallel)
+    backend, chosen = open_calibrated(model, options, parallel)  # a remote model: requests in flight
     greedy = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
     appender = Appender(out)
     finished = 0
     failures: list[str] = []
     try:
-        for chunk in chunked(iter(todo), max(4 * chosen, 8)):  # type: ignore[arg-type]
+        for chunk in chunked(iter(todo), rows_per_chunk(chosen.value)):  # type: ignore[arg-type]
             requests = []
             for key in chunk:
                 question, ans_a = left[key]
@@ -320,13 +320,3 @@ def _judge(todo: list[str], left: dict[str, tuple[str, str]], right: dict[str, t
         appender.close()
         backend.close()
     return failures
-
-
-def _backend(model: Path | RemoteModel, options: EngineOptions, parallel: int | None) -> tuple[Backend, int]:
-    """The judge's backend and its batch size (a remote model: requests in flight)."""
-    if isinstance(model, RemoteModel):
-        chosen = remote_parallel(parallel).value
-        return open_remote(model, chosen), chosen
-    engine = Engine(model, options, context=False)
-    chosen = choose_parallel(engine, cached_sha256(model), options.n_ctx or DEFAULT_CTX, parallel).value
-    return open_backend(engine, options, chosen), chosen

@@ -3,7 +3,7 @@
 Every ``llama_decode`` call carries one token for each sequence that is generating plus, in the
 room left (``n_batch``), chunks of the prompts of newly admitted sequences. Each sequence has its
 own slot (llama.cpp sequence id), its own native sampler chain and its own stop/detokenisation
-state (``engine.TextStream``, the very code ``Engine`` runs). A slot is refilled from the request
+state (``stream.TextStream``, the very code ``Engine`` runs). A slot is refilled from the request
 iterator as soon as its sequence finishes, so requests are pulled lazily and a job of a million
 rows streams through a fixed amount of memory.
 
@@ -16,15 +16,8 @@ re-decoding only the prompt's last token for its logits.
 The KV cache is unified (one pool of ``(parallel + 1) x n_ctx`` cells shared by all slots), so
 prompt chunks and decode tokens of any mix of slots go into one micro-batch.
 
-Shared prefixes are decoded once. One more sequence id (``parallel``) holds the KV of a cached
-prefix: after a prompt is decoded, the holder keeps the part it shares with the previous cached
-prompt when that is most of the prompt (else this prompt); requests admitted together that share a
-beginning (a job's first rows) have it decoded into the holder first. A new prompt that starts with at least
-``MIN_SHARE`` tokens of it copies their KV (``llama_memory_seq_cp``: cells are shared, nothing is
-recomputed) and prefills only its own suffix. So the system turn, teacher-mode instructions and
-examples, Response-Exp seed pairs or a client's system prompt are decoded once per engine, for
-every row of a job and across the requests of a server. The holder survives sessions; with F32
-weights and KV the results are token-identical to decoding every prompt whole.
+Shared prefixes are decoded once (``runtime.prefix``): one more sequence id (``parallel``) holds
+the KV of a cached prompt beginning that new prompts copy instead of decoding it again.
 
 The run's state lives in ``Slots`` (fill / step / cancel / clear), handed out by
 ``BatchEngine.session()``, so the same machinery serves a pulled iterator here and a long-running
@@ -39,96 +32,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import llama_cpp as L
 
 from localaug.core.errors import EngineError, opt
-from localaug.family.prompts import Chat
-from localaug.family.registry import DEFAULT_CTX
-from localaug.runtime.engine import (
-    Closing,
-    Engine,
-    EngineOptions,
-    Generation,
-    SamplingParams,
-    TextStream,
-    make_sampler,
-    sample_seed,
-)
-
-
-@dataclass(frozen=True)
-class Request:
-    id: str
-    prompt: str | list[int] | Chat  # Chat: messages, for a model on a server (runtime.remote)
-    sampling: SamplingParams
-    stop: tuple[str, ...] = ()
-    n: int = 1
-    ignore_eog: bool = False  # decode exactly max_tokens (benchmarks)
-
-
-@dataclass
-class Result:
-    """One finished sample: ``generation`` or, when the request could not run, ``error``."""
-
-    id: str
-    index: int  # 0..n-1
-    generation: Generation | None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def outcome(self) -> Generation | str:
-        """The generation, or why there is none."""
-        return self.generation if self.generation is not None else (self.error or "no generation")
-
-
-class Backend(Protocol):
-    """What runs requests: ``run(requests)`` yields one Result per sample as it finishes (any
-    order); ``close()`` frees what the backend loaded. ``BatchEngine`` decodes many sequences
-    together; ``SequentialBackend`` one at a time on an ``Engine``."""
-
-    def run(self, requests: Iterable[Request]) -> Iterator[Result]: ...
-
-    def close(self) -> None: ...
-
-
-class SequentialBackend(Closing):
-    """One request at a time on one Engine; sample k of a request uses seed + k."""
-
-    def __init__(self, engine: Engine, owns: bool = False) -> None:
-        self.engine, self._owns = engine, owns
-
-    def run(self, requests: Iterable[Request]) -> Iterator[Result]:
-        for req in requests:
-            for k in range(req.n):
-                try:
-                    gen = self.engine.generate(req.prompt, replace(req.sampling, seed=sample_seed(req.sampling.seed, k)), req.stop)
-                except Exception as e:  # noqa: BLE001 - a bad row must not stop the others
-                    for j in range(k, req.n):
-                        yield Result(req.id, j, None, str(e))
-                    break
-                yield Result(req.id, k, gen)
-
-    def close(self) -> None:
-        if self._owns and self.engine is not None:
-            self.engine.close()
-            self.engine = None  # type: ignore[assignment]
-
-
-def open_backend(model: str | os.PathLike[str] | Engine, options: EngineOptions, parallel: int) -> Backend:
-    """A backend for ``parallel`` sequences at a time on ``model`` (a GGUF path, loaded here, or a
-    loaded Engine, which the backend then owns); ``close()`` frees it."""
-    engine = model if isinstance(model, Engine) else Engine(model, options, context=False)
-    if parallel > 1:
-        return BatchEngine(engine, parallel=parallel, n_ctx=options.n_ctx, owns_engine=True)
-    engine.ensure_context()
-    return SequentialBackend(engine, owns=True)
-
+from localaug.family.registry import context_size
+from localaug.runtime.backend import DEFAULT_PARALLEL, Request, Result
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.llama import Closing, TokenBatch, drop_sequence
+from localaug.runtime.prefix import PrefixCache
+from localaug.runtime.sampling import make_sampler, sample_seed
+from localaug.runtime.stream import Piece, TextStream
 
 @dataclass
 class _Group:
@@ -160,25 +74,6 @@ class _Seq:
     first: float = 0.0
 
 
-MIN_SHARE = 8  # prompt tokens a request must share with the cached prefix to start from it
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n, limit = 0, min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
-
-
-@dataclass
-class PrefixStats:
-    """Prompt tokens decoded (a shared prefix once, into the holder), and prompt tokens whose KV came
-    from the cached prefix instead."""
-
-    decoded: int = 0
-    reused: int = 0
-
-
 class BatchEngine(Closing):
     """``parallel`` sequences at a time on one model.
 
@@ -186,17 +81,19 @@ class BatchEngine(Closing):
     (its model is shared, not copied; keep that Engine open while this one is in use, unless
     ``owns_engine`` hands it over: then ``close`` frees it too).
     ``n_ctx`` is the context of ONE sequence (prompt + max_tokens must fit it); None means the
-    options' n_ctx or min(4096, trained context). The context holds ``(parallel + 1) x n_ctx``
-    cells: one sequence more than ``parallel`` holds the cached shared prefix (``share_prefix``).
+    options' n_ctx, sized by ``family.registry.context_size``. The context holds
+    ``(parallel + 1) x n_ctx`` cells: one sequence more than ``parallel`` holds the cached shared
+    prefix (``prefix``; ``share_prefix`` False: none).
 
     ``run(requests)`` drives a whole iterator of requests; ``session()`` hands out the run state
     (``Slots``) for a caller that feeds requests over time (the server's scheduler).
     """
 
-    def __init__(self, model: str | os.PathLike[str] | Engine, opts: EngineOptions | None = None, parallel: int = 8,
-                 n_ctx: int | None = None, share_prefix: bool = True, owns_engine: bool = False) -> None:
+    def __init__(self, model: str | os.PathLike[str] | Engine, opts: EngineOptions | None = None,
+                 parallel: int = DEFAULT_PARALLEL, n_ctx: int | None = None, share_prefix: bool = True,
+                 owns_engine: bool = False) -> None:
         # what close() frees, first: a constructor that fails part-way still closes cleanly
-        self.ctx = self.llama_batch = None
+        self.ctx = self.token_batch = None
         self._owns_engine = False
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -206,21 +103,18 @@ class BatchEngine(Closing):
             self.engine, self._owns_engine = Engine(model, opts or EngineOptions(), context=False), True
         self.opts = self.engine.opts
         self.parallel = parallel
-        self.n_ctx_seq = min(n_ctx or self.opts.n_ctx or DEFAULT_CTX, self.engine.n_ctx_train)
+        self.n_ctx_seq = context_size(n_ctx or self.opts.n_ctx, self.engine.n_ctx_train)
         self.lock = threading.Lock()
-        self.share_prefix = share_prefix
-        self.holder = parallel  # the sequence id of the cached prefix
-        self.prefix: list[int] = []  # the tokens whose KV the holder keeps
-        self.prefix_stats = PrefixStats()
         self.ctx = self.engine.new_context(self.n_ctx_seq * (parallel + 1), n_seq_max=parallel + 1, kv_unified=True)
         self.memory = L.llama_get_memory(self.ctx)
         self.n_batch = L.llama_n_batch(self.ctx)
-        self.llama_batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self.token_batch = TokenBatch(self.n_batch)
+        self.prefix = PrefixCache(self.ctx, self.memory, self.token_batch, holder=parallel, enabled=share_prefix)
 
     def close(self) -> None:
-        if self.llama_batch is not None:
-            L.llama_batch_free(self.llama_batch)
-            self.llama_batch = None
+        if self.token_batch is not None:
+            self.token_batch.close()
+            self.token_batch = None
         if self.ctx is not None:
             L.llama_free(self.ctx)
             self.ctx = None
@@ -243,12 +137,7 @@ class BatchEngine(Closing):
 
     def _clear_slots(self) -> None:
         for slot in range(self.parallel):
-            _empty(self.memory, slot)
-
-    def forget_prefix(self) -> None:
-        """Drop the cached prefix (after a failed step, or to measure cold prompts)."""
-        _empty(self.memory, self.holder)
-        self.prefix = []
+            drop_sequence(self.memory, slot)
 
     def run(self, requests: Iterable[Request]) -> Iterator[Result]:
         """Yield one Result per sample of each request as it finishes (any order).
@@ -278,15 +167,6 @@ class BatchEngine(Closing):
                 yield from state.step()  # type: ignore[misc]
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Streamed text of one sample: new text that no stop string can still cut."""
-
-    id: str
-    index: int
-    text: str
-
-
 class Slots:
     """The state of one continuous-batching run on a BatchEngine: which sequence holds which slot,
     which admitted requests still have samples to start, and the step that advances them all.
@@ -295,10 +175,10 @@ class Slots:
     queue fed by other threads, streaming ``Piece``s and cancelling requests between steps. Get one
     from ``BatchEngine.session()``, which holds the engine for the run."""
 
-    def __init__(self, engine: BatchEngine, stream: bool) -> None:
-        self.engine = engine
+    def __init__(self, batch: BatchEngine, stream: bool) -> None:
+        self.batch = batch
         self.stream = stream
-        self.slots: list[_Seq | None] = [None] * engine.parallel
+        self.slots: list[_Seq | None] = [None] * batch.parallel
         self.groups: list[_Group] = []  # admitted requests with samples not yet started
         self.last_batch_tokens = 0
 
@@ -311,7 +191,7 @@ class Slots:
         (None: nothing more for now). Yields the error Results of requests that cannot run; a
         request that fails to start (whatever the exception) fails alone, its slots freed."""
         slots, groups = self.slots, self.groups
-        for slot in range(self.engine.parallel):
+        for slot in range(self.batch.parallel):
             while slots[slot] is None:
                 group = next((g for g in groups if g.prefilled and g.live), None)
                 if group is None:
@@ -323,7 +203,7 @@ class Slots:
                     continue
                 if not group.pending and group in groups:
                     groups.remove(group)
-        free = [slot for slot in range(self.engine.parallel) if slots[slot] is None]
+        free = [slot for slot in range(self.batch.parallel) if slots[slot] is None]
         admitted: list[_Group] = []
         while len(admitted) < len(free):
             request = pull()
@@ -335,100 +215,27 @@ class Slots:
                 admitted.append(group)
         if len(admitted) > 1:
             try:
-                self._cache_common_prefix(admitted)
+                self.batch.prefix.cache_common([g.tokens for g in admitted])
             except Exception:  # noqa: BLE001 - a bug of ours must not fail the requests: nothing is cached then
-                self.engine.forget_prefix()
+                self.batch.prefix.forget()
         for group, slot in zip(admitted, free):
             yield from self._begin(group, slot)
 
     def _begin(self, group: _Group, slot: int) -> Iterator[Result]:
         """Start an admitted request in the free ``slot``; a prompt that starts with the cached
         prefix takes that prefix's KV and prefills only the rest."""
-        shared = group.shared = self._shared(group.tokens)
+        prefix = self.batch.prefix
         try:
-            if shared:
-                L.llama_memory_seq_cp(self.engine.memory, self.engine.holder, slot, 0, shared)
+            shared = group.shared = prefix.take(slot, group.tokens)
             self.slots[slot] = self._start(group, slot, group.tokens[shared:], shared)
         except Exception as exc:  # noqa: BLE001 - e.g. sampling a binding refuses: fail this request only
-            _empty(self.engine.memory, slot)
+            drop_sequence(self.batch.memory, slot)
             yield from self._abort(group, f"could not start: {exc}")
             return
-        stats = self.engine.prefix_stats
-        stats.reused += shared
-        stats.decoded += len(group.tokens) - shared
+        prefix.stats.reused += shared
+        prefix.stats.decoded += len(group.tokens) - shared
         if group.pending:
             self.groups.append(group)
-
-    def _cache_common_prefix(self, admitted: list[_Group]) -> None:
-        """Requests admitted together that share a beginning (a job's first rows, a burst of
-        requests with one system prompt): decode that beginning once, into the holder, so that
-        each of them prefills only its own part. The prefix chosen saves the most tokens. When
-        llama.cpp refuses to decode it, nothing is cached: each prompt is then decoded whole.
-        ``admitted`` holds at least two requests."""
-        eng = self.engine
-        if not eng.share_prefix:
-            return
-        ordered = sorted((g.tokens for g in admitted))
-        adjacent = [_common(a, b) for a, b in zip(ordered, ordered[1:])]
-        best, best_saved = 0, 0
-        for i, length in enumerate(adjacent):
-            lo = hi = i  # the run of neighbours sharing at least ``length`` tokens
-            while lo > 0 and adjacent[lo - 1] >= length:
-                lo -= 1
-            while hi + 1 < len(adjacent) and adjacent[hi + 1] >= length:
-                hi += 1
-            saved = length * (hi - lo + 1)  # every member of the run but one skips ``length`` tokens
-            if saved > best_saved:
-                best, best_saved = i, saved
-        length = min(adjacent[best], *(len(t) - 1 for t in ordered[best:best + 2]))
-        prefix = ordered[best][:length]
-        if length < MIN_SHARE or _common(eng.prefix, prefix) >= length:
-            return  # too short, or cached already
-        keep = _common(eng.prefix, prefix)
-        if keep < MIN_SHARE:
-            keep = 0
-        L.llama_memory_seq_rm(eng.memory, eng.holder, keep, -1)
-        b = eng.llama_batch
-        for start in range(keep, length, eng.n_batch):
-            chunk = prefix[start:start + eng.n_batch]
-            for j, tok in enumerate(chunk):
-                b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, start + j, 1, 0
-                b.seq_id[j][0] = eng.holder
-            b.n_tokens = len(chunk)
-            if L.llama_decode(eng.ctx, b) != 0:
-                eng.forget_prefix()  # the holder's KV is incomplete: cache nothing
-                return
-        eng.prefix = prefix
-        eng.prefix_stats.decoded += length - keep
-
-    def _shared(self, tokens: list[int]) -> int:
-        """How many leading tokens of ``tokens`` to take from the cached prefix (0: none); never
-        the last one, whose logits the request needs."""
-        eng = self.engine
-        if not eng.share_prefix:
-            return 0
-        shared = min(_common(eng.prefix, tokens), len(tokens) - 1)
-        return shared if shared >= MIN_SHARE else 0
-
-    def _remember(self, slot: int, tokens: list[int]) -> None:
-        """A prompt has just been decoded in ``slot``: keep in the holder what it shares with the
-        cached prefix when that is most of it (rows of one job: the fixed part of their prompt),
-        else this prompt, all but its last token (a new conversation: a client's new system prompt
-        that merely starts like the old one)."""
-        eng = self.engine
-        if not eng.share_prefix:
-            return
-        common = _common(eng.prefix, tokens)
-        if common >= MIN_SHARE and 2 * common >= len(tokens) - 1:
-            if common < len(eng.prefix):
-                L.llama_memory_seq_rm(eng.memory, eng.holder, common, -1)
-                del eng.prefix[common:]
-            return
-        if len(tokens) - 1 < MIN_SHARE:
-            return  # too short to be worth a cached copy
-        _empty(eng.memory, eng.holder)
-        L.llama_memory_seq_cp(eng.memory, slot, eng.holder, 0, len(tokens) - 1)
-        eng.prefix = tokens[:-1]
 
     def _abort(self, group: _Group, message: str) -> list[Result]:
         """Stop a request: free its running samples, forget its pending ones; an error Result for
@@ -450,9 +257,9 @@ class Slots:
             if not group.prefilled:
                 # the prompt is in: fork the request's other samples into free slots (KV copy)
                 group.prefilled = True
-                self._remember(slot, group.tokens)
+                self.batch.prefix.remember(slot, group.tokens)
                 try:
-                    for free in range(self.engine.parallel):
+                    for free in range(self.batch.parallel):
                         if group.pending and slots[free] is None:
                             self._fork(group, slot, free, whole=True)
                             targets.append(free)
@@ -489,7 +296,7 @@ class Slots:
         for slot, seq in enumerate(self.slots):
             if seq is not None and seq.group.request.id == request_id:
                 L.llama_sampler_free(seq.sampler)
-                _empty(self.engine.memory, slot)
+                drop_sequence(self.batch.memory, slot)
                 self.slots[slot] = None
                 freed += 1
         self.groups[:] = [g for g in self.groups if g.request.id != request_id]
@@ -501,8 +308,8 @@ class Slots:
         ids = list(dict.fromkeys(s.group.request.id for s in self.slots if s is not None))
         self.close()
         self.groups.clear()
-        L.llama_memory_clear(self.engine.memory, True)
-        self.engine.prefix = []
+        L.llama_memory_clear(self.batch.memory, True)
+        self.batch.prefix.forget()  # its KV went with the rest
         return ids
 
     def close(self) -> None:
@@ -510,19 +317,19 @@ class Slots:
         for seq in self.slots:
             if seq is not None:
                 L.llama_sampler_free(seq.sampler)
-        self.slots = [None] * self.engine.parallel
+        self.slots = [None] * self.batch.parallel
 
     # -- the steps ---------------------------------------------------------------------------------
 
     def _admit(self, request: Request) -> tuple[_Group | None, list[Result]]:
         p = request.sampling
-        n_ctx = self.engine.n_ctx_seq
-        if isinstance(request.prompt, str) and self.engine.engine.surely_too_long(request.prompt, n_ctx - p.max_tokens):
+        n_ctx, model = self.batch.n_ctx_seq, self.batch.engine
+        if isinstance(request.prompt, str) and model.surely_too_long(request.prompt, n_ctx - p.max_tokens):
             return None, _errors(request, (
                 f"the prompt ({len(request.prompt)} characters) + max_tokens {p.max_tokens} cannot fit the "
                 f"per-sequence context of {n_ctx} tokens: shorten the input, lower max_tokens or raise the context size"))
         try:
-            tokens = self.engine.engine.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+            tokens = model.tokenize(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
         except Exception as exc:  # noqa: BLE001 - a bad row must not stop the batch
             return None, _errors(request, f"could not tokenize the prompt: {exc}")
         if request.n < 1:
@@ -539,9 +346,9 @@ class Slots:
         """The group's next sample in ``slot`` (nothing of the group changes if this raises)."""
         k = group.next_index
         sampling = replace(group.request.sampling, seed=sample_seed(group.request.sampling.seed, k))
-        engine = self.engine.engine
-        out = TextStream(engine, group.request.stop, group.request.ignore_eog)
-        sampler = make_sampler(sampling, engine.n_vocab, engine.vocab)
+        model = self.batch.engine
+        out = TextStream(model, group.request.stop, group.request.ignore_eog)
+        sampler = make_sampler(sampling, model.n_vocab, model.vocab)
         group.next_index += 1
         group.live.add(slot)
         return _Seq(group, k, sampler, out, list(feed), pos, time.monotonic())
@@ -552,7 +359,7 @@ class Slots:
         ``whole``: the source has just decoded the prompt and its logits are fresh (the new sample
         samples from them); otherwise copy all but the prompt's last token and decode that again.
         A free slot holds no KV (whatever frees a slot removes its cells)."""
-        n, memory = len(group.tokens), self.engine.memory
+        n, memory = len(group.tokens), self.batch.memory
         try:
             if whole:
                 L.llama_memory_seq_cp(memory, source, slot, -1, -1)
@@ -561,38 +368,29 @@ class Slots:
                 L.llama_memory_seq_cp(memory, source, slot, 0, n - 1)
                 seq = self._start(group, slot, group.tokens[-1:], n - 1)
         except BaseException:
-            _empty(memory, slot)  # the slot stays free and empty
+            drop_sequence(memory, slot)  # the slot stays free and empty
             raise
         self.slots[slot] = seq
 
     def _decode(self, active: list[tuple[int, _Seq]]) -> list[tuple[int, _Seq, int]]:
         """One llama_decode: a token for each generating slot, then prompt chunks in the room left;
         (slot, sequence, logits index) of every sequence whose logits came out."""
-        b, room_total = self.engine.llama_batch, self.engine.n_batch
-        n = 0
+        b = self.batch.token_batch
+        b.clear()
         outputs: list[tuple[int, _Seq, int]] = []
         # generating slots (one token each) first, so they are never starved by a long prompt
         order = sorted((a for a in active if a[1].feed), key=lambda a: len(a[1].feed) > 1)
         for slot, seq in order:
-            room = room_total - n
+            room = b.capacity - b.size
             if room <= 0:
                 break
-            chunk = seq.feed[:room]
-            for j, tok in enumerate(chunk):
-                b.token[n] = tok
-                b.pos[n] = seq.pos + j
-                b.n_seq_id[n] = 1
-                b.seq_id[n][0] = slot
-                b.logits[n] = 0
-                n += 1
-            seq.feed = seq.feed[len(chunk):]
+            chunk, seq.feed = seq.feed[:room], seq.feed[room:]
+            last = b.add(chunk, seq.pos, slot, "none" if seq.feed else "last")
             seq.pos += len(chunk)
             if not seq.feed:
-                b.logits[n - 1] = 1
-                outputs.append((slot, seq, n - 1))
-        b.n_tokens = n
-        self.last_batch_tokens = n
-        rc = L.llama_decode(self.engine.ctx, b)
+                outputs.append((slot, seq, last))
+        n = self.last_batch_tokens = b.size
+        rc = b.decode(self.batch.ctx)
         if rc != 0:
             raise EngineError(f"llama_decode failed (code {rc}) on a batch of {n} tokens: lower {opt('parallel')} or "
                               f"{opt('n_ctx')}")
@@ -607,7 +405,7 @@ class Slots:
         if len(seq.out.tokens) >= p.max_tokens:  # max_tokens 0
             seq.out.end_of_length()
             return _result(seq)
-        tok = L.llama_sampler_sample(seq.sampler, self.engine.ctx, idx)
+        tok = L.llama_sampler_sample(seq.sampler, self.batch.ctx, idx)
         if not seq.first:
             seq.first = time.monotonic() - seq.started
         if seq.out.push(tok):
@@ -628,21 +426,16 @@ class Slots:
         if group.pending and not group.live:
             # last sibling of a request with samples to go: rewind its KV to the prompt and reuse the slot
             n = len(group.tokens)
-            L.llama_memory_seq_rm(self.engine.memory, slot, n - 1, -1)
+            L.llama_memory_seq_rm(self.batch.memory, slot, n - 1, -1)
             try:
                 self.slots[slot] = self._start(group, slot, group.tokens[-1:], n - 1)
             except BaseException:
-                _empty(self.engine.memory, slot)  # the slot stays free and empty
+                drop_sequence(self.batch.memory, slot)  # the slot stays free and empty
                 raise
             if not group.pending and group in self.groups:
                 self.groups.remove(group)
             return
-        _empty(self.engine.memory, slot)
-
-
-def _empty(memory: object, seq: int) -> None:
-    """Remove every KV cell of sequence ``seq``."""
-    L.llama_memory_seq_rm(memory, seq, -1, -1)
+        drop_sequence(self.batch.memory, slot)
 
 
 def _errors(request: Request, message: str) -> list[Result]:

@@ -7,8 +7,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from localaug.runtime.batch import BatchEngine, Request
-from localaug.runtime.engine import Engine, SamplingParams
+import llama_cpp as L
+
+from localaug.runtime.backend import Request
+from localaug.runtime.batch import BatchEngine
+from localaug.runtime.engine import Engine
+from localaug.runtime.llama import TokenBatch
+from localaug.runtime.sampling import SamplingParams
 
 # About 60 tokens of instruction text, the size of a typical refine input.
 BENCH_PROMPT = (
@@ -94,29 +99,23 @@ def batch_rate(batch: BatchEngine, prompt: list[int], tokens: int) -> float:
 def raw_batch_rate(engine: Engine, parallel: int, prompt: list[int], tokens: int) -> float:
     """Tokens/s of a bare llama_decode loop that decodes one token for each of ``parallel``
     sequences per call (no sampling): the ceiling of batched decoding at that shape."""
-    import llama_cpp as L
-
     ctx = engine.new_context((len(prompt) + tokens + 1) * parallel, n_seq_max=parallel, kv_unified=True)
-    batch = L.llama_batch_init(max(len(prompt), parallel), 0, 1)
     try:
-        for seq in range(parallel):  # the prompt in every sequence
-            for j, tok in enumerate(prompt):
-                batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.seq_id[j][0], batch.logits[j] = tok, j, 1, seq, 0
-            batch.logits[len(prompt) - 1] = 1
-            batch.n_tokens = len(prompt)
-            if L.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed during the benchmark")
-        started = time.monotonic()
-        for step in range(tokens):
-            for seq in range(parallel):
-                batch.token[seq], batch.pos[seq], batch.n_seq_id[seq], batch.seq_id[seq][0] = prompt[-1], len(prompt) + step, 1, seq
-                batch.logits[seq] = 1
-            batch.n_tokens = parallel
-            if L.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed during the benchmark")
-        return tokens * parallel / (time.monotonic() - started)
+        with TokenBatch(max(len(prompt), parallel)) as batch:
+            for seq in range(parallel):  # the prompt in every sequence
+                batch.clear()
+                batch.add(prompt, 0, seq, "last")
+                if batch.decode(ctx) != 0:
+                    raise RuntimeError("llama_decode failed during the benchmark")
+            started = time.monotonic()
+            for step in range(tokens):
+                batch.clear()
+                for seq in range(parallel):
+                    batch.add(prompt[-1:], len(prompt) + step, seq, "last")
+                if batch.decode(ctx) != 0:
+                    raise RuntimeError("llama_decode failed during the benchmark")
+            return tokens * parallel / (time.monotonic() - started)
     finally:
-        L.llama_batch_free(batch)
         L.llama_free(ctx)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from localaug.core.errors import EngineError
 from localaug.runtime.engine import Engine
+from localaug.runtime.llama import TokenBatch
 
 MAX_TOKENS = 256  # tokens of a text that are embedded
 BATCH_TOKENS = 2048  # tokens decoded per llama_decode
@@ -29,37 +30,32 @@ def embed(engine: Engine, texts: Sequence[str], max_tokens: int = MAX_TOKENS,
     dim = engine.n_embd
     out = np.zeros((len(texts), dim), dtype=np.float32)
     ctx = engine.new_context(BATCH_TOKENS, n_seq_max=MAX_SEQS, kv_unified=True, n_batch=BATCH_TOKENS, embeddings=True)
-    batch = L.llama_batch_init(BATCH_TOKENS, 0, 1)
     try:
-        toks = [(engine.tokenize(t, special=False) or [0])[:max_tokens] for t in texts]
-        i = 0
-        while i < len(texts):
-            group, n = [], 0
-            while i < len(texts) and len(group) < MAX_SEQS and n + len(toks[i]) <= BATCH_TOKENS:
-                group.append(i)
-                n += len(toks[i])
-                i += 1
-            k = 0
-            for seq, idx in enumerate(group):
-                for pos, tok in enumerate(toks[idx]):
-                    batch.token[k], batch.pos[k], batch.n_seq_id[k], batch.logits[k] = tok, pos, 1, 1
-                    batch.seq_id[k][0] = seq
-                    k += 1
-            batch.n_tokens = k
-            L.llama_memory_clear(L.llama_get_memory(ctx), True)
-            if L.llama_decode(ctx, batch) != 0:
-                raise EngineError("llama_decode failed while embedding: free memory or shorten the texts")
-            for seq, idx in enumerate(group):
-                ptr = L.llama_get_embeddings_seq(ctx, seq)
-                if not ptr:
-                    raise EngineError("this GGUF gives no pooled embeddings: use another --embed-model")
-                vec = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(dim,)).copy()
-                norm = float(np.linalg.norm(vec))
-                out[idx] = vec / norm if norm > 0 else vec
-            if progress:
-                progress(i)
+        with TokenBatch(BATCH_TOKENS) as batch:
+            toks = [(engine.tokenize(t, special=False) or [0])[:max_tokens] for t in texts]
+            i = 0
+            while i < len(texts):
+                group, n = [], 0
+                while i < len(texts) and len(group) < MAX_SEQS and n + len(toks[i]) <= BATCH_TOKENS:
+                    group.append(i)
+                    n += len(toks[i])
+                    i += 1
+                batch.clear()
+                for seq, idx in enumerate(group):
+                    batch.add(toks[idx], 0, seq, "all")
+                L.llama_memory_clear(L.llama_get_memory(ctx), True)
+                if batch.decode(ctx) != 0:
+                    raise EngineError("llama_decode failed while embedding: free memory or shorten the texts")
+                for seq, idx in enumerate(group):
+                    ptr = L.llama_get_embeddings_seq(ctx, seq)
+                    if not ptr:
+                        raise EngineError("this GGUF gives no pooled embeddings: use another --embed-model")
+                    vec = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(dim,)).copy()
+                    norm = float(np.linalg.norm(vec))
+                    out[idx] = vec / norm if norm > 0 else vec
+                if progress:
+                    progress(i)
     finally:
-        L.llama_batch_free(batch)
         L.llama_free(ctx)
     return out
 

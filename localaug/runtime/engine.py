@@ -1,33 +1,34 @@
-"""llama.cpp through llama-cpp-python's low-level API: load, offload, native sampler chains, streaming.
+"""One loaded GGUF model and one llama.cpp context, through llama-cpp-python's low-level API.
 
 We drive ``llama_decode`` and llama.cpp's own sampler chain directly (not the high-level ``Llama``
-class) so that sampling is exactly llama.cpp's, so that one context can later decode many
-sequences at once, and so that nothing is done per token in Python that llama.cpp can do.
+class) so that sampling is exactly llama.cpp's, so that one context can decode many sequences at
+once (``runtime.batch``), and so that nothing is done per token in Python that llama.cpp can do.
 A lock makes one Engine safe to share between threads (llama.cpp contexts are not).
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import functools
-import logging
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import llama_cpp as L
 
 from localaug.core.errors import EngineError, PromptTooLongError, UsageError, opt
 from localaug.core.install import gpu_hint
-from localaug.family.registry import DEFAULT_CTX
-from localaug.runtime.grammar import json_grammar  # noqa: F401 - bounded JSON Schema grammars live there
+from localaug.family.registry import context_size
+from localaug.runtime.llama import Closing, TokenBatch, gpu_offload_supported, quiet_llama
+from localaug.runtime.sampling import SamplingParams, grammar_sampler, make_sampler
+from localaug.runtime.stream import Generation, TextStream
 
 Device = Literal["auto", "cpu", "cuda", "metal"]
+DECODE_CHUNK = 512  # prompt tokens per llama_decode of one sequence
 
 
 @dataclass(frozen=True)
@@ -35,62 +36,9 @@ class EngineOptions:
     device: Device = "auto"
     gpu_layers: int | Literal["all"] | None = None  # None: all on a GPU device, 0 on CPU
     threads: int | None = None
-    n_ctx: int | None = None  # None: min(4096, trained context); grown on demand up to the trained one
+    n_ctx: int | None = None  # None: family.registry.context_size; grown on demand up to the trained one
     kv_f32: bool = False  # an F32 KV cache (reference checks); the default F16 halves memory
     verbose: bool = False
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.5
-    top_p: float = 0.95
-    top_k: int = 50
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    max_tokens: int = 2048
-    seed: int | None = None  # None: a random seed
-    grammar: str | None = None  # a GBNF grammar (root rule "root") the reply must follow, e.g. JSON
-
-
-def sample_seed(base: int | None, k: int) -> int | None:
-    """Sample k of an input uses seed + k (None stays random): the same samples whether they are
-    drawn one by one or forked from one prefill."""
-    return None if base is None else base + k
-
-
-@dataclass
-class Generation:
-    text: str
-    tokens: list[int]
-    finish_reason: Literal["stop", "length"]
-    prompt_tokens: int
-    seconds: float
-    first_token_seconds: float
-    stats: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.tokens)
-
-
-def llama_cpp_version() -> str:
-    return str(L.__version__)
-
-
-def gpu_offload_supported() -> bool:
-    return bool(L.llama_supports_gpu_offload())
-
-
-def system_info() -> str:
-    return L.llama_print_system_info().decode("utf-8", "replace").strip()
-
-
-_LOG_CB = None
-
-
-def _quiet_llama(verbose: bool) -> None:
-    # llama-cpp-python forwards llama.cpp's log through this logger; silence it unless asked.
-    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def _resolve_layers(opts: EngineOptions) -> int:
@@ -103,150 +51,6 @@ def _resolve_layers(opts: EngineOptions) -> int:
     if opts.gpu_layers == "all" or (opts.gpu_layers is None and gpu_offload_supported()):
         return 999  # llama.cpp clamps to the model's layer count
     return int(opts.gpu_layers or 0)
-
-
-REPEAT_LAST_N = 64  # tokens a repeat penalty looks back over (llama.cpp's default)
-
-
-def grammar_sampler(vocab: object, grammar: str):
-    """llama.cpp's grammar sampler for a GBNF text; a UsageError when llama.cpp cannot parse it."""
-    try:
-        sampler = L.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
-    except UnicodeEncodeError:
-        sampler = None
-    if not sampler:
-        raise UsageError("the grammar (response_format) could not be parsed by llama.cpp: simplify the JSON schema")
-    return sampler
-
-
-def make_sampler(p: SamplingParams, n_vocab: int, vocab: object = None):
-    """llama.cpp's native sampler chain for ``p`` (the caller frees it with ``llama_sampler_free``);
-    ``vocab`` is needed when ``p.grammar`` is set."""
-    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-    add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731
-    if p.grammar:
-        try:
-            add(grammar_sampler(vocab, p.grammar))  # first: every later sampler sees only allowed tokens
-        except BaseException:
-            L.llama_sampler_free(chain)
-            raise
-    if p.repeat_penalty and p.repeat_penalty != 1.0:
-        add(L.llama_sampler_init_penalties(n_vocab, REPEAT_LAST_N, p.repeat_penalty, 0.0, 0.0))
-    if p.temperature <= 0:
-        add(L.llama_sampler_init_greedy())
-        return chain
-    if p.top_k > 0:
-        add(L.llama_sampler_init_top_k(p.top_k))
-    if 0 < p.top_p < 1:
-        add(L.llama_sampler_init_top_p(p.top_p, 1))
-    if p.min_p > 0:
-        add(L.llama_sampler_init_min_p(p.min_p, 1))
-    add(L.llama_sampler_init_temp(p.temperature))
-    seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(4), "little")
-    add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-    return chain
-
-
-class TextStream:
-    """One generation's tokens -> text: end-of-generation and stop handling, UTF-8-safe incremental
-    detokenisation, and holding back text that could still turn into a stop string.
-
-    Stop strings are matched in the decoded text, across token boundaries: ``"\\n"`` stops at the
-    newline inside a merged token such as ``"],\\n\\n"``, and the text is cut just before the
-    stop string (OpenAI's ``stop``). A stop string that is one control token (``<|im_end|>``) is
-    matched by its id instead, because control tokens decode to no text.
-
-    Shared by Engine and BatchEngine so both finish and cut text identically."""
-
-    def __init__(self, engine: Engine, stop: Sequence[str], ignore_eog: bool = False) -> None:
-        self._engine = engine
-        self._ignore_eog = ignore_eog
-        self._stop_ids = engine.control_stop_ids(stop)
-        self._text_stops = tuple(s for s in stop if s and s not in self._stop_ids.values())
-        self._hold = max((len(s) - 1 for s in self._text_stops), default=0)
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.tokens: list[int] = []
-        self.text = ""
-        self.finish: Literal["stop", "length"] = "length"
-        self._emitted = 0
-
-    def push(self, tok: int) -> bool:
-        """Take one sampled token; True when it ends the generation (an end-of-generation or
-        control stop token is then not kept; a text stop keeps its token and cuts the text)."""
-        if not self._ignore_eog and (self._engine.is_eog(tok) or tok in self._stop_ids):
-            self.finish = "stop"
-            return True
-        self.tokens.append(tok)
-        # only text that the new piece could complete a stop string in needs searching
-        start = max(0, len(self.text) - self._hold)
-        self.text += self._decoder.decode(self._engine.piece(tok))
-        cut = self._find_stop(start)
-        if cut >= 0:
-            self.text, self.finish = self.text[:cut], "stop"
-            return True
-        return False
-
-    def _find_stop(self, start: int) -> int:
-        found = [i for i in (self.text.find(s, start) for s in self._text_stops) if i >= 0]
-        return min(found, default=-1)
-
-    def safe_piece(self) -> str:
-        """New text that no stop string can still cut ("" if none)."""
-        safe = len(self.text) - self._hold
-        if safe <= self._emitted:
-            return ""
-        piece, self._emitted = self.text[self._emitted : safe], safe
-        return piece
-
-    def end_of_length(self) -> None:
-        """max_tokens reached: flush a trailing incomplete UTF-8 sequence."""
-        self.text += self._decoder.decode(b"", final=True)
-
-    def rest(self) -> str:
-        piece, self._emitted = self.text[self._emitted :], len(self.text)
-        return piece
-
-    def generation(self, prompt_tokens: int, started: float, first: float, prefill_seconds: float,
-                   cached: int = 0) -> Generation:
-        """The finished generation; ``cached`` prompt tokens came from a cached prefix (not decoded)."""
-        done = time.monotonic()
-        n_gen = len(self.tokens)
-        return Generation(
-            text=self.text,
-            tokens=self.tokens,
-            finish_reason=self.finish,
-            prompt_tokens=prompt_tokens,
-            seconds=done - started,
-            first_token_seconds=first,
-            stats={
-                "prefill_tokens_per_s": (prompt_tokens - cached) / max(prefill_seconds, 1e-9),
-                "started": started,  # time.monotonic() at the start (for throughput over many generations)
-                "cached_prompt_tokens": float(cached),
-                "decode_tokens_per_s": max(n_gen - 1, 0) / max(done - started - first, 1e-9) if n_gen > 1 else 0.0,
-            },
-        )
-
-
-class Closing:
-    """Context-manager support for objects that own llama.cpp resources released by ``close()``."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self: "_C") -> "_C":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-_C = TypeVar("_C", bound=Closing)
 
 
 class Engine(Closing):
@@ -262,7 +66,7 @@ class Engine(Closing):
         self.path = Path(path)
         self.opts = opts or EngineOptions()
         self.lock = threading.Lock()
-        _quiet_llama(self.opts.verbose)
+        quiet_llama(self.opts.verbose)
         L.llama_backend_init()
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = _resolve_layers(self.opts)
@@ -283,8 +87,9 @@ class Engine(Closing):
         # retry, n samples, a seeded rerun) samples from exactly the logits a cold decode gives
         self._last_prompt: list[int] = []
         self._last_logits = (ctypes.c_float * 0)()
+        self._batch = TokenBatch(DECODE_CHUNK)
         if context:
-            self._make_context(self.opts.n_ctx or min(DEFAULT_CTX, self.n_ctx_train))
+            self.ensure_context()
         self.load_seconds = time.monotonic() - started
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -354,6 +159,9 @@ class Engine(Closing):
         return ctx
 
     def close(self) -> None:
+        if getattr(self, "_batch", None):
+            self._batch.close()
+            self._batch = None
         if getattr(self, "_ctx", None):
             L.llama_free(self._ctx)
             self._ctx = None
@@ -400,7 +208,7 @@ class Engine(Closing):
     def ensure_context(self) -> None:
         """Make the default context if this engine was loaded without one."""
         if not self._ctx:
-            self._make_context(self.opts.n_ctx or min(DEFAULT_CTX, self.n_ctx_train))
+            self._make_context(context_size(self.opts.n_ctx, self.n_ctx_train))
 
     @functools.cached_property
     def max_piece_bytes(self) -> int:
@@ -466,11 +274,12 @@ class Engine(Closing):
         self._make_context(-(-size // 256) * 256 if size < self.n_ctx_train else size)
 
     def _decode(self, tokens: Sequence[int]) -> None:
-        step = 512
-        for i in range(0, len(tokens), step):
-            chunk = list(tokens[i : i + step])
-            arr = (L.llama_token * len(chunk))(*chunk)
-            rc = L.llama_decode(self._ctx, L.llama_batch_get_one(arr, len(chunk)))
+        """Decode ``tokens`` after what the context holds (sequence 0); logits of the last one."""
+        for i in range(0, len(tokens), DECODE_CHUNK):
+            chunk = list(tokens[i : i + DECODE_CHUNK])
+            self._batch.clear()
+            self._batch.add(chunk, len(self._kv), 0, "last")
+            rc = self._batch.decode(self._ctx)
             if rc != 0:
                 self.forget()
                 raise EngineError(f"llama_decode failed (code {rc}): the context may be full; lower {opt('max_tokens')}")
@@ -553,11 +362,12 @@ class Engine(Closing):
             self.fit(len(prompt), n_tokens)
             self.forget()
             self._decode(prompt)
-            one = (L.llama_token * 1)(prompt[-1])
             started = time.monotonic()
             try:
-                for _ in range(n_tokens):
-                    if L.llama_decode(self._ctx, L.llama_batch_get_one(one, 1)) != 0:
+                for step in range(n_tokens):
+                    self._batch.clear()
+                    self._batch.add(prompt[-1:], len(prompt) + step, 0, "last")
+                    if self._batch.decode(self._ctx) != 0:
                         raise EngineError("llama_decode failed during the benchmark: lower the token count")
             finally:
                 self.forget()

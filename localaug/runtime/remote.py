@@ -6,7 +6,7 @@
 environment (``LOCALAUG_REMOTE_API_KEY``, else ``OPENAI_API_KEY``) and sent as a Bearer header;
 it is never part of a URL, a message, a record or a manifest (a URL holding credentials is refused).
 
-``RemoteBackend`` is a ``runtime.batch.Backend``: each sample of a request is one
+``RemoteBackend`` is a ``runtime.backend.Backend``: each sample of a request is one
 ``POST /v1/chat/completions`` with the request's messages (``family.prompts.Chat``: the server
 applies its own chat template), ``temperature``, ``top_p``, ``max_tokens``, ``seed`` (sample k:
 seed + k) and ``stop``. At most ``parallel`` requests are in flight (threads, one keep-alive
@@ -38,11 +38,12 @@ from typing import Any
 from localaug._version import __version__
 from localaug.core.errors import RemoteError, UsageError, opt
 from localaug.family.prompts import Chat
-from localaug.runtime.batch import Request, Result
-from localaug.runtime.engine import Closing, Generation, SamplingParams, sample_seed
+from localaug.runtime.backend import DEFAULT_PARALLEL, Request, Result
+from localaug.runtime.llama import Closing
+from localaug.runtime.sampling import SamplingParams, sample_seed
+from localaug.runtime.stream import Generation
 
 KEY_ENVS = ("LOCALAUG_REMOTE_API_KEY", "OPENAI_API_KEY")  # the first one set is the key
-DEFAULT_PARALLEL = 8  # requests in flight when none is given: a GPU server batches them
 MAX_MODEL_NAME = 512
 MAX_SERVER_MESSAGE = 300  # characters of a server's error message shown
 
@@ -411,7 +412,7 @@ def _listing(names: list[str]) -> str:
 
 
 class RemoteBackend(Closing):
-    """``runtime.batch.Backend`` on a server: every sample one chat request, ``parallel`` in flight."""
+    """``runtime.backend.Backend`` on a server: every sample one chat request, ``parallel`` in flight."""
 
     def __init__(self, model: RemoteModel, parallel: int = DEFAULT_PARALLEL, options: RemoteOptions | None = None) -> None:
         if parallel < 1:

@@ -26,9 +26,10 @@ from localaug.augment.resolve import default_sampling
 from localaug.core.errors import QueueFullError
 from localaug.family import prompts, styles
 from localaug.family.prompts import Pair
-from localaug.runtime.batch import Piece, Request, Result
-from localaug.runtime.engine import SamplingParams
+from localaug.runtime.backend import Request, Result
 from localaug.runtime.grammar import GrammarLimitError, GrammarLimits, json_grammar
+from localaug.runtime.sampling import SamplingParams
+from localaug.runtime.stream import Piece
 from localaug.serve import schemas
 from localaug.serve.scheduler import SHUTTING_DOWN, STOPPED, Handle, ServedModel
 

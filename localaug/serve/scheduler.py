@@ -18,18 +18,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from localaug.augment.calibrate import choose_parallel
 from localaug.augment.resolve import resolve_style
 from localaug.core.errors import EngineError, PromptTooLongError, QueueFullError, UsageError, opt
-from localaug.core.files import cached_sha256
-from localaug.family.registry import DEFAULT_CTX, ModelSpec
+from localaug.family.registry import ModelSpec
 from localaug.family.styles import PromptStyle
-from localaug.runtime.batch import BatchEngine, Piece, Request, Result, Slots
+from localaug.runtime.backend import DEFAULT_PARALLEL, Request, Result
+from localaug.runtime.batch import BatchEngine, Slots
+from localaug.runtime.calibrate import open_calibrated
 from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.stream import Piece
 
 log = logging.getLogger("localaug.serve.scheduler")
 
@@ -340,8 +341,7 @@ class ServedModel:
 
     def close(self) -> None:
         self.scheduler.stop()
-        self.batch.close()
-        self.engine.close()
+        self.batch.close()  # and the engine it owns
 
 
 def model_id(source: str, path: Path, spec: ModelSpec | None) -> str:
@@ -354,22 +354,18 @@ def model_id(source: str, path: Path, spec: ModelSpec | None) -> str:
 
 
 def load_model(source: str | os.PathLike[str], *, name: str | None = None, quant: str | None = None,
-               prompt_format: str | None = None, opts: EngineOptions | None = None, parallel: int | None = 8,
-               n_ctx: int | None = None, max_queue: int = 64) -> ServedModel:
+               prompt_format: str | None = None, opts: EngineOptions | None = None,
+               parallel: int | None = DEFAULT_PARALLEL, n_ctx: int | None = None, max_queue: int = 64) -> ServedModel:
     """Resolve ``source`` (family name, repo id, GGUF path or checkpoint dir), load it once and start
-    its scheduler. ``n_ctx`` is the context of one sequence; the KV cache holds ``parallel`` of them
-    (None: the batch size calibrated for this machine, see ``augment.calibrate``)."""
+    its scheduler. ``n_ctx`` (else the options') is the context of one sequence; the KV cache holds
+    ``parallel`` of them (None: the batch size calibrated for this machine, see
+    ``runtime.calibrate``)."""
     if parallel is not None and parallel < 1:
         raise UsageError(f"{opt('parallel')} must be at least 1")
     m = resolve_style(source, quant, prompt_format)
-    engine = Engine(m.path, opts or EngineOptions(), context=False)
-    try:
-        if parallel is None:
-            parallel = choose_parallel(engine, cached_sha256(m.path), n_ctx or engine.opts.n_ctx or DEFAULT_CTX).value
-        batch = BatchEngine(engine, parallel=parallel, n_ctx=n_ctx)
-    except BaseException:
-        engine.close()
-        raise
+    options = opts or EngineOptions()
+    batch, _ = open_calibrated(m.path, replace(options, n_ctx=n_ctx or options.n_ctx), parallel, batching=True)
+    engine = batch.engine
     ident = name or model_id(str(source), m.path, m.spec)
     aliases = {ident, str(source), m.path.name.removesuffix(".gguf")} | ({m.spec.name} if m.spec else set())
     scheduler = Scheduler(batch, max_queue, ident).start()

@@ -24,7 +24,7 @@ from pathlib import Path
 from localaug._version import __version__
 from localaug.core.errors import ModelNotFoundError, UsageError
 from localaug.family import prompts, registry
-from localaug.family.registry import DEFAULT_CTX, ModelSpec
+from localaug.family.registry import ModelSpec, context_size
 
 GO_SYSTEM, GO_PROMPT, GO_RESPONSE = "{{ .System }}", "{{ .Prompt }}", "{{ .Response }}"
 # Placeholders no real text contains; replaced by the Go fields after rendering.
@@ -104,7 +104,7 @@ def render(gguf: Path, spec: ModelSpec, quant: str | None = None) -> str:
 
 
 def _context(spec: ModelSpec) -> int:
-    return min(DEFAULT_CTX, spec.architecture.context_length)  # the context localaug itself starts with
+    return context_size(None, spec.architecture.context_length)  # the context localaug itself starts with
 
 
 def for_model(model: str, quant: str | None = None) -> Modelfile:

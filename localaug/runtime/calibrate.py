@@ -8,6 +8,11 @@ KV cache may take of the memory) and picks the fastest (the smallest within 3 % 
 choice is cached in ``LOCALAUG_HOME/calibration.json`` by model file, device, GPU layers, threads,
 llama.cpp version and CPU, so later runs start at once; ``localaug bench --batch`` prints the whole
 curve next to raw ``llama_decode``.
+
+``open_calibrated`` is the one way a model is opened to run requests: load it, choose the batch
+size (for the context ``family.registry.context_size`` gives one sequence, the context the engine
+is then built with), open the backend at that size. A model on a server gets ``parallel`` requests
+in flight instead, nothing measured.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
-from localaug.core.files import read_json, write_json_atomic
+from localaug.core.files import cached_sha256, read_json, write_json_atomic
 from localaug.core.settings import default_parallel, localaug_home
+from localaug.family.registry import context_size
+from localaug.runtime.backend import DEFAULT_PARALLEL, Backend, SequentialBackend
+from localaug.runtime.batch import BatchEngine
 from localaug.runtime.bench import BATCH_SIZES, GPU_BATCH_SIZES, BatchPoint, batch_curve, fastest
-from localaug.runtime.engine import Engine, llama_cpp_version
-from localaug.runtime.remote import DEFAULT_PARALLEL
+from localaug.runtime.engine import Engine, EngineOptions
+from localaug.runtime.llama import llama_cpp_version
+from localaug.runtime.remote import RemoteModel, open_remote
 
 KV_SHARE_OF_MEMORY = 0.25  # the KV cache of all sequences may take at most this share of RAM
 CALIBRATION_TOKENS = 12
@@ -82,10 +92,11 @@ def measure_batch_sizes(engine: Engine, sizes: tuple[int, ...]) -> list[BatchPoi
     return batch_curve(engine, engine.tokenize(CALIBRATION_PROMPT), sizes, CALIBRATION_TOKENS, raw=False)
 
 
-def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None = None, *,
+def choose_parallel(engine: Engine, sha256: str | None, n_ctx: int, given: int | None = None, *,
                     measure: Callable[[Engine, tuple[int, ...]], list[BatchPoint]] = measure_batch_sizes) -> Parallel:
-    """``given`` if set (or LOCALAUG_PARALLEL); else the cached calibration for this model and
-    machine; else ``measure`` the batch sizes the memory affords and keep the fastest."""
+    """``given`` if set (or LOCALAUG_PARALLEL); else the cached calibration for this model (``sha256``,
+    None: the engine's file's) and machine; else ``measure`` the batch sizes the memory affords for
+    sequences of ``n_ctx`` tokens and keep the fastest."""
     if given is not None:
         return Parallel(given, "given")
     if default_parallel() is not None:
@@ -93,7 +104,7 @@ def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None =
     cache_file = localaug_home() / "calibration.json"
     cache = read_json(cache_file) or {}
     sizes = affordable(engine, n_ctx, GPU_BATCH_SIZES if engine.gpu_layers else BATCH_SIZES)
-    key = f"{_key(sha256, engine)}|{max(sizes)}"
+    key = f"{_key(sha256 or cached_sha256(engine.path), engine)}|{max(sizes)}"
     hit = cache.get(key)
     if isinstance(hit, dict) and isinstance(hit.get("parallel"), int) and hit["parallel"] >= 1:
         return Parallel(hit["parallel"], "cached")
@@ -110,7 +121,6 @@ def choose_parallel(engine: Engine, sha256: str, n_ctx: int, given: int | None =
     return choice
 
 
-
 def remote_parallel(given: int | None = None) -> Parallel:
     """Requests in flight to a model on a server: ``given``, else LOCALAUG_PARALLEL, else a fixed
     default (the server batches them; nothing here to measure)."""
@@ -119,3 +129,36 @@ def remote_parallel(given: int | None = None) -> Parallel:
     if default_parallel() is not None:
         return Parallel(default_parallel(), "LOCALAUG_PARALLEL")  # type: ignore[arg-type]
     return Parallel(DEFAULT_PARALLEL, "default")
+
+
+@overload
+def open_calibrated(model: str | os.PathLike[str] | Engine, options: EngineOptions, parallel: int | None = None, *,
+                    batching: Literal[True]) -> tuple[BatchEngine, Parallel]: ...
+@overload
+def open_calibrated(model: str | os.PathLike[str] | Engine | RemoteModel, options: EngineOptions,
+                    parallel: int | None = None, *, batching: bool = False) -> tuple[Backend, Parallel]: ...
+def open_calibrated(model: str | os.PathLike[str] | Engine | RemoteModel, options: EngineOptions,
+                    parallel: int | None = None, *, batching: bool = False) -> tuple[Backend, Parallel]:
+    """A backend on ``model`` and the batch size it runs at (``choose_parallel``: ``parallel`` if
+    given; a model on a server: ``remote_parallel``); ``close()`` frees it.
+
+    ``model`` is a GGUF path (loaded here with ``options``), a loaded Engine (the backend owns it
+    from now on: it is closed with it, or at once if this fails) or a RemoteModel. One sequence
+    holds ``context_size(options.n_ctx, trained context)`` tokens: the calibration measures the
+    batch sizes a KV cache of that size affords, and the engine is built with it. Several
+    sequences run on a BatchEngine, one on a SequentialBackend, unless ``batching`` asks for a
+    BatchEngine whatever the size (a server's scheduler drives its Slots)."""
+    if isinstance(model, RemoteModel):
+        chosen = remote_parallel(parallel)
+        return open_remote(model, chosen.value), chosen
+    engine = model if isinstance(model, Engine) else Engine(model, options, context=False)
+    try:
+        n_ctx = context_size(options.n_ctx, engine.n_ctx_train)
+        chosen = choose_parallel(engine, None, n_ctx, parallel)
+        if batching or chosen.value > 1:
+            return BatchEngine(engine, parallel=chosen.value, n_ctx=n_ctx, owns_engine=True), chosen
+        engine.ensure_context()
+        return SequentialBackend(engine, owns=True), chosen
+    except BaseException:
+        engine.close()
+        raise
