@@ -60,7 +60,7 @@ def test_an_all_done_rerun_loads_no_model_and_reads_no_model_file(scripted, home
     manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
 
     with monkeypatch.context() as m:
-        m.setattr("localaug.jobs.run.Engine", tripwire("loading the model"))
+        m.setattr("localaug.jobs.run.open_calibrated", tripwire("loading the model"))
         m.setattr("localaug.augment.resolve.read_kv", tripwire("reading the GGUF metadata"))
         m.setattr("localaug.core.files.sha256_file", tripwire("hashing the model file"))
         started = time.monotonic()
