@@ -555,7 +555,8 @@ def test_the_resolved_judge_file_is_never_the_ledger(tmp_path: Path, seam: Seam,
 def test_the_judge_seam_opens_the_gguf_with_the_options(smollm2, tmp_path: Path, monkeypatch):
     from conftest import SMOLLM2_SHA256
 
-    from localaug.runtime.batch import BatchEngine, SequentialBackend
+    from localaug.runtime.backend import SequentialBackend
+    from localaug.runtime.batch import BatchEngine
     from localaug.runtime.engine import EngineOptions
 
     monkeypatch.setenv("LOCALAUG_HOME", str(tmp_path / "home"))
@@ -575,8 +576,8 @@ def test_the_judge_seam_opens_the_gguf_with_the_options(smollm2, tmp_path: Path,
 
 
 def test_the_judge_seam_takes_a_calibrated_batch_size(smollm2, tmp_path: Path, monkeypatch):
-    from localaug.augment import calibrate
-    from localaug.family.registry import DEFAULT_CTX
+    from localaug.family.registry import context_size
+    from localaug.runtime import calibrate
     from localaug.runtime.batch import BatchEngine
     from localaug.runtime.bench import BATCH_SIZES
     from localaug.runtime.engine import Engine, EngineOptions
@@ -585,7 +586,7 @@ def test_the_judge_seam_takes_a_calibrated_batch_size(smollm2, tmp_path: Path, m
     monkeypatch.delenv("LOCALAUG_PARALLEL", raising=False)
     model = G.resolve_judge(smollm2)
     probe = Engine(smollm2, EngineOptions(device="cpu", threads=1), context=False)
-    key = f"{calibrate._key(model.identity, probe)}|{max(calibrate.affordable(probe, DEFAULT_CTX, BATCH_SIZES))}"
+    key = f"{calibrate._key(model.identity, probe)}|{max(calibrate.affordable(probe, context_size(None, probe.n_ctx_train), BATCH_SIZES))}"
     probe.close()
     (tmp_path / "home" / "calibration.json").write_text(json.dumps({key: {"parallel": 3}}))  # no batch size measures 3
     backend, chosen = G.open_judge(model, JudgeOptions(smollm2, threads=1, device="cpu"))
