@@ -190,6 +190,13 @@ def test_run_json_stdout_stays_one_object_while_every_step_prints(scripted, tmp_
     rows = [ln for ln in err if re.match(r"\d+/4 rows · ", ln)]
     assert rows[-1].startswith("4/4 rows · ") and "ETA 0:00:00" in rows[-1]
 
+    # at the default interval (10 s) these quick phases leave a log as it was: no line of theirs
+    out.unlink()
+    quiet = cli(home, "run", "refine", "-i", src, "-o", out, "-m", model, *SCRIPTED, "--json", interval="")
+    assert quiet.exit_code == 0, quiet.output
+    assert strict_json(quiet.stdout)["this_run"]["done"] == 4
+    assert not [ln for ln in quiet.stderr.splitlines() if ln.startswith(("counting rows", "loading model", "hashing"))], quiet.stderr
+
 
 # --- grading and judging -------------------------------------------------------------------------------
 

@@ -102,16 +102,20 @@ class _Clock(ProgressColumn):
 
 class PhaseProgress:
     """A ``Progress`` for every phase of a command: a live Rich line per phase on a terminal (with
-    its bar, counter, ETA), plain lines otherwise: one when a phase begins, one at most every
-    interval as it goes, one when it ends. ``noun`` counts the distinct items of a byte phase
+    its bar, counter, ETA), plain lines otherwise: the phase's first line, then one at most every
+    interval as it goes, then its "done" line. In plain lines, a phase of a longer command (a model
+    load, counting an input) says itself only once it has run for one interval, so a quick one
+    leaves a log as it was; with ``announce`` (``convert``, ``pull``, bundles: the command is the
+    phase) its first line comes at once. ``noun`` counts the distinct items of a byte phase
     ("tensors" written, "files" copied); a phase that begins ends the one before it."""
 
     def __init__(self, console: Console, noun: str | None = None, *, live: bool | None = None,
-                 every: float | None = None) -> None:
-        self._console, self._noun = console, noun
+                 every: float | None = None, announce: bool = False) -> None:
+        self._console, self._noun, self._announce = console, noun, announce
         self._live = console.is_terminal if live is None else live
         self._every = progress_interval() if every is None else every
         self._phase: _Phase | None = None
+        self._said = False  # the phase's first plain line is out
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         self._last = 0.0
@@ -119,12 +123,20 @@ class PhaseProgress:
     def _say(self, text: str) -> None:
         self._console.print(text, highlight=False, soft_wrap=True, markup=False)
 
+    def _first_line(self, phase: _Phase) -> bool:
+        """Print the phase's first line when it is due; whether it is out."""
+        if not self._said and (self._announce or phase.elapsed >= self._every):
+            self._said = True
+            self._say(f"{phase.name}: {phase.amount(phase.total)}")
+            return True
+        return False
+
     def stage(self, name: str, total: int | None, unit: str, done: int = 0) -> None:
         self.finish()
         self._phase = _Phase(name, total, unit, done, self._noun)
-        self._last = time.monotonic()
+        self._last, self._said = time.monotonic(), False
         if not self._live:
-            self._say(f"{name}: {self._phase.amount(total)}")
+            self._first_line(self._phase)
             return
         self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                              TextColumn("{task.percentage:>5.1f}%" if total else ""), TextColumn("{task.fields[counter]}"),
@@ -139,7 +151,9 @@ class PhaseProgress:
         phase.advance(amount, item)
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, advance=amount, counter=phase.counter(), item=phase.item)
-        elif time.monotonic() - self._last >= self._every:
+            return
+        late = self._first_line(phase)
+        if self._said and (late or time.monotonic() - self._last >= self._every):
             self._last = time.monotonic()
             self._say(phase.line())
 
@@ -154,7 +168,9 @@ class PhaseProgress:
             self._bar.stop()
             self._bar = self._task = None
             return
-        self._say(phase.done_line())
+        self._first_line(phase)
+        if self._said:
+            self._say(phase.done_line())
 
     def close(self) -> None:
         """Stop drawing (a phase cut short by an error gets no "done" line)."""
@@ -165,7 +181,8 @@ class PhaseProgress:
 
 
 def progress_for(console: Console, noun: str | None = "tensors") -> PhaseProgress:
-    return PhaseProgress(console, noun)
+    """The display of a command that is itself the phase (convert, pull, bundles)."""
+    return PhaseProgress(console, noun, announce=True)
 
 
 class ticker:  # noqa: N801 - used as a context manager: with ticker("judging", "pairs") as tick
