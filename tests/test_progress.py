@@ -170,7 +170,7 @@ def test_run_from_a_checkpoint_shows_conversion_counting_and_the_load(qwen2_tied
     assert re.fullmatch(rf"loading model {re.escape(str(stored))}: done in {CLOCK} · {re.escape(size_text(model))}", load[-1])
 
     rows = [ln for ln in err if re.match(r"\d+/3 rows · ", ln)]
-    assert rows and rows[-1].startswith("3/3 rows · ") and f"ETA 0:00:00 · " in rows[-1], err
+    assert rows and rows[-1].startswith("3/3 rows · ") and "ETA 0:00:00 · " in rows[-1], err
     assert all(re.search(rf" · elapsed {CLOCK} · ETA ({CLOCK}|-:--:--) · ", ln) for ln in rows), rows
     assert not re.search(r"ETA \d+s", r.stderr)  # no raw seconds anywhere
     if r.exit_code == 0:
