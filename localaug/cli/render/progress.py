@@ -83,7 +83,6 @@ class _Phase:
         eta = f" · ETA {clock(self.eta)}" if self.total else ""
         return f"{self.name}: {pct}{self.counter()}{item} · elapsed {clock(self.elapsed)}{eta}"
 
-
     def done_line(self) -> str:
         # an item that is a count ("4 rows") is a result worth repeating; a name (a tensor) is not
         count = f" · {self.item}" if self.item[:1].isdigit() else ""
