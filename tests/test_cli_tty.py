@@ -29,6 +29,8 @@ def test_convert_shows_a_live_progress_bar_on_a_tty(qwen2_tied: Path, tmp_path: 
     assert "━" in screen  # the bar itself: Rich draws it only on a terminal
     assert re.search(r"100\.0%", screen)
     assert re.search(r"\d+ tensors", screen)
+    assert re.search(r"ETA \d+:\d\d:\d\d", screen) and re.search(r"done in \d+:\d\d:\d\d", screen)  # h:mm:ss
+    assert not re.search(r"(ETA|done in) \d+(\.\d+)?s", screen)  # never raw seconds in progress
     flat = re.sub(r"\s+", "", screen)
     assert "wrote" in screen and re.sub(r"\s+", "", str(out)) in flat
     assert out.is_file()
@@ -52,3 +54,31 @@ def test_refine_interactive_loop_in_a_terminal(smollm2: Path) -> None:
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_grade_draws_one_live_line_with_an_eta_on_a_tty(scripted, tmp_path: Path) -> None:
+    """Grading on a terminal: a live bar (redrawn in place, not a new line per answer) with n/N
+    answers and an h:mm:ss ETA, then "done in"."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from localaug.cli.main import app
+
+    src, answers = tmp_path / "in.jsonl", tmp_path / "answers.jsonl"
+    src.write_text("".join(json.dumps({"instruction": f"Plan day {i}."}) + "\n" for i in range(3)), encoding="utf-8")
+    env = dict(os.environ, LOCALAUG_HOME=str(tmp_path / "home"), COLUMNS="120", TERM="xterm-256color")
+    ran = CliRunner().invoke(app, ["run", "respond", "-i", str(src), "-o", str(answers), "-m", str(scripted("answers")),
+                                   "--prompt-format", "qwen2-chatml", "--max-tokens", "64", "--threads", "1"], env=env)
+    assert ran.exit_code == 0, ran.output
+    child = pexpect.spawn(_localaug(), ["grade", str(answers), "--judge", str(scripted("grader")), "--max-tokens", "32",
+                                        "--threads", "1"], env=env, encoding="utf-8", timeout=240, dimensions=(40, 120))
+    child.expect(pexpect.EOF)
+    child.close()
+    raw = child.before or ""
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
+    assert child.exitstatus == 0, screen
+    assert "grading answers" in screen and "━" in screen
+    assert re.search(r"grading answers\s+━+\s+100\.0%\s+3/3 answers\s+done in \d+:\d\d:\d\d", screen), screen
+    assert "\x1b[" in raw  # redrawn in place (cursor moves), not printed line after line
+    assert not re.search(r"judging: \d+/\d+", screen)  # the old counter's line per 0.2 s is gone

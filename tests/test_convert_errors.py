@@ -418,9 +418,9 @@ def test_q4_k_m_through_the_cli_prints_plain_lines_when_not_a_tty(qwen2_tied: Pa
     assert all(PLAIN_LINE.match(ln) for ln in lines), err
     stages = [ln for ln in lines if not re.search(r"\d%", ln)]  # periodic percentage lines may come in between
     assert re.fullmatch(r"writing BF16: [\d.]+ MB", stages[0]), stages
-    assert re.fullmatch(r"writing BF16: done in [\d.]+s", stages[1]), stages
+    assert re.fullmatch(r"writing BF16: done in \d+:\d\d:\d\d · [\d.]+ MB", stages[1]), stages
     assert re.fullmatch(r"quantizing Q4_K_M: \d+ tensors", stages[2]), stages
-    assert re.fullmatch(r"quantizing Q4_K_M: done in [\d.]+s", stages[3]), stages
+    assert re.fullmatch(r"quantizing Q4_K_M: done in \d+:\d\d:\d\d · \d+ tensors", stages[3]), stages
     assert len(stages) == 4, stages
 
 

@@ -105,7 +105,7 @@ def run(
     """
     from localaug.cli.render import jobs as draw
     from localaug.cli.render import print_json
-    from localaug.cli.render.progress import counter, job_progress_for
+    from localaug.cli.render.progress import job_progress_for
     from localaug.core.errors import JobError, JobInterrupted
     from localaug.jobs import run as jobs
 
@@ -119,7 +119,7 @@ def run(
     extra.update(_responder(respond_with, respond_system, respond_max_tokens, respond_samples))
     if judge is not None:
         extra.update(judge=judge, judging={"max_tokens": judge_max_tokens, "threads": threads, "device": value(device),
-                                           "n_ctx": ctx, "parallel": parallel, "progress": counter(console, "judging").tick},
+                                           "n_ctx": ctx, "parallel": parallel},
                      selection={"rule": value(rule), "margin": margin, "min_score": min_score})
     elif min_score is not None or value(rule) != "scores" or margin != 1.0:
         raise UsageError("--min-score, --rule and --margin choose among judged answers: give --judge")

@@ -33,14 +33,12 @@ def grade(
     """
     from localaug.cli.render import print_json
     from localaug.cli.render import quality as draw
-    from localaug.cli.render.progress import counter
     from localaug.jobs.grade import JudgeOptions, run_grade, run_verdicts
 
-    console = err_console()
-    with counter(console, "judging") as tick:
-        opts = JudgeOptions(judge_model, max_tokens=max_tokens, temperature=temperature, seed=seed, aspect=str(value(aspect)),
-                            parallel=parallel, threads=threads, n_ctx=ctx, progress=tick)
-        summary = (run_verdicts if pairwise else run_grade)(output, opts, ledger=ledger)
+    # grading reports its own phase (answers or pairs judged of all, ETA) to the command's display
+    opts = JudgeOptions(judge_model, max_tokens=max_tokens, temperature=temperature, seed=seed, aspect=str(value(aspect)),
+                        parallel=parallel, threads=threads, n_ctx=ctx)
+    summary = (run_verdicts if pairwise else run_grade)(output, opts, ledger=ledger)
     if as_json:
         print_json(out_console(), summary.to_json())
     else:

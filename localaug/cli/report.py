@@ -58,11 +58,10 @@ def judge(
     """
     from localaug.cli.render import print_json
     from localaug.cli.render import report as draw
-    from localaug.cli.render.progress import counter
+    from localaug.cli.render.progress import ticker
     from localaug.report.judge import run_judge
 
-    console = err_console()
-    with counter(console, "judging") as tick:
+    with ticker("judging pairs", "pairs") as tick:
         summary = run_judge(a, b, judge_model, aspect=str(value(aspect)), output=output, threads=threads, parallel=parallel,
                             max_tokens=max_tokens, progress=tick, html=html)
     if as_json:

@@ -33,18 +33,32 @@ def out_console() -> Console:
     return Console()
 
 
+_err: list[Console] = []  # the stderr console of the command running (``handled``)
+
+
 def err_console() -> Console:
-    return Console(stderr=True)
+    """stderr's console: while a command runs, the one its progress draws on, so that a live
+    display of the command (a spinner) and a phase's live line nest instead of fighting."""
+    return _err[-1] if _err else Console(stderr=True)
 
 
 def handled(fn: F) -> F:
-    """Turn our errors into one line on stderr and the right exit code (traceback only with --debug)."""
+    """Turn our errors into one line on stderr and the right exit code (traceback only with --debug);
+    the long phases below (pulls, conversions, hashing, model loads, counting, grading) draw on
+    stderr meanwhile (``render.progress.PhaseProgress``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from localaug.cli.render.progress import PhaseProgress
+        from localaug.core.progress import reporting
+
+        _err.append(Console(stderr=True))
+        phases = PhaseProgress(_err[-1])
         try:
-            return fn(*args, **kwargs)
+            with reporting(phases):
+                return fn(*args, **kwargs)
         except LocalaugError as e:
+            phases.close()  # a live line cut short ends before the error line
             if state["debug"]:
                 import traceback
 
@@ -52,8 +66,12 @@ def handled(fn: F) -> F:
             _one_line(message(e))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
+            phases.close()
             err_console().print("interrupted: nothing was left half-written", highlight=False)
             raise typer.Exit(130) from None
+        finally:
+            phases.close()
+            _err.pop()
 
     return wrapper  # type: ignore[return-value]
 

@@ -11,8 +11,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
 import gguf
 
 from localaug._version import __version__
@@ -24,19 +22,13 @@ from localaug.convert.quantize import QUANT_TYPES, quantize
 from localaug.convert.vocab import load_vocab
 from localaug.core.errors import UsageError
 from localaug.core.files import atomic_output, refuse_overwriting_inputs, temp_beside
+from localaug.core.progress import Progress, current
 
 DEFAULT_QUANT = "Q4_K_M"
 OUTPUT_TYPES: tuple[str, ...] = tuple(DIRECT_TYPES) + tuple(q for q in QUANT_TYPES if q not in DIRECT_TYPES)
 
 
-class ConvertProgress(Protocol):
-    """What conversion reports; ``localaug.cli.render`` renders it (Rich bar on a TTY, plain lines otherwise)."""
-
-    def stage(self, name: str, total: int, unit: str) -> None: ...
-
-    def advance(self, amount: int, item: str) -> None: ...
-
-    def finish(self) -> None: ...
+ConvertProgress = Progress  # what conversion reports: a stage per pass (bytes written, tensors quantized)
 
 
 @dataclass(frozen=True)
@@ -147,6 +139,7 @@ def convert_checkpoint(
     byte is written; the result appears under ``out`` only when complete.
     """
     started = time.monotonic()
+    progress = progress if progress is not None else current()
     quant = normalize_quant(quant)
     ckpt = open_checkpoint(src)
     plans = qwen2.plan(ckpt)
@@ -159,20 +152,16 @@ def convert_checkpoint(
     jobs = tensor_jobs(plans, direct)
 
     def on_bytes(tensor: str, nbytes: int) -> None:
-        if progress:
-            progress.advance(nbytes, tensor)
+        progress.advance(nbytes, tensor)
 
     with atomic_output(dest) as tmp:
-        if progress:
-            progress.stage(f"writing {direct}", sum(j.nbytes for j in jobs), "bytes")
+        progress.stage(f"writing {direct}", sum(j.nbytes for j in jobs), "bytes")
         if quant in DIRECT_TYPES:
             write_gguf(tmp, setup, jobs, on_bytes)
         else:
             with temp_beside(dest.with_name(f"{dest.name}.{direct}")) as inter:
                 write_gguf(inter, setup, jobs, on_bytes)
-                if progress:
-                    progress.stage(f"quantizing {quant}", len(jobs), "tensors")
-                quantize(inter, tmp, quant, threads, (lambda t, i, n: progress.advance(1, t)) if progress else None)
-        if progress:
-            progress.finish()
+                progress.stage(f"quantizing {quant}", len(jobs), "tensors")
+                quantize(inter, tmp, quant, threads, lambda t, i, n: progress.advance(1, t))
+        progress.finish()  # on success only: a failed phase has no "done" line (the error says what happened)
     return ConvertResult(dest, quant, len(jobs), qwen2.parameter_count(plans), dest.stat().st_size, time.monotonic() - started)

@@ -33,6 +33,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from localaug.core.errors import LocalaugError, UsageError, WriteError, opt
+from localaug.core.progress import QUIET_BELOW, SILENT, current
 from localaug.core.settings import localaug_home
 
 CHUNK = 8 << 20
@@ -206,10 +207,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256; a big file (a model) reports a "hashing" phase as it is read."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        shown = current() if size >= QUIET_BELOW else SILENT
+        shown.stage(f"hashing {path.name}", size, "bytes")
         while chunk := f.read(CHUNK):
             h.update(chunk)
+            shown.advance(len(chunk))
+        shown.finish()
     return h.hexdigest()
 
 

@@ -5,6 +5,7 @@
 Hugging Face's own variables (``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``) are
 honoured by huggingface_hub itself; we only read ``HF_HUB_OFFLINE`` to word errors well.
 ``LOCALAUG_PARALLEL``: a batch size to use instead of the calibrated one (see runtime.calibrate).
+``LOCALAUG_PROGRESS_INTERVAL``: seconds between two progress lines when stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ def default_parallel() -> int | None:
     """``LOCALAUG_PARALLEL``: the batch size to use when none is given, instead of calibrating."""
     value = os.environ.get("LOCALAUG_PARALLEL", "").strip()
     return int(value) if value.isdigit() and int(value) >= 1 else None
+
+
+PROGRESS_INTERVAL = 10.0  # seconds: a log gets a progress line at most this often
+
+
+def progress_interval() -> float:
+    """``LOCALAUG_PROGRESS_INTERVAL``: the seconds between two plain progress lines (stderr not a
+    terminal); 0 prints every step. Unset or not a number >= 0: ``PROGRESS_INTERVAL``."""
+    try:
+        value = float(os.environ.get("LOCALAUG_PROGRESS_INTERVAL", "").strip())
+    except ValueError:
+        return PROGRESS_INTERVAL
+    return value if value >= 0 and value == value and value != float("inf") else PROGRESS_INTERVAL
 
 
 def hf_offline() -> bool:

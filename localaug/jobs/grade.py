@@ -37,6 +37,7 @@ from typing import Any
 from localaug.augment.resolve import resolve_remote, resolve_style
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
+from localaug.core.progress import current
 from localaug.family import judging
 from localaug.family.styles import PromptStyle, render_messages
 from localaug.jobs.dataio import chunked, training_examples
@@ -249,12 +250,16 @@ class _Item:
 
 
 def _judge(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path, run_id: str,
-           tick: Callable[[int], None]) -> list[str]:
-    """Judge ``items`` into the ledger ``out``; the errors of those whose request failed."""
+           tick: Callable[[int], None], shown: tuple[str, int, int]) -> list[str]:
+    """Judge ``items`` into the ledger ``out``; the errors of those whose request failed. ``shown``:
+    what the phase is called, the items in all and those judged before (the display's counts)."""
     backend, chosen = open_judge(model, opts)
     appender = Appender(out)
     failures: list[str] = []
     finished = 0
+    what, total, before = shown
+    progress = current()  # after the judge has loaded: its load is a phase of its own
+    progress.stage(what, total, what.split()[-1], done=before)
     try:
         for chunk in chunked(iter(items), rows_per_chunk(chosen)):  # type: ignore[arg-type]
             by_key = {item.key: item for item in chunk}
@@ -271,11 +276,14 @@ def _judge(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path,
                     continue
                 if key in errors:
                     failures.append(errors[key])
+                    progress.advance(1)  # a failed request is no longer to do in this run either
                     continue
                 item = by_key[key]
                 appender.write({"run_id": run_id, "key": key, **item.line([replies[key][i] for i in range(len(item.conversations))])})
                 finished += 1
                 tick(finished)
+                progress.advance(1)
+        progress.finish()
     finally:
         appender.close()
         backend.close()
@@ -299,7 +307,7 @@ def summary_path(ledger: Path) -> Path:
 
 
 def _run(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path, run_id: str,
-         valid: Callable[[dict[str, Any]], bool]) -> tuple[dict[str, dict[str, Any]], int, list[str]]:
+         valid: Callable[[dict[str, Any]], bool], what: str) -> tuple[dict[str, dict[str, Any]], int, list[str]]:
     """(every judged line of this run, judged now, failures) after judging what is not judged yet."""
     with output_lock(lock_path(out)):
         done = read_judged(out, run_id, valid)
@@ -310,7 +318,7 @@ def _run(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path, r
         if todo:
             total, before = len(items), len(items) - len(todo)
             failures = _judge(todo, model, opts, out, run_id,
-                              lambda k: opts.progress(before + k, total) if opts.progress else None)
+                              lambda k: opts.progress(before + k, total) if opts.progress else None, (what, total, before))
         done = read_judged(out, run_id, valid)
     if failures and len(failures) == len(todo):
         raise JobError(f"no answer could be judged ({len(failures)} failed): {failures[0]}; run the same command "
@@ -380,7 +388,7 @@ def run_grade(output: str | os.PathLike[str], opts: JudgeOptions, *, ledger: str
                     "reply": replies[0][:MAX_REPLY_KEPT]}
         return _Item(a.key, (judging.grade_messages(a.question, a.text),), line)
 
-    done, now, failures = _run([item(a) for a in answers.values()], model, opts, out, run_id, _valid_grade)
+    done, now, failures = _run([item(a) for a in answers.values()], model, opts, out, run_id, _valid_grade, "grading answers")
     graded = [done[k] for k in answers if k in done]
     scores = [float(g["score"]) for g in graded if g["score"] is not None]
     summary = GradeSummary(str(output), str(records), model.name, str(out), len(answers), len(graded), now, len(failures),
@@ -445,7 +453,7 @@ def run_verdicts(output: str | os.PathLike[str], opts: JudgeOptions, *,
         return _Item(pair_key(a, b), (judging.messages(opts.aspect, a.question, a.text, b.text),
                                       judging.messages(opts.aspect, a.question, b.text, a.text)), line)
 
-    done, now, failures = _run([item(a, b) for a, b in pairs.values()], model, opts, out, run_id, _valid_verdict)
+    done, now, failures = _run([item(a, b) for a, b in pairs.values()], model, opts, out, run_id, _valid_verdict, "judging pairs")
     judged = [done[k] for k in pairs if k in done]
     readings = [r for v in judged for r in (v["first"], v["second"]) if r in ("A", "B")]
     summary = VerdictSummary(str(output), str(records), model.name, str(out), opts.aspect, len(pairs), len(judged), now,

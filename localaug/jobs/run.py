@@ -55,6 +55,7 @@ from localaug._version import __version__
 from localaug.augment.tasks import SINGLE_SAMPLE
 from localaug.core.errors import JobError, JobInterrupted, LocalaugError, UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
+from localaug.core.progress import current
 from localaug.jobs import dataio
 from localaug.jobs.columns import check_columns
 from localaug.jobs.dataio import InputRow
@@ -138,12 +139,15 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
             previous = _refuse_another_run(target, plan)
             stats, todo = JobStats(), _todo(target.statuses, opts.retry_failed)
             met = KeysMet(target.statuses)
+            counting = _Counting(input_name)
             for row in select_rows(executor.rows(), plan.job_config, plan.run_id, shard, opts.limit, met):
                 stats.total += 1
+                counting.met(row, stats.total)
                 if todo(row):
                     executor.stage(row)
                 else:
                     stats.skipped += 1
+            counting.finish(stats.total)
             note += _drop_stale(target, met, stats)
             if stats.remaining:
                 executor.load(plan)
@@ -175,6 +179,35 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
             return summary
     finally:
         executor.close()
+
+
+class _Counting:
+    """The counting pass as a phase: bytes of the input read (from the rows' places) of its size,
+    and rows counted. Reported every ``EVERY`` rows: a report per row would cost more than the row."""
+
+    EVERY = 512
+
+    def __init__(self, input_name: str) -> None:
+        self.progress = current()
+        self.read = 0
+        self.last: InputRow | None = None
+        size = os.path.getsize(input_name) if os.path.isfile(input_name) else None
+        self.progress.stage(f"counting rows of {input_name}", size, "bytes")
+
+    def met(self, row: InputRow, n: int) -> None:
+        self.last = row
+        if n % self.EVERY == 0:
+            self._report(n)
+
+    def _report(self, n: int) -> None:
+        row = self.last
+        end = row.place[0] + max(0, row.place[1]) if row is not None and row.place is not None else self.read
+        self.progress.advance(max(0, end - self.read), f"{n} row{'s' if n != 1 else ''}")
+        self.read = max(self.read, end)
+
+    def finish(self, n: int) -> None:
+        self._report(n)
+        self.progress.finish()
 
 
 def _drive(plan: JobPlan, executor: Executor, target: Target, stats: JobStats, pending: Callable[[], Iterator[InputRow]],

@@ -22,6 +22,7 @@ import llama_cpp as L
 
 from localaug.core.errors import EngineError, PromptTooLongError, UsageError, opt
 from localaug.core.install import gpu_hint
+from localaug.core.progress import current
 from localaug.family.registry import context_size
 from localaug.runtime.llama import Closing, TokenBatch, gpu_offload_supported, quiet_llama
 from localaug.runtime.sampling import SamplingParams, grammar_sampler, make_sampler
@@ -53,6 +54,30 @@ def _resolve_layers(opts: EngineOptions) -> int:
     return int(opts.gpu_layers or 0)
 
 
+def _load(path: Path, mparams: object) -> object:
+    """llama_model_load_from_file, reporting a "loading" phase (bytes of the file, from
+    llama.cpp's own progress callback) to the display a command installed."""
+    progress = current()
+    size = path.stat().st_size if path.is_file() else None
+    seen = [0]
+
+    def on_progress(fraction: float, _user: object) -> bool:
+        now = min(size or 0, int(fraction * (size or 0)))
+        if now > seen[0]:
+            progress.advance(now - seen[0])
+            seen[0] = now
+        return True  # go on loading
+
+    callback = L.llama_progress_callback(on_progress)  # kept alive until the load returns
+    mparams.progress_callback = callback  # type: ignore[attr-defined]
+    progress.stage(f"loading model {path}", size, "bytes")
+    model = L.llama_model_load_from_file(str(path).encode(), mparams)
+    mparams.progress_callback = L.llama_progress_callback()  # type: ignore[attr-defined]  # NULL: no call into a freed closure
+    if model:
+        progress.finish()
+    return model
+
+
 class Engine(Closing):
     """One loaded GGUF model and one llama.cpp context.
 
@@ -72,7 +97,7 @@ class Engine(Closing):
         mparams.n_gpu_layers = _resolve_layers(self.opts)
         self.gpu_layers = mparams.n_gpu_layers
         started = time.monotonic()
-        model = L.llama_model_load_from_file(str(self.path).encode(), mparams)
+        model = _load(self.path, mparams)
         if not model:
             raise EngineError(f"llama.cpp could not load {self.path}: check it is a complete GGUF (`localaug inspect`)")
         self._model = model
