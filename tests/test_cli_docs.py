@@ -41,23 +41,3 @@ def test_the_tree_reader_sees_a_missing_and_a_gone_module() -> None:
            "    render/\n      jobs.py   run summaries\n  core/\n    gone.py\ntests/        fixtures\n```\n")
     assert tree_modules(doc) == {"localaug/api.py": "the public API", "localaug/cli/main.py": "the app",
                                  "localaug/cli/render/jobs.py": "run summaries", "localaug/core/gone.py": ""}
-
-
-def test_the_readme_shows_every_command() -> None:
-    import typer
-
-    from localaug.cli.main import app
-
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    found: list[str] = []
-
-    def walk(group, prefix: str) -> None:
-        for name, command in group.commands.items():
-            if hasattr(command, "commands"):
-                walk(command, f"{prefix}{name} ")
-            else:
-                found.append(prefix + name)
-
-    walk(typer.main.get_command(app), "")
-    assert len(found) == 22
-    assert [words for words in found if f"localaug {words}" not in readme] == []
