@@ -30,6 +30,7 @@ from localaug.core.errors import JobError, UsageError, opt
 from localaug.family import judging
 from localaug.family.styles import PromptStyle
 from localaug.jobs import grade as G
+from localaug.jobs import paths as P
 from localaug.jobs.grade import Answer, JudgeModel, JudgeOptions
 from localaug.runtime.remote import RemoteModel, open_remote
 
@@ -105,11 +106,11 @@ def test_where_the_records_and_ledgers_are(tmp_path: Path):
         assert G.records_path(out) == want, value
     manifest.write_text("[1]")
     assert G.records_path(out) == beside
-    assert G.ledger_path(Path("/d/a.jsonl"), G.GRADES) == Path("/d/a.jsonl.grades.jsonl")
-    assert G.ledger_path(Path("/d/train.json.ledger.jsonl"), G.VERDICTS) == Path("/d/train.json.verdicts.jsonl")
+    assert P.judged_path(Path("/d/a.jsonl"), P.GRADES) == Path("/d/a.jsonl.grades.jsonl")
+    assert P.judged_path(Path("/d/train.json.ledger.jsonl"), P.VERDICTS) == Path("/d/train.json.verdicts.jsonl")
     assert (G.GRADES, G.VERDICTS, G.MAX_REPLY_KEPT) == (".grades.jsonl", ".verdicts.jsonl", 4000)
-    assert G.summary_path(Path("/d/a.grades.jsonl")) == Path("/d/a.grades.summary.json")
-    assert G.summary_path(Path("/d/mine.log")) == Path("/d/mine.log.summary.json")
+    assert P.summary_path(Path("/d/a.grades.jsonl")) == Path("/d/a.grades.summary.json")
+    assert P.summary_path(Path("/d/mine.log")) == Path("/d/mine.log.summary.json")
 
 
 def test_read_answers_keeps_ok_records_with_answers(tmp_path: Path):

@@ -15,7 +15,8 @@ import pytest
 
 from localaug.core.errors import ModelNotFoundError, UsageError, opt
 from localaug.jobs import chain
-from localaug.jobs.chain import SHARED, responder_options, stage_path
+from localaug.jobs.chain import SHARED, responder_options
+from localaug.jobs.paths import stage_path
 from localaug.jobs.run import run_job
 from localaug.jobs.stats import JobStats
 

@@ -29,9 +29,10 @@ from localaug.core.errors import UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.jobs import dataio
 from localaug.jobs.exports import PREFERENCE_FORMATS
-from localaug.jobs.grade import GRADES, VERDICTS, JudgeOptions, ledger_path, resolve_judge, run_grade, run_verdicts, summary_path
+from localaug.jobs.grade import JudgeOptions, resolve_judge, run_grade, run_verdicts
 from localaug.jobs.ledger import iter_ledger
 from localaug.jobs.options import OUTPUT_FORMATS, JobOptions
+from localaug.jobs.paths import GRADES, VERDICTS, judged_path, stage_path, summary_path
 from localaug.jobs.preference import Judged, Selection, selection_fields, write_export
 from localaug.jobs.stats import JobProgress, JobSummary
 
@@ -39,11 +40,6 @@ JobRunner = Callable[..., JobSummary]  # run_job: (task, input, output, *, fmt, 
 
 # settings the responder takes from the job as given (the rest are the augmenter's alone)
 SHARED = ("seed", "device", "gpu_layers", "threads", "n_ctx", "retry_failed", "max_chars", "refusals")
-
-
-def stage_path(output: Path, task: str) -> Path:
-    """Where the augmenter's records go: beside the output, named after the task."""
-    return output.with_name(f"{output.name}.{task}.jsonl")
 
 
 def responder_options(task: str, options: dict[str, Any], respond: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +92,7 @@ def run_judged(task: str, input: str | os.PathLike[str], output: str | os.PathLi
     samples = (respond if respond_with is not None else options).get("samples", 1)
     _refuse_unjudgeable(task, fmt, respond_with, samples, sel)
     out = Path(output)
-    ledgers = [ledger_path(out, GRADES), ledger_path(out, VERDICTS)]
+    ledgers = [judged_path(out, GRADES), judged_path(out, VERDICTS)]
     refuse_overwriting_inputs([*ledgers, *map(summary_path, ledgers)], [Path(input)])
     resolve_judge(judge)  # resolved (pulled on first use) before the answers are made, not after
     summary = run(task, input, output, fmt=fmt, progress=progress, respond_with=respond_with, respond=respond,

@@ -59,7 +59,8 @@ from localaug.jobs.chain import responder_options
 from localaug.jobs.config import JobConfig
 from localaug.jobs.dataio import InputRow
 from localaug.jobs.keys import RowKeys, make_key
-from localaug.jobs.ledger import lock_path, record_counts
+from localaug.jobs.ledger import record_counts
+from localaug.jobs.paths import FOLDER_MANIFEST, folder_manifest, lock_path
 from localaug.jobs.run import JobOptions, JobPlan, JobProgress, JobStats, JobSummary, Target, execute
 from localaug.jobs.worker import Worker, result_keys
 from localaug.runtime.backend import DEFAULT_PARALLEL, rows_per_chunk
@@ -335,7 +336,7 @@ class PartsTarget:
 
     def __init__(self, out: Path) -> None:
         self.out = self.where = out
-        self.manifest_path, self.lock = out / "manifest.json", lock_path(out)
+        self.manifest_path, self.lock = folder_manifest(out), lock_path(out)
         self.statuses: dict[str, str] = {}
 
     def prepare(self) -> str:
@@ -488,7 +489,7 @@ def _refuse_output_among_inputs(source: str, out: Path) -> None:
     if "://" in source:
         return
     inp, folder = Path(source).expanduser().resolve(), out.resolve()
-    written = inp.parent == folder and (inp.name.startswith("part-") or inp.name in ("manifest.json", parts.STALE))
+    written = inp.parent == folder and (inp.name.startswith("part-") or inp.name in (FOLDER_MANIFEST, parts.STALE))
     if inp == folder or written or folder.is_relative_to(inp):
         raise UsageError(f"{opt('output')} {out} and the input {source} overlap (the part files would be read as input "
                          f"or written over it): give another {opt('output')} folder")

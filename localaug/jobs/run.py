@@ -64,16 +64,15 @@ from localaug.jobs.ledger import (
     changed_keys,
     compact_ledger,
     iter_ledger,
-    job_paths,
     output_counts,
     output_lock,
     repair_ledger,
     scan_ledger,
-    stale_path,
 )
 from localaug.jobs.options import OUTPUT_FORMATS, JobOptions, JobPlan
 from localaug.jobs.pending import PendingRows
-from localaug.jobs.seen import Loaded, SeenBook, compact_keeping_index, index_paths
+from localaug.jobs.paths import index_paths, job_paths, stale_path
+from localaug.jobs.seen import Loaded, SeenBook, compact_keeping_index
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
 from localaug.runtime.backend import Backend, rows_per_chunk
