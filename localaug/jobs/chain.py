@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from localaug.augment import settings
 from localaug.core.errors import UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.jobs import dataio
@@ -39,7 +40,7 @@ from localaug.jobs.stats import JobProgress, JobSummary
 JobRunner = Callable[..., JobSummary]  # run_job: (task, input, output, *, fmt, progress, **options) -> summary
 
 # settings the responder takes from the job as given (the rest are the augmenter's alone)
-SHARED = ("seed", "device", "gpu_layers", "threads", "n_ctx", "retry_failed", "max_chars", "refusals")
+SHARED = ("seed", "device", "gpu_layers", "threads", "n_ctx", "retry_failed", "max_chars", "keep_refusals")
 
 
 def responder_options(task: str, options: dict[str, Any], respond: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +51,8 @@ def responder_options(task: str, options: dict[str, Any], respond: dict[str, Any
     unknown = set(respond) - {"system", "max_tokens", "temperature", "top_p", "top_k", "parallel", "prompt_format", "samples"}
     if unknown:
         raise UsageError(f"unknown responder setting(s): {', '.join(sorted(unknown))}")
-    shared = {k: options[k] for k in (*SHARED, "parallel") if k in options}
+    options = settings.canonical(options)  # flat, whatever form the settings were given in
+    shared = {k: options[k] for k in (*SHARED, "parallel", "command") if k in options}
     return {**shared, **respond}
 
 
@@ -64,7 +66,7 @@ def run_chain(task: str, input: str | os.PathLike[str], output: str | os.PathLik
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")
     out = Path(output)
     stage = stage_path(out, task)
-    responder = JobOptions("respond", model=respond_with, **answer)
+    responder = JobOptions.of("respond", model=respond_with, **answer)
     responder.check()
     responder.plan()  # the responder resolves (pulled on first use) before the augmenter's run, not after it
     first = run(task, input, stage, fmt="jsonl", progress=progress, **options)

@@ -261,7 +261,7 @@ def actor_job(opts: JobOptions, plan: JobPlan, res: Resources, records: bool) ->
     model = str(opts.model or DEFAULT_MODELS[opts.task])
     is_path = Path(model).suffix == ".gguf" and Path(model).is_file()  # as resolve_model decides
     return ActorJob(str(Path(model).resolve()) if is_path else str(model), is_path, plan.sha256, plan.run_id, plan.job_config,
-                    plan.style, opts.engine_options(threads_default=max(1, int(res.num_cpus or 1))), opts.parallel,
+                    plan.style, opts.engine.options(threads_default=max(1, int(res.num_cpus or 1))), opts.engine.parallel,
                     records)
 
 
@@ -292,14 +292,14 @@ def augment(ds: ray.data.Dataset, task: str, model: str | os.PathLike[str] | Non
     if not ray.is_initialized():
         ray.init()
     res = plan_resources(Resources(actors, num_cpus, num_gpus, batch_size))
-    job_opts = JobOptions(task, model=model, **opts)
+    job_opts = JobOptions.of(task, model=model, **opts)
     job_opts.check()
     plan = job_opts.plan()
     job = actor_job(job_opts, plan, res, records=False)
     check_nodes(job, res)
     answer = None
     if respond_with is not None:
-        answer_opts = JobOptions("respond", model=respond_with, **responder_options(task, opts, respond or {}))
+        answer_opts = JobOptions.of("respond", model=respond_with, **responder_options(task, job_opts.kwargs(), respond or {}))
         answer_opts.check()
         answer = actor_job(answer_opts, answer_opts.plan(), res, records=False)
         check_nodes(answer, res)
@@ -469,7 +469,7 @@ def run_job(
     Ray reads) into the folder ``output``: part files and ``manifest.json``. Resumable; see the
     module doc. ``options`` are ``JobOptions``' fields."""
     _refuse_remote(options.get("model"))
-    opts = JobOptions(task, **options)
+    opts = JobOptions.of(task, **options)
     if fmt != "jsonl":
         raise UsageError(f"{opt('fmt')} {fmt} with Ray: the output is a folder of JSONL parts; "
                          f"join them with localaug merge OUTDIR -o FILE --format {fmt}")

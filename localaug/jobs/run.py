@@ -151,6 +151,8 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
                 "model": plan.model_fields(), "localaug": __version__, "llama_cpp_python": llama_cpp_version(),
                 "config": plan.run_config, "shard": list(shard) if shard else None, "limit": opts.limit,
                 "started": started_at, **_kept(previous, stats), **executor.manifest_fields(plan)}
+            if opts.command is not None:  # what localaug run --replay runs again
+                manifest["settings"] = opts.command
 
             def save(complete: bool) -> None:
                 manifest.update(stats.manifest_fields(complete, wall0), counts=target.counts() if complete else None)
@@ -343,7 +345,7 @@ class LocalExecutor:
     def load(self, plan: JobPlan) -> None:
         model = plan.remote if plan.remote is not None else plan.path
         assert model is not None
-        self.backend, self.parallel = open_calibrated(model, self.opts.engine_options(), self.opts.parallel)
+        self.backend, self.parallel = open_calibrated(model, self.opts.engine.options(), self.opts.engine.parallel)
         if plan.remote is not None:  # nothing loaded: requests in flight instead of sequences decoded
             self.note = f"{self.parallel.value} requests in flight to {plan.remote}"
         else:
@@ -420,7 +422,7 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
                                     run=run_job, **options)
         return chain.run_chain(task, input, output, respond_with, fmt=fmt, progress=progress, respond=respond or {},
                                export=export, run=run_job, **options)
-    opts = JobOptions(task, **options)
+    opts = JobOptions.of(task, **options)
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")
     if task in dataio.INSTRUCTION_TASKS and fmt in dataio.RESPONSE_FORMATS:
