@@ -125,7 +125,7 @@ def layered(ctx: click.Context, files: Iterable[tuple[Mapping[str, Any], str]]) 
             param = keys[key]
             if ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE:  # type: ignore[arg-type]
                 continue
-            params[param.name] = convert(param, key, value, where)  # type: ignore[index]
+            params[param.name] = plain(convert(param, key, value, where))  # type: ignore[index]
     return params
 
 
