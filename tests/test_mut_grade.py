@@ -29,6 +29,7 @@ from loopback_server import Loopback, Reply, Seen, completion
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.family import judging
 from localaug.family.styles import PromptStyle
+from localaug.augment.settings import EngineSettings
 from localaug.jobs import grade as G
 from localaug.jobs import paths as P
 from localaug.jobs.grade import Answer, JudgeModel, JudgeOptions
@@ -226,6 +227,9 @@ def test_judge_options_bounds():
     assert e.value.template == f"{opt('aspect')} 'style': use detail, truthfulness, helpfulness"
     o = JudgeOptions("j")
     assert (o.max_tokens, o.temperature, o.seed, o.aspect, o.parallel, o.device) == (512, 0.0, 0, "helpfulness", None, "auto")
+    # where the judge runs: the engine settings a job and the server build
+    assert JudgeOptions("j", device="cpu", threads=3, n_ctx=256, parallel=2).engine == EngineSettings(
+        device="cpu", gpu_layers=None, threads=3, n_ctx=256, parallel=2)
     assert JudgeOptions("j", max_tokens=9, temperature=0.3, seed=4, parallel=2).settings() == {
         "max_tokens": 9, "temperature": 0.3, "seed": 4}
 

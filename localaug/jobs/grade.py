@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from localaug.augment.resolve import resolve_remote, resolve_style
+from localaug.augment.settings import EngineSettings
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.family import judging
@@ -45,7 +46,6 @@ from localaug.jobs.paths import GRADES, VERDICTS, judged_path, lock_path, manife
 from localaug.jobs.schema import Skipped
 from localaug.runtime.backend import Backend, Request, rows_per_chunk
 from localaug.runtime.calibrate import open_calibrated
-from localaug.runtime.engine import EngineOptions
 from localaug.runtime.remote import RemoteModel, is_remote
 from localaug.runtime.sampling import SamplingParams
 
@@ -75,6 +75,11 @@ class JudgeOptions:
                              f"{opt('parallel')} at least 1")
         if self.aspect not in judging.ASPECTS:
             raise UsageError(f"{opt('aspect')} {self.aspect!r}: use {', '.join(judging.ASPECTS)}")
+
+    @property
+    def engine(self) -> EngineSettings:
+        """Where the judge runs: the engine settings a job and the server build, under the same names."""
+        return EngineSettings(device=self.device, threads=self.threads, n_ctx=self.n_ctx, parallel=self.parallel)
 
     def settings(self) -> dict[str, Any]:
         """What a judging run's id hashes besides the judge and the prompt."""
@@ -224,8 +229,7 @@ def resolve_judge(judge: str | os.PathLike[str]) -> JudgeModel:
 
 def open_judge(model: JudgeModel, opts: JudgeOptions) -> tuple[Backend, int]:
     """The backend that runs the judge's requests, and how many it runs at a time."""
-    options = EngineOptions(device=opts.device, threads=opts.threads, n_ctx=opts.n_ctx)  # type: ignore[arg-type]
-    backend, chosen = open_calibrated(model.remote or model.path, options, opts.parallel)  # type: ignore[arg-type]
+    backend, chosen = open_calibrated(model.remote or model.path, opts.engine.options(), opts.parallel)  # type: ignore[arg-type]
     return backend, chosen.value
 
 
