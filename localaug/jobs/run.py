@@ -402,7 +402,9 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
             judging: dict[str, Any] | None = None, selection: dict[str, Any] | None = None, export: bool = True,
             **options: Any) -> JobSummary:
     """Run ``task`` over every row of ``input`` into ``output`` on this machine; resumable (see the
-    module doc). ``options`` are ``JobOptions``' fields (model, field, n, sampling, filters, parallel…).
+    module doc). ``options`` are ``JobOptions.of``'s keywords: its fields (model, field, n, …) and
+    the engine, sampling and filters settings, flat (``threads=2, rouge_l=0.5``) or as the objects
+    (``engine=EngineSettings(threads=2)``); ``command``: the settings to record for ``--replay``.
 
     ``respond_with`` (refine, expand): then answer every new instruction with that model (one model
     in memory at a time): the augmenter's records go to ``OUTPUT.<task>.jsonl``, the answered ones
