@@ -259,3 +259,23 @@ def test_paths_are_recorded_absolute(tmp_path: Path, monkeypatch) -> None:
         "rouge_l": 0.7, "echo": 0.9, "min_chars": 4, "keep_refusals": False, "format": "jsonl", "retry_failed": False,
         "device": "auto", "n_ctx": 256, "rule": "scores", "margin": 1.0, "judge_max_tokens": 512}
     assert os.path.isabs(r.options.command["input"])
+
+
+def test_a_chained_run_cut_short_in_its_first_phase_replays_from_that_phase(tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    recorded = {"task": "expand", "input": str(tmp_path / "seeds.jsonl"), "output": str(out), "format": "alpaca",
+                "respond_with": "answers.gguf", "respond_max_tokens": 128, "seed": 5, "n": 2, "n_ctx": 1024}
+    stage_manifest = tmp_path / "train.json.expand.jsonl.manifest.json"  # the augmenter's phase: OUT.<task>.jsonl
+    write(stage_manifest, json.dumps({"run_id": "r", "settings": recorded}))
+    r = parsed("--replay", str(out))
+    assert (r.replayed, r.task, r.input, r.output, r.fmt) == (stage_manifest, "expand", recorded["input"], out, "alpaca")
+    assert r.chain == {"respond_with": "answers.gguf", "respond": {"max_tokens": 128}}
+    assert (r.options.n, r.options.sampling.seed, r.options.engine.n_ctx) == (2, 5, 1024)
+    assert r.options.command == recorded | {  # recorded again as given, defaults filled in
+        "field": "instruction", "samples": 1, "dedup": "exact", "minhash_threshold": 0.8, "rouge_l": 0.7, "echo": 0.9,
+        "min_chars": 4, "keep_refusals": False, "retry_failed": False, "device": "auto", "rule": "scores", "margin": 1.0,
+        "judge_max_tokens": 512}
+    # once the second phase has a manifest of its own, that one is replayed
+    final = write(tmp_path / "train.json.manifest.json", json.dumps({"run_id": "s", "settings": {**recorded, "seed": 6}}))
+    again = parsed("--replay", str(out))
+    assert (again.replayed, again.options.sampling.seed) == (final, 6)
