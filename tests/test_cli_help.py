@@ -164,11 +164,12 @@ RUN_PANELS = {
     "Model and prompt": ["--model", "--prompt-format", "--system", "--examples"],
     "Sampling": ["-n", "--samples", "--max-samples", "--temperature", "--top-p", "--top-k", "--max-tokens", "--seed"],
     "Filters": ["--dedup", "--minhash-threshold", "--rouge-l", "--echo", "--min-chars", "--max-chars", "--keep-refusals"],
-    "Engine": ["--device", "--gpu-layers", "--threads", "--ctx", "--parallel"],
+    "Engine": ["--device", "--gpu-layers", "--threads", "--n-ctx", "--parallel"],  # --ctx: the same flag
     "Scale-out (shards, Ray)": ["--shard", "--ray", "--actors", "--num-cpus", "--num-gpus"],
     "Respond and judge (training files with answers)": [
         "--respond-with", "--respond-system", "--respond-max-tokens", "--respond-samples", "--judge", "--rule", "--margin",
         "--min-score", "--judge-max-tokens"],
+    "Settings from files": ["--config", "--replay"],
 }
 
 
@@ -183,7 +184,7 @@ def panels(text: str) -> dict[str, list[str]]:
         elif line.startswith("╰"):
             current = None
         elif current is not None:
-            first = line.strip("│ ").lstrip("* ").split(" ")[0]
+            first = line.strip("│ ").lstrip("* ").split(" ")[0].split(",")[0]  # --n-ctx,--ctx: its longest name
             if first.startswith("-"):
                 current.append(first)
     return found

@@ -29,7 +29,9 @@ from loopback_server import Loopback, Reply, Seen, completion
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.family import judging
 from localaug.family.styles import PromptStyle
+from localaug.augment.settings import EngineSettings
 from localaug.jobs import grade as G
+from localaug.jobs import paths as P
 from localaug.jobs.grade import Answer, JudgeModel, JudgeOptions
 from localaug.runtime.remote import RemoteModel, open_remote
 
@@ -105,11 +107,11 @@ def test_where_the_records_and_ledgers_are(tmp_path: Path):
         assert G.records_path(out) == want, value
     manifest.write_text("[1]")
     assert G.records_path(out) == beside
-    assert G.ledger_path(Path("/d/a.jsonl"), G.GRADES) == Path("/d/a.jsonl.grades.jsonl")
-    assert G.ledger_path(Path("/d/train.json.ledger.jsonl"), G.VERDICTS) == Path("/d/train.json.verdicts.jsonl")
+    assert P.judged_path(Path("/d/a.jsonl"), P.GRADES) == Path("/d/a.jsonl.grades.jsonl")
+    assert P.judged_path(Path("/d/train.json.ledger.jsonl"), P.VERDICTS) == Path("/d/train.json.verdicts.jsonl")
     assert (G.GRADES, G.VERDICTS, G.MAX_REPLY_KEPT) == (".grades.jsonl", ".verdicts.jsonl", 4000)
-    assert G.summary_path(Path("/d/a.grades.jsonl")) == Path("/d/a.grades.summary.json")
-    assert G.summary_path(Path("/d/mine.log")) == Path("/d/mine.log.summary.json")
+    assert P.summary_path(Path("/d/a.grades.jsonl")) == Path("/d/a.grades.summary.json")
+    assert P.summary_path(Path("/d/mine.log")) == Path("/d/mine.log.summary.json")
 
 
 def test_read_answers_keeps_ok_records_with_answers(tmp_path: Path):
@@ -225,6 +227,9 @@ def test_judge_options_bounds():
     assert e.value.template == f"{opt('aspect')} 'style': use detail, truthfulness, helpfulness"
     o = JudgeOptions("j")
     assert (o.max_tokens, o.temperature, o.seed, o.aspect, o.parallel, o.device) == (512, 0.0, 0, "helpfulness", None, "auto")
+    # where the judge runs: the engine settings a job and the server build
+    assert JudgeOptions("j", device="cpu", threads=3, n_ctx=256, parallel=2).engine == EngineSettings(
+        device="cpu", gpu_layers=None, threads=3, n_ctx=256, parallel=2)
     assert JudgeOptions("j", max_tokens=9, temperature=0.3, seed=4, parallel=2).settings() == {
         "max_tokens": 9, "temperature": 0.3, "seed": 4}
 

@@ -15,7 +15,9 @@ import pytest
 
 from localaug.core.errors import ModelNotFoundError, UsageError, opt
 from localaug.jobs import chain
-from localaug.jobs.chain import SHARED, responder_options, stage_path
+from localaug.augment.settings import EngineSettings
+from localaug.jobs.chain import SHARED, responder_options
+from localaug.jobs.paths import stage_path
 from localaug.jobs.run import run_job
 from localaug.jobs.stats import JobStats
 
@@ -32,7 +34,7 @@ def _home(tmp_path, monkeypatch):
 
 
 def test_the_settings_the_responder_shares():
-    assert SHARED == ("seed", "device", "gpu_layers", "threads", "n_ctx", "retry_failed", "max_chars", "refusals")
+    assert SHARED == ("seed", "device", "gpu_layers", "threads", "n_ctx", "retry_failed", "max_chars", "keep_refusals")
 
 
 def test_stage_path_is_beside_the_output_named_after_the_task():
@@ -42,20 +44,23 @@ def test_stage_path_is_beside_the_output_named_after_the_task():
 
 def test_responder_options_take_the_shared_settings_then_its_own():
     options = {"seed": 7, "device": "cpu", "gpu_layers": 0, "threads": 2, "n_ctx": 2048, "retry_failed": True,
-               "max_chars": 900, "refusals": False, "parallel": 3,
+               "max_chars": 900, "keep_refusals": True, "parallel": 3,
                # the augmenter's own: not passed on
                "model": "aug.gguf", "n": 4, "temperature": 0.9, "max_tokens": 300, "min_chars": 5, "dedup": "row",
                "prompt_format": "qwen2-chatml", "system": "augment", "limit": 2, "shard": "0/2", "field": "q"}
     assert responder_options("expand", options, {}) == {
         "seed": 7, "device": "cpu", "gpu_layers": 0, "threads": 2, "n_ctx": 2048, "retry_failed": True, "max_chars": 900,
-        "refusals": False, "parallel": 3}
+        "keep_refusals": True, "parallel": 3}
     respond = {"system": "Answer briefly.", "max_tokens": 64, "temperature": 0.1, "top_p": 0.8, "top_k": 20, "parallel": 1,
                "prompt_format": "chatml"}
     assert responder_options("refine", options, respond) == {
         "seed": 7, "device": "cpu", "gpu_layers": 0, "threads": 2, "n_ctx": 2048, "retry_failed": True, "max_chars": 900,
-        "refusals": False, **respond}
+        "keep_refusals": True, **respond}
     assert responder_options("refine", {"threads": 1}, {"max_tokens": 8}) == {"threads": 1, "max_tokens": 8}
     assert responder_options("refine", {}, {}) == {}
+    # the API's older name, and the engine settings given whole, come out flat under today's names
+    assert responder_options("refine", {"refusals": False, "engine": EngineSettings(threads=3), "threads": 1}, {}) == {
+        "keep_refusals": True, "device": "auto", "gpu_layers": None, "threads": 1, "n_ctx": None, "parallel": None}
 
 
 @pytest.mark.parametrize("task", ["pairs", "respond", "nonsense"])

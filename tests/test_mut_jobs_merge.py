@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from localaug.core.errors import JobError, UsageError, opt
-from localaug.jobs.merge import _is_shard, ledgers_of, manifest_paths, merge_outputs
+from localaug.jobs.merge import _is_shard, ledgers_of, merge_outputs
+from localaug.jobs.paths import manifest_paths
 from localaug.jobs.schema import EXPECTED
 
 RUN = "a" * 64

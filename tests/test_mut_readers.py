@@ -510,7 +510,7 @@ def test_loads_names_the_first_key_held_twice_and_forgets_it():
     ('{"a": "é"}', False), ('{"a": "\udcff"}', True), ('{"a": "\\\\ud800"}', True),
 ])
 def test_which_json_text_may_hold_invalid_unicode(source, may):
-    assert R._may_hold_invalid(source) is may
+    assert R.may_hold_invalid(source) is may
 
 
 def test_invalid_text_is_found_anywhere_in_a_value():

@@ -108,9 +108,9 @@ def test_a_url_names_a_base_and_a_model_and_never_credentials() -> None:
     with pytest.raises(UsageError, match="for localaug run and localaug judge"):
         resolve_style("http://gpu-box:8000/v1#m")  # not a store name to pull
     with pytest.raises(UsageError) as unsent:  # refused before the server is asked
-        JobOptions("respond", model="http://127.0.0.1:9/v1#m", top_k=5, min_p=0.1).check()
+        JobOptions.of("respond", model="http://127.0.0.1:9/v1#m", top_k=5, min_p=0.1).check()
     assert unsent.value.params == ["top_k", "min_p"] and "not sent to a model on a server" in str(unsent.value)
-    JobOptions("respond", model="x.gguf", top_k=5).check()  # a local model takes them
+    JobOptions.of("respond", model="x.gguf", top_k=5).check()  # a local model takes them
 
 
 def test_ray_refuses_a_model_on_a_server_before_it_starts(tmp_path: Path) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from localaug.core.errors import LocalaugError
 
-# Settings (parameter names below the CLI) whose flag is not simply --name-with-dashes.
-FLAGS = {
-    "output": "-o", "input": "-i", "n": "-n", "n_ctx": "--ctx", "fmt": "--format", "threshold": "--rouge-l",
-    "refusals": "--keep-refusals", "address": "--ray", "model": "--model", "quant": "--quant",
-}
+# A setting's flag is its name with dashes (``augment.settings``: one name at every layer). These are
+# spelled otherwise: the short flags people type, and two keywords whose flag reads better on a
+# command line than the Python name would (``fmt`` shadows nothing, ``format`` would; ``address``
+# is Ray's own word for what --ray takes).
+FLAGS = {"output": "-o", "input": "-i", "n": "-n", "fmt": "--format", "address": "--ray"}
 
 
 def flag(param: str) -> str:

@@ -40,7 +40,18 @@ def value(choice: Enum | None) -> str | None:
     return None if choice is None else str(choice.value)
 
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Family name, Hugging Face repo id, GGUF file or checkpoint folder.")]
+def _layers_from_env(ctx: typer.Context, param: typer.CallbackParam, given: str | None) -> str | None:
+    """LOCALAUG_GPU_LAYERS is checked as it is read, so its error names the variable (a flag's value is
+    checked where it is used, naming the flag)."""
+    from localaug.cli.configfile import ParameterSource
+
+    if given is not None and ctx.get_parameter_source(param.name or "") == ParameterSource.ENVIRONMENT and not (
+            given == "all" or given.isdigit()):
+        raise typer.BadParameter(f"{given!r}: give a number or 'all'")
+    return given
+
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", envvar="LOCALAUG_MODEL", help="Family name, Hugging Face repo id, GGUF file or checkpoint folder.")]
 PromptFormatOpt = Annotated[Optional[PromptFormat], typer.Option("--prompt-format", help="Force the prompt format (default: the model's family format, else teacher mode).")]  # type: ignore[valid-type]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", help="Teacher mode: your own system prompt instead of localaug's task prompt.")]
 ExamplesOpt = Annotated[Optional[Path], typer.Option("--examples", help="Teacher mode: your own in-context examples, a JSON/JSONL file of {input, output} objects (two unlike each input are shown).")]
@@ -49,10 +60,10 @@ TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampl
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Top-k sampling (default 50).")]
 MaxTokOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="New tokens at most (default 2048).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Fixed seed: same output on the same build and device.")]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs.")]  # type: ignore[valid-type]
-LayersOpt = Annotated[Optional[str], typer.Option("--gpu-layers", help="Layers to offload: a number or 'all' (default: all on a GPU).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")]
-CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context size (default 4096, grown up to the trained length when needed).")]
+DeviceOpt = Annotated[Device, typer.Option("--device", envvar="LOCALAUG_DEVICE", help="Where the model runs.")]  # type: ignore[valid-type]
+LayersOpt = Annotated[Optional[str], typer.Option("--gpu-layers", envvar="LOCALAUG_GPU_LAYERS", callback=_layers_from_env, help="Layers to offload: a number or 'all' (default: all on a GPU).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", envvar="LOCALAUG_THREADS", help="CPU threads (default: all cores).")]
+CtxOpt = Annotated[Optional[int], typer.Option("--n-ctx", "--ctx", help="Context size (default 4096, grown up to the trained length when needed); --ctx is the same flag.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object, no decoration.")]
 # Quantizations are checked (any case) where they are used, whose one-line error lists them; --help
 # lists them here, from the same table (a Typer enum would show them in lower case).

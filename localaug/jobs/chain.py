@@ -25,25 +25,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from localaug.augment import settings
 from localaug.core.errors import UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.jobs import dataio
 from localaug.jobs.exports import PREFERENCE_FORMATS
-from localaug.jobs.grade import GRADES, VERDICTS, JudgeOptions, ledger_path, resolve_judge, run_grade, run_verdicts, summary_path
+from localaug.jobs.grade import JudgeOptions, resolve_judge, run_grade, run_verdicts
 from localaug.jobs.ledger import iter_ledger
 from localaug.jobs.options import OUTPUT_FORMATS, JobOptions
+from localaug.jobs.paths import GRADES, VERDICTS, judged_path, stage_path, summary_path
 from localaug.jobs.preference import Judged, Selection, selection_fields, write_export
 from localaug.jobs.stats import JobProgress, JobSummary
 
 JobRunner = Callable[..., JobSummary]  # run_job: (task, input, output, *, fmt, progress, **options) -> summary
 
 # settings the responder takes from the job as given (the rest are the augmenter's alone)
-SHARED = ("seed", "device", "gpu_layers", "threads", "n_ctx", "retry_failed", "max_chars", "refusals")
-
-
-def stage_path(output: Path, task: str) -> Path:
-    """Where the augmenter's records go: beside the output, named after the task."""
-    return output.with_name(f"{output.name}.{task}.jsonl")
+SHARED = ("seed", "device", "gpu_layers", "threads", "n_ctx", "retry_failed", "max_chars", "keep_refusals")
 
 
 def responder_options(task: str, options: dict[str, Any], respond: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +51,8 @@ def responder_options(task: str, options: dict[str, Any], respond: dict[str, Any
     unknown = set(respond) - {"system", "max_tokens", "temperature", "top_p", "top_k", "parallel", "prompt_format", "samples"}
     if unknown:
         raise UsageError(f"unknown responder setting(s): {', '.join(sorted(unknown))}")
-    shared = {k: options[k] for k in (*SHARED, "parallel") if k in options}
+    options = settings.canonical(options)  # flat, whatever form the settings were given in
+    shared = {k: options[k] for k in (*SHARED, "parallel", "command") if k in options}
     return {**shared, **respond}
 
 
@@ -68,7 +66,7 @@ def run_chain(task: str, input: str | os.PathLike[str], output: str | os.PathLik
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")
     out = Path(output)
     stage = stage_path(out, task)
-    responder = JobOptions("respond", model=respond_with, **answer)
+    responder = JobOptions.of("respond", model=respond_with, **answer)
     responder.check()
     responder.plan()  # the responder resolves (pulled on first use) before the augmenter's run, not after it
     first = run(task, input, stage, fmt="jsonl", progress=progress, **options)
@@ -96,7 +94,7 @@ def run_judged(task: str, input: str | os.PathLike[str], output: str | os.PathLi
     samples = (respond if respond_with is not None else options).get("samples", 1)
     _refuse_unjudgeable(task, fmt, respond_with, samples, sel)
     out = Path(output)
-    ledgers = [ledger_path(out, GRADES), ledger_path(out, VERDICTS)]
+    ledgers = [judged_path(out, GRADES), judged_path(out, VERDICTS)]
     refuse_overwriting_inputs([*ledgers, *map(summary_path, ledgers)], [Path(input)])
     resolve_judge(judge)  # resolved (pulled on first use) before the answers are made, not after
     summary = run(task, input, output, fmt=fmt, progress=progress, respond_with=respond_with, respond=respond,

@@ -33,7 +33,7 @@ class JobConfig:
     n: int = 1
     model_name: str = ""
     max_samples: int | None = None
-    threshold: float = filters.DEFAULT_ROUGE_L  # near duplicates within a row (ROUGE-L)
+    rouge_l: float = filters.DEFAULT_ROUGE_L  # near duplicates within a row (ROUGE-L)
     min_chars: int = filters.DEFAULT_MIN_CHARS
     max_chars: int | None = None
     refusals: bool = True  # drop refusals
@@ -51,7 +51,7 @@ class JobConfig:
     def validate(self) -> None:
         if self.dedup not in DEDUP_MODES:
             raise UsageError(f"{opt('dedup')} {self.dedup!r}: use {', '.join(DEDUP_MODES)}")
-        for name in ("threshold", "echo", "minhash_threshold"):
+        for name in ("rouge_l", "echo", "minhash_threshold"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise UsageError(f"{opt(name)} must be in (0, 1]")
         if self.min_chars < 0 or (self.max_chars is not None and self.max_chars < max(self.min_chars, 1)):
@@ -67,7 +67,7 @@ class JobConfig:
     def draw(self, style: PromptStyle, payload: str | list[Pair], seen: tasks.Seen | None = None) -> tasks.Draw:
         """The sampling loop of one row (``tasks.Draw``) with this job's sampling and filters."""
         n = self.samples if self.task == "respond" else self.n
-        return tasks.Draw(style, self.task, payload, n, self.sampling, rules=self.rules, threshold=self.threshold,
+        return tasks.Draw(style, self.task, payload, n, self.sampling, rules=self.rules, threshold=self.rouge_l,
                           echo=self.echo, max_samples=self.max_samples, seen=seen)
 
     def new_seen(self) -> tasks.Seen | None:
@@ -89,10 +89,12 @@ def run_config(cfg: JobConfig, model_sha256: str | None, style: PromptStyle) -> 
         own["input_field"] = cfg.input_field
     if cfg.samples > 1:
         own["samples"] = cfg.samples
+    # the keys are older than some settings' names (threshold: rouge_l; refusals: drop them), kept so
+    # that run ids, and so resuming, stay what they were
     return {**own, "task": cfg.task, "model_sha256": model_sha256, "prompt_format": style.prompt_format,
             "sampling": asdict(cfg.sampling), "seed": cfg.sampling.seed, "n": cfg.n if cfg.task not in tasks.SINGLE_SAMPLE else 1,
             "field": cfg.field, "response_field": cfg.response_field, "max_samples": cfg.max_samples,
-            "threshold": cfg.threshold, "min_chars": cfg.min_chars, "max_chars": cfg.max_chars, "refusals": cfg.refusals,
+            "threshold": cfg.rouge_l, "min_chars": cfg.min_chars, "max_chars": cfg.max_chars, "refusals": cfg.refusals,
             "echo": cfg.echo, "dedup": cfg.dedup, "minhash_threshold": cfg.minhash_threshold}
 
 

@@ -35,23 +35,24 @@ from pathlib import Path
 from typing import Any
 
 from localaug.augment.resolve import resolve_remote, resolve_style
+from localaug.augment.settings import EngineSettings
 from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import cached_sha256, read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.core.progress import current
 from localaug.family import judging
 from localaug.family.styles import PromptStyle, render_messages
 from localaug.jobs.dataio import chunked, training_examples
-from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, parse_line, record_lines, repair_ledger
+from localaug.jobs.ledger import Appender, iter_ledger, output_lock, parse_line, record_lines, repair_ledger
+from localaug.jobs.paths import GRADES, VERDICTS, judged_path, lock_path, manifest_of, records_candidates, summary_path
 from localaug.jobs.schema import Skipped
 from localaug.runtime.backend import Backend, Request, rows_per_chunk
 from localaug.runtime.calibrate import open_calibrated
-from localaug.runtime.engine import EngineOptions
 from localaug.runtime.remote import RemoteModel, is_remote
 from localaug.runtime.sampling import SamplingParams
 
-GRADES, VERDICTS = ".grades.jsonl", ".verdicts.jsonl"  # the ledgers' names: OUT + suffix
 MAX_REPLY_KEPT = 4000  # characters of each judge reply kept in the ledger
 RESPONSES = "a localaug run respond output (JSON Lines of records with task respond, or a training file with its .ledger.jsonl)"
+ledger_path = judged_path  # the name report.build imports (jobs.paths names every file of a job)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class JudgeOptions:
                              f"{opt('parallel')} at least 1")
         if self.aspect not in judging.ASPECTS:
             raise UsageError(f"{opt('aspect')} {self.aspect!r}: use {', '.join(judging.ASPECTS)}")
+
+    @property
+    def engine(self) -> EngineSettings:
+        """Where the judge runs: the engine settings a job and the server build, under the same names."""
+        return EngineSettings(device=self.device, threads=self.threads, n_ctx=self.n_ctx, parallel=self.parallel)
 
     def settings(self) -> dict[str, Any]:
         """What a judging run's id hashes besides the judge and the prompt."""
@@ -128,18 +134,12 @@ def pairs_of(answers: list[Answer]) -> list[tuple[Answer, Answer]]:
 def records_path(output: Path) -> Path:
     """The records behind an output as named: its manifest's ledger, ``OUT.ledger.jsonl`` beside a
     training file, or the output itself."""
-    manifest = read_json(output.with_name(output.name + ".manifest.json"))
+    manifest = read_json(manifest_of(output))
     named = manifest.get("ledger") if isinstance(manifest, dict) else None
-    for cand in ([Path(named)] if isinstance(named, str) and named else []) + [output.with_name(output.name + ".ledger.jsonl")]:
+    for cand in ([Path(named)] if isinstance(named, str) and named else []) + records_candidates(output):
         if cand.is_file():
             return cand
     return output
-
-
-def ledger_path(output: Path, suffix: str) -> Path:
-    """Where the grades (or verdicts) of an output go: beside it, named after it (a ledger given
-    as ``OUT.ledger.jsonl`` counts as OUT)."""
-    return output.with_name(output.name.removesuffix(".ledger.jsonl") + suffix)
 
 
 def read_answers(output: Path) -> tuple[Path, list[list[Answer]]]:
@@ -230,8 +230,7 @@ def resolve_judge(judge: str | os.PathLike[str]) -> JudgeModel:
 
 def open_judge(model: JudgeModel, opts: JudgeOptions) -> tuple[Backend, int]:
     """The backend that runs the judge's requests, and how many it runs at a time."""
-    options = EngineOptions(device=opts.device, threads=opts.threads, n_ctx=opts.n_ctx)  # type: ignore[arg-type]
-    backend, chosen = open_calibrated(model.remote or model.path, options, opts.parallel)  # type: ignore[arg-type]
+    backend, chosen = open_calibrated(model.remote or model.path, opts.engine.options(), opts.parallel)  # type: ignore[arg-type]
     return backend, chosen.value
 
 
@@ -292,18 +291,14 @@ def _judge(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path,
 
 def _prepare(output: Path, ledger: Path | None, suffix: str, judge: str | os.PathLike[str]) -> tuple[Path, list[list[Answer]], Path, Path, JudgeModel]:
     records, rows = read_answers(output)
-    out = ledger or ledger_path(output, suffix)
+    out = ledger or judged_path(output, suffix)
     summary = summary_path(out)
-    read = [records, output.with_name(output.name + ".manifest.json")]
+    read = [records, manifest_of(output)]
     refuse_overwriting_inputs([out, summary], read + ([Path(judge)] if Path(judge).is_file() else []))
     model = resolve_judge(judge)
     if model.path is not None:
         refuse_overwriting_inputs([out, summary], [*read, model.path])
     return records, rows, out, summary, model
-
-
-def summary_path(ledger: Path) -> Path:
-    return ledger.with_name(ledger.name.removesuffix(".jsonl") + ".summary.json")
 
 
 def _run(items: list[_Item], model: JudgeModel, opts: JudgeOptions, out: Path, run_id: str,

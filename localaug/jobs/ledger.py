@@ -27,24 +27,13 @@ from localaug.augment import filters
 from localaug.core.errors import JobLockedError, opt
 from localaug.core.files import exclusive_lock, temp_beside
 from localaug.jobs.dataio import json_line
+from localaug.jobs.paths import STALE_SUFFIX, job_paths, lock_path, stale_path  # noqa: F401 - named here before jobs.paths
 from localaug.jobs.schema import Skipped, record_problem
 
 FSYNC_EVERY_S = 1.0
 MAX_RECORD_BYTES = 256 << 20  # a records line longer than this is skipped unread (a record carries rows up to 64 M characters)
-STALE_SUFFIX = ".stale"  # OUT.stale: records of rows no longer in the input, moved out of the ledger
 MAX_ERROR_KINDS = 1000  # distinct errors counted for the most common one
 _DIGITS = re.compile(r"\d+")
-
-
-def job_paths(output: Path, fmt: str) -> tuple[Path, Path, Path]:
-    """(ledger, manifest, lock) for an output: the ledger is the output itself for jsonl."""
-    ledger = output if fmt == "jsonl" else output.with_name(output.name + ".ledger.jsonl")
-    return ledger, output.with_name(output.name + ".manifest.json"), lock_path(output)
-
-def lock_path(output: Path) -> Path:
-    """The lock of an output, beside its real path: a symlink to it takes the same lock."""
-    real = output.resolve()
-    return real.with_name(real.name + ".lock")
 
 
 @contextlib.contextmanager
@@ -162,13 +151,6 @@ def iter_ledger(ledger: Path, latest_only: bool = True, skipped: Skipped | None 
     for lineno, _, rec in records_in(ledger):
         if last.get(rec["source_id"]) == lineno:
             yield rec
-
-
-def stale_path(ledger: Path) -> Path:
-    """Where the records of rows no longer in the input go: OUT.stale beside the ledger's real path
-    (a name no reader of job outputs takes for records)."""
-    real = ledger.resolve()
-    return real.with_name(real.name + STALE_SUFFIX)
 
 
 def compact_ledger(ledger: Path, drop: Collection[str] = ()) -> int:

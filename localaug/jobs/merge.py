@@ -25,6 +25,7 @@ from localaug.core.errors import JobError, UsageError, opt
 from localaug.core.files import read_json, refuse_overwriting_inputs, write_json_atomic
 from localaug.jobs import MERGE_DEDUP, dataio
 from localaug.jobs.ledger import BestRecords, best_records, read_at
+from localaug.jobs.paths import folder_manifest, manifest_of, manifest_paths
 from localaug.jobs.schema import EXPECTED
 
 
@@ -60,7 +61,7 @@ def ledgers_of(inputs: Sequence[str | os.PathLike[str]]) -> list[_Source]:
             parts = sorted(q for q in p.glob("*.jsonl") if q.is_file())
             if not parts:
                 raise UsageError(f"{p} holds no .jsonl part files")
-            manifest = read_json(p / "manifest.json")  # a folder's run (localaug run --ray)
+            manifest = read_json(folder_manifest(p))  # a folder's run (localaug run --ray)
             found += [_Source(q, manifest or _manifest_of(q), p if manifest else None) for q in parts]
             continue
         manifest = _manifest_of(p)
@@ -88,12 +89,6 @@ def _manifest_of(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def manifest_paths(path: Path) -> tuple[Path, Path]:
-    """Where the manifest of an output (or of its ledger) may be."""
-    return (path.with_name(path.name + ".manifest.json"),
-            path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json"))
-
-
 def merge_outputs(
     inputs: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
@@ -115,9 +110,9 @@ def merge_outputs(
         raise UsageError("give the outputs to merge, e.g. localaug merge out.*.jsonl -o merged.jsonl")
     out = Path(output)
     sources = ledgers_of(inputs)
-    summary = MergeSummary(out, out.with_name(out.name + ".manifest.json"), [s.path for s in sources])
+    summary = MergeSummary(out, manifest_of(out), [s.path for s in sources])
     written = [out, summary.manifest] + ([out.parent / "dataset_info.json"] if fmt in dataio.DATASET_INFO else [])
-    read = [p for s in sources for p in (s.path, *manifest_paths(s.path), *([s.folder / "manifest.json"] if s.folder else []))]
+    read = [p for s in sources for p in (s.path, *manifest_paths(s.path), *([folder_manifest(s.folder)] if s.folder else []))]
     refuse_overwriting_inputs(written, read)
     _check_runs(sources, summary, allow_mixed)
 

@@ -59,7 +59,8 @@ from localaug.jobs.chain import responder_options
 from localaug.jobs.config import JobConfig
 from localaug.jobs.dataio import InputRow
 from localaug.jobs.keys import RowKeys, make_key
-from localaug.jobs.ledger import lock_path, record_counts
+from localaug.jobs.ledger import record_counts
+from localaug.jobs.paths import FOLDER_MANIFEST, folder_manifest, lock_path
 from localaug.jobs.run import JobOptions, JobPlan, JobProgress, JobStats, JobSummary, Target, execute
 from localaug.jobs.worker import Worker, result_keys
 from localaug.runtime.backend import DEFAULT_PARALLEL, rows_per_chunk
@@ -260,7 +261,7 @@ def actor_job(opts: JobOptions, plan: JobPlan, res: Resources, records: bool) ->
     model = str(opts.model or DEFAULT_MODELS[opts.task])
     is_path = Path(model).suffix == ".gguf" and Path(model).is_file()  # as resolve_model decides
     return ActorJob(str(Path(model).resolve()) if is_path else str(model), is_path, plan.sha256, plan.run_id, plan.job_config,
-                    plan.style, opts.engine_options(threads_default=max(1, int(res.num_cpus or 1))), opts.parallel,
+                    plan.style, opts.engine.options(threads_default=max(1, int(res.num_cpus or 1))), opts.engine.parallel,
                     records)
 
 
@@ -291,14 +292,14 @@ def augment(ds: ray.data.Dataset, task: str, model: str | os.PathLike[str] | Non
     if not ray.is_initialized():
         ray.init()
     res = plan_resources(Resources(actors, num_cpus, num_gpus, batch_size))
-    job_opts = JobOptions(task, model=model, **opts)
+    job_opts = JobOptions.of(task, model=model, **opts)
     job_opts.check()
     plan = job_opts.plan()
     job = actor_job(job_opts, plan, res, records=False)
     check_nodes(job, res)
     answer = None
     if respond_with is not None:
-        answer_opts = JobOptions("respond", model=respond_with, **responder_options(task, opts, respond or {}))
+        answer_opts = JobOptions.of("respond", model=respond_with, **responder_options(task, job_opts.kwargs(), respond or {}))
         answer_opts.check()
         answer = actor_job(answer_opts, answer_opts.plan(), res, records=False)
         check_nodes(answer, res)
@@ -335,7 +336,7 @@ class PartsTarget:
 
     def __init__(self, out: Path) -> None:
         self.out = self.where = out
-        self.manifest_path, self.lock = out / "manifest.json", lock_path(out)
+        self.manifest_path, self.lock = folder_manifest(out), lock_path(out)
         self.statuses: dict[str, str] = {}
 
     def prepare(self) -> str:
@@ -468,7 +469,7 @@ def run_job(
     Ray reads) into the folder ``output``: part files and ``manifest.json``. Resumable; see the
     module doc. ``options`` are ``JobOptions``' fields."""
     _refuse_remote(options.get("model"))
-    opts = JobOptions(task, **options)
+    opts = JobOptions.of(task, **options)
     if fmt != "jsonl":
         raise UsageError(f"{opt('fmt')} {fmt} with Ray: the output is a folder of JSONL parts; "
                          f"join them with localaug merge OUTDIR -o FILE --format {fmt}")
@@ -488,7 +489,7 @@ def _refuse_output_among_inputs(source: str, out: Path) -> None:
     if "://" in source:
         return
     inp, folder = Path(source).expanduser().resolve(), out.resolve()
-    written = inp.parent == folder and (inp.name.startswith("part-") or inp.name in ("manifest.json", parts.STALE))
+    written = inp.parent == folder and (inp.name.startswith("part-") or inp.name in (FOLDER_MANIFEST, parts.STALE))
     if inp == folder or written or folder.is_relative_to(inp):
         raise UsageError(f"{opt('output')} {out} and the input {source} overlap (the part files would be read as input "
                          f"or written over it): give another {opt('output')} folder")

@@ -8,12 +8,14 @@ then judge) both build on these, so neither imports the other's module."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from dataclasses import field as default
 from pathlib import Path
 from typing import Any
 
-from localaug.augment import filters
+from localaug.augment import settings
 from localaug.augment.resolve import DEFAULT_MODELS, default_sampling, resolve_remote, resolve_style, with_overrides
+from localaug.augment.settings import EngineSettings, FilterSettings, SamplingSettings
 from localaug.augment.tasks import SINGLE_SAMPLE
 from localaug.core.errors import UsageError, opt
 from localaug.core.files import cached_sha256
@@ -29,14 +31,13 @@ from localaug.store.gguf_info import file_type_name
 __all__ = ["OUTPUT_FORMATS", "JobOptions", "JobPlan"]
 
 OUTPUT_FORMATS = (*dataio.RECORD_FORMATS, *dataio.EXPORT_FORMATS)
-_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens")
-_FILTERS = ("max_samples", "threshold", "min_chars", "max_chars", "refusals", "echo", "dedup", "minhash_threshold")
 
 
 @dataclass(frozen=True)
 class JobOptions:
-    """One job's settings: ``run_job``'s keyword arguments (sampling settings left None take the
-    model manifest's values)."""
+    """One job's settings: what it reads and makes, and its engine, sampling and filters settings
+    (``augment.settings``; sampling settings left None take the model manifest's values).
+    ``JobOptions.of`` builds it from ``run_job``'s keyword arguments."""
 
     task: str
     model: str | os.PathLike[str] | None = None
@@ -45,58 +46,58 @@ class JobOptions:
     n: int = 3
     limit: int | None = None
     shard: str | tuple[int, int] | None = None
-    seed: int = 0
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    max_tokens: int | None = None
     quant: str | None = None
     prompt_format: str | None = None
-    device: str = "auto"
-    gpu_layers: int | str | None = None
-    threads: int | None = None
-    n_ctx: int | None = None
-    parallel: int | None = None  # sequences decoded together; None: calibrated for the machine
     retry_failed: bool = False
-    max_samples: int | None = None
-    threshold: float = filters.DEFAULT_ROUGE_L
-    min_chars: int = filters.DEFAULT_MIN_CHARS
-    max_chars: int | None = None
-    refusals: bool = True
-    echo: float = filters.DEFAULT_ECHO
-    dedup: str = "exact"
-    minhash_threshold: float = filters.DEFAULT_MINHASH
     system: str | None = None  # your own system prompt (teacher mode; respond: the responder's)
     examples: str | os.PathLike[str] | tuple[tuple[str, str], ...] | None = None  # teacher mode: a JSON/JSONL file or pairs
     input_field: str | None = None  # a column of context (Alpaca's input) joined to the text
     samples: int = 1  # respond: answers per instruction
+    engine: EngineSettings = default(default_factory=EngineSettings)
+    sampling: SamplingSettings = default(default_factory=SamplingSettings)
+    filters: FilterSettings = default(default_factory=FilterSettings)
+    # the settings of the command that started the run, as its --config keys: kept in the manifest
+    # for ``localaug run --replay`` (not part of the run id)
+    command: dict[str, Any] | None = default(default=None, compare=False)
+
+    @classmethod
+    def of(cls, task: str, **given: Any) -> JobOptions:
+        """From flat keywords (``threads=2, rouge_l=0.5``), settings objects (``engine=...``) or both."""
+        groups, rest = settings.split(given)
+        return cls(task, **rest, **groups)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keywords ``of`` takes back (flat), without the task."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("task", *settings.GROUPS)}
+        return {**own, **settings.flat(self.engine, self.sampling, self.filters)}
 
     def check(self) -> tuple[int, int] | None:
         """Refuse bad settings before anything is read or written; the parsed shard."""
         if self.task not in TASKS:
             raise UsageError(f"unknown task {self.task!r}: use {', '.join(TASKS)}")
-        if self.n < 1 or (self.parallel is not None and self.parallel < 1) or (self.limit is not None and self.limit < 0) or (
-                self.max_samples is not None and self.max_samples < self.n):
+        parallel, max_samples = self.engine.parallel, self.filters.max_samples
+        if self.n < 1 or (parallel is not None and parallel < 1) or (self.limit is not None and self.limit < 0) or (
+                max_samples is not None and max_samples < self.n):
             raise UsageError(f"{opt('n')} and {opt('parallel')} must be at least 1, {opt('limit')} at least 0, "
                              f"{opt('max_samples')} at least {opt('n')}")
         self.config(PromptStyle("qwen2-chatml"), None, "").validate()
-        unsent = [name for name in ("top_k", "min_p", "repeat_penalty") if getattr(self, name) is not None]
+        unsent = [name for name in ("top_k", "min_p", "repeat_penalty") if getattr(self.sampling, name) is not None]
         if unsent and is_remote(self.model):  # a chat completions request does not carry them
             raise UsageError(f"{', '.join(map(opt, unsent))}: not sent to a model on a server (it takes temperature, "
                              "top_p, max_tokens, seed and stop): drop them")
         return parse_shard(self.shard)
 
     def config(self, style: PromptStyle, spec: ModelSpec | None, model_name: str) -> JobConfig:
-        sampling = default_sampling(spec, seed=self.seed, **{k: getattr(self, k) for k in _SAMPLING})
+        sampling = default_sampling(spec, **self.sampling.overrides())
+        f = self.filters
         return JobConfig(self.task, sampling, self.field, self.response_field, 1 if self.task in SINGLE_SAMPLE else self.n,
-                         model_name, **{k: getattr(self, k) for k in _FILTERS}, input_field=self.input_field,
-                         samples=self.samples, system=style.system if self.task == "respond" else None)
+                         model_name, max_samples=f.max_samples, rouge_l=f.rouge_l, min_chars=f.min_chars,
+                         max_chars=f.max_chars, refusals=not f.keep_refusals, echo=f.echo, dedup=f.dedup,
+                         minhash_threshold=f.minhash_threshold, input_field=self.input_field, samples=self.samples,
+                         system=style.system if self.task == "respond" else None)
 
     def engine_options(self, threads_default: int | None = None) -> EngineOptions:
-        return EngineOptions(device=self.device, gpu_layers=self.gpu_layers, threads=self.threads or threads_default,  # type: ignore[arg-type]
-                             n_ctx=self.n_ctx)
+        return self.engine.options(threads_default)
 
     def plan(self) -> JobPlan:
         """Resolve the model (pulling it on first use; a URL: asking its server) and the run it makes."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from localaug.core.files import read_json, temp_beside
 from localaug.jobs.ledger import RANK, best_records, read_at, read_record, record_lines
+from localaug.jobs.paths import folder_manifest
 
 _STATUS = {rank: status for status, rank in RANK.items()}
 
@@ -83,4 +84,4 @@ def drop_keys(out: Path, keys: set[str]) -> int:
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
     """``out/manifest.json``, or None when it is missing or unreadable."""
-    return read_json(out / "manifest.json")
+    return read_json(folder_manifest(out))

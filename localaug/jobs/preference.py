@@ -39,8 +39,9 @@ from localaug.core.files import read_json, refuse_overwriting_inputs, write_json
 from localaug.family import judging
 from localaug.jobs import PREFERENCE_RULES, dataio
 from localaug.jobs.exports import PREFERENCE_FORMATS, Preference, preference_shape
-from localaug.jobs.grade import GRADES, VERDICTS, Answer, answers_of, judged_lines, ledger_path, pair_key, pairs_of, read_answers
+from localaug.jobs.grade import Answer, answers_of, judged_lines, pair_key, pairs_of, read_answers
 from localaug.jobs.ledger import iter_ledger
+from localaug.jobs.paths import GRADES, VERDICTS, judged_path, manifest_of
 
 RULES = PREFERENCE_RULES
 DEFAULT_MARGIN = 1.0
@@ -242,21 +243,21 @@ def export_output(output: str | os.PathLike[str], dest: str | os.PathLike[str], 
     src, out = Path(output), Path(dest)
     records, _ = read_answers(src)  # a file that holds no respond records is refused here
     want_grades, want_verdicts = sel.needs(fmt)
-    grades_file = Path(grades) if grades else ledger_path(src, GRADES)
-    verdicts_file = Path(verdicts) if verdicts else ledger_path(src, VERDICTS)
+    grades_file = Path(grades) if grades else judged_path(src, GRADES)
+    verdicts_file = Path(verdicts) if verdicts else judged_path(src, VERDICTS)
     for wanted, given, path, how in ((want_grades, grades, grades_file, "localaug grade OUT --judge MODEL"),
                                      (want_verdicts, verdicts, verdicts_file, "localaug grade OUT --judge MODEL --pairwise")):
         if wanted and not path.is_file() and (given or fmt in PREFERENCE_FORMATS or sel.min_score is not None):
             raise UsageError(f"{path} does not exist: judge the answers first ({how})")
-    manifest = out.with_name(out.name + ".manifest.json")
+    manifest = manifest_of(out)
     written = [out, manifest, out.parent / "dataset_info.json"]  # every format export writes has an entry
-    refuse_overwriting_inputs(written, [src, records, grades_file, verdicts_file, src.with_name(src.name + ".manifest.json")])
+    refuse_overwriting_inputs(written, [src, records, grades_file, verdicts_file, manifest_of(src)])
     judged = Judged.load(grades_file if want_grades and grades_file.is_file() else None,
                          verdicts_file if want_verdicts and verdicts_file.is_file() else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     n, tally = write_export(iter_ledger(records), fmt, out, judged, sel)
     fields = selection_fields(fmt, sel, tally, grades_file if judged.scores else None, verdicts_file if judged.outcomes else None)
-    source = read_json(src.with_name(src.name + ".manifest.json")) or {}
+    source = read_json(manifest_of(src)) or {}
     write_json_atomic(manifest, {"source": str(records), "source_run_id": source.get("run_id"), "answered_by": source.get("model"),
                                  "output": str(out), "format": fmt, "written": n, "selection": fields,
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -21,11 +21,19 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from localaug.core.errors import UsageError
+from localaug.jobs.rows import (  # noqa: F401 - the rows' names, as they were here
+    InputRow,
+    Loads,
+    Place,
+    invalid_text,
+    may_hold_invalid,
+    refuse_duplicate_columns,
+    row_of,
+)
 
 MAX_ROW_CHARS = 64 << 20  # a JSONL line, JSON item or CSV field longer than this is refused, read no further
 TEXT_KINDS = ("jsonl", "json", "csv")
@@ -34,101 +42,6 @@ _SKIP = 1 << 20
 _EOL = re.compile(rb"\r\n?|\n")
 _BOM = codecs.BOM_UTF8
 _WS = " \t\n\r"
-
-Place = tuple[int, int, int, int]  # (byte offset, byte length or -1 when never read, line or item number, CRC-32)
-
-
-@dataclass
-class InputRow:
-    """One input row: its position, its columns, and an ``error`` when it cannot be used as is."""
-
-    index: int
-    record: dict[str, Any]
-    error: str | None = None
-    raw: str | None = None  # the line as read, when it was not valid JSON
-    key: str = ""  # the job's row key (jobs.py), set once the run is known
-    place: Place | None = None  # where it is in its file (readers of text files), to read it again
-
-
-def invalid_text(value: Any) -> str | None:
-    """Why a parsed row holds text that is not valid Unicode (None: it does not)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return f"text that is not valid UTF-8 or Unicode (at character {e.start}): fix or remove the row"
-        return None
-    if isinstance(value, dict):
-        return next(filter(None, (invalid_text(k) or invalid_text(v) for k, v in value.items())), None)
-    if isinstance(value, list):
-        return next(filter(None, map(invalid_text, value)), None)
-    return None
-
-
-def _may_hold_invalid(source: str) -> bool:
-    """Whether JSON text can parse to a string that is not valid Unicode: only through a \\u escape
-    of a surrogate, or a character that is one (a byte that was not UTF-8)."""
-    if "\\ud" in source or "\\uD" in source:
-        return True
-    if source.isascii():
-        return False
-    try:
-        source.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _row(index: int, rec: Any, what: str, raw: str | Callable[[], str], source: str | None = None,
-         place: Place | None = None) -> InputRow:
-    if not isinstance(rec, dict):
-        return InputRow(index, {}, f"{what} is not a JSON object", raw=raw if isinstance(raw, str) else raw(), place=place)
-    why = invalid_text(rec) if source is None or _may_hold_invalid(source) else None
-    if why:
-        return InputRow(index, {}, why, raw=raw if isinstance(raw, str) else raw(), place=place)
-    return InputRow(index, rec, place=place)
-
-
-class Loads:
-    """``json.loads`` that also names a key some object holds twice (Python's reader keeps the last
-    of two equal keys silently; a row that has two is refused instead, so no column is lost)."""
-
-    def __init__(self) -> None:
-        self.twice: list[str] = []
-        self.decoder = json.JSONDecoder(object_pairs_hook=self._pairs)
-
-    def _pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) != len(pairs) and not self.twice:
-            seen: set[str] = set()
-            self.twice.append(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
-        return obj
-
-    def __call__(self, text: str) -> tuple[Any, str | None]:
-        """(the JSON value of ``text``, a key some object in it holds twice, or None)."""
-        self.twice.clear()
-        if text.startswith("\ufeff"):  # as json.loads
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        value = self.decoder.decode(text)
-        return value, (self.twice[0] if self.twice else None)
-
-    def raw(self, text: str, at: int) -> tuple[Any, int, str | None]:
-        """(the JSON value starting at ``text[at]``, where it ends, a key held twice or None)."""
-        self.twice.clear()
-        value, end = self.decoder.raw_decode(text, at)
-        return value, end, (self.twice[0] if self.twice else None)
-
-
-def refuse_duplicate_columns(names: Iterable[Any], where: str) -> None:
-    """A UsageError naming the first column name that appears twice in ``names`` (a header), where
-    a reader would keep only one of the two columns."""
-    seen: dict[Any, int] = {}
-    for position, column in enumerate(names, 1):
-        if column in seen and str(column).strip():
-            raise UsageError(f"{where}: the header names column {column!r} twice (columns {seen[column]} and {position}); "
-                             "a reader keeps only one: rename one of them")
-        seen.setdefault(column, position)
-
 
 def text_rows(kind: str, stream: BinaryIO, start: int = 0, name: str = "input") -> Iterator[InputRow]:
     """The rows of one JSONL, JSON-array or CSV file given as a binary stream, numbered from
@@ -162,7 +75,7 @@ def rows_at(kind: str, stream: BinaryIO, places: Iterable[Place], name: str = "i
         elif kind == "json":
             text = data.decode("utf-8")
             value, _, _ = loads.raw(text, 0)
-            yield _row(0, value, f"item {number}", lambda v=value: json.dumps(v, ensure_ascii=True)[:100_000], text, place)
+            yield row_of(0, value, f"item {number}", lambda v=value: json.dumps(v, ensure_ascii=True)[:100_000], text, place)
         else:
             yield _csv_again(data, header, number, place)
 
@@ -276,7 +189,7 @@ def _jsonl_row(i: int, lineno: int, content: bytes, ended: bool, loads: Loads, p
     if twice is not None:
         return InputRow(i, {}, f"line {lineno} holds the key {twice!r} twice (a reader keeps only one): remove "
                                "or rename one", raw=raw, place=place)
-    return _row(i, rec, f"line {lineno}", raw, raw, place)
+    return row_of(i, rec, f"line {lineno}", raw, raw, place)
 
 
 # --- CSV ----------------------------------------------------------------------------------------------
@@ -487,7 +400,7 @@ def _items(doc: _JsonText, start: int) -> Iterator[InputRow]:
     i = 0
     while True:
         value, text, (offset, length, _, crc) = doc.value()
-        yield _row(start + i, value, f"item {i}", lambda v=value: json.dumps(v, ensure_ascii=True)[:100_000], text,
+        yield row_of(start + i, value, f"item {i}", lambda v=value: json.dumps(v, ensure_ascii=True)[:100_000], text,
                    (offset, length, i, crc))
         i += 1
         if doc.peek() == "]":

@@ -65,16 +65,15 @@ from localaug.jobs.ledger import (
     changed_keys,
     compact_ledger,
     iter_ledger,
-    job_paths,
     output_counts,
     output_lock,
     repair_ledger,
     scan_ledger,
-    stale_path,
 )
 from localaug.jobs.options import OUTPUT_FORMATS, JobOptions, JobPlan
 from localaug.jobs.pending import PendingRows
-from localaug.jobs.seen import Loaded, SeenBook, compact_keeping_index, index_paths
+from localaug.jobs.paths import index_paths, job_paths, stale_path
+from localaug.jobs.seen import Loaded, SeenBook, compact_keeping_index
 from localaug.jobs.stats import JobProgress, JobStats, JobSummary
 from localaug.jobs.worker import augment
 from localaug.runtime.backend import Backend, rows_per_chunk
@@ -156,6 +155,8 @@ def execute(opts: JobOptions, input_name: str, target: Target, executor: Executo
                 "model": plan.model_fields(), "localaug": __version__, "llama_cpp_python": llama_cpp_version(),
                 "config": plan.run_config, "shard": list(shard) if shard else None, "limit": opts.limit,
                 "started": started_at, **_kept(previous, stats), **executor.manifest_fields(plan)}
+            if opts.command is not None:  # what localaug run --replay runs again
+                manifest["settings"] = opts.command
 
             def save(complete: bool) -> None:
                 manifest.update(stats.manifest_fields(complete, wall0), counts=target.counts() if complete else None)
@@ -377,7 +378,7 @@ class LocalExecutor:
     def load(self, plan: JobPlan) -> None:
         model = plan.remote if plan.remote is not None else plan.path
         assert model is not None
-        self.backend, self.parallel = open_calibrated(model, self.opts.engine_options(), self.opts.parallel)
+        self.backend, self.parallel = open_calibrated(model, self.opts.engine.options(), self.opts.engine.parallel)
         if plan.remote is not None:  # nothing loaded: requests in flight instead of sequences decoded
             self.note = f"{self.parallel.value} requests in flight to {plan.remote}"
         else:
@@ -434,7 +435,9 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
             judging: dict[str, Any] | None = None, selection: dict[str, Any] | None = None, export: bool = True,
             **options: Any) -> JobSummary:
     """Run ``task`` over every row of ``input`` into ``output`` on this machine; resumable (see the
-    module doc). ``options`` are ``JobOptions``' fields (model, field, n, sampling, filters, parallel…).
+    module doc). ``options`` are ``JobOptions.of``'s keywords: its fields (model, field, n, …) and
+    the engine, sampling and filters settings, flat (``threads=2, rouge_l=0.5``) or as the objects
+    (``engine=EngineSettings(threads=2)``); ``command``: the settings to record for ``--replay``.
 
     ``respond_with`` (refine, expand): then answer every new instruction with that model (one model
     in memory at a time): the augmenter's records go to ``OUTPUT.<task>.jsonl``, the answered ones
@@ -454,7 +457,7 @@ def run_job(task: str, input: str | os.PathLike[str], output: str | os.PathLike[
                                     run=run_job, **options)
         return chain.run_chain(task, input, output, respond_with, fmt=fmt, progress=progress, respond=respond or {},
                                export=export, run=run_job, **options)
-    opts = JobOptions(task, **options)
+    opts = JobOptions.of(task, **options)
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"{opt('fmt')} {fmt!r}: use {', '.join(OUTPUT_FORMATS)}")
     if task in dataio.INSTRUCTION_TASKS and fmt in dataio.RESPONSE_FORMATS:

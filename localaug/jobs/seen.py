@@ -37,18 +37,13 @@ import numpy as np
 
 from localaug.core.files import read_json, temp_beside, write_json_atomic
 from localaug.jobs.ledger import accepted_texts, records_in
+from localaug.jobs.paths import index_paths
 
 FORMAT = 1
 SAVE_EVERY_S = 30.0
 RECORD_BYTES, KEY_BYTES = 8, 16
 _READ = 1 << 20
 _ENCODE_AT_ONCE = 4096  # texts encoded together while a ledger is read
-
-
-def index_paths(ledger: Path) -> tuple[Path, Path]:
-    """(entries, header) beside the ledger's real path."""
-    real = ledger.resolve()
-    return real.with_name(real.name + ".dedup"), real.with_name(real.name + ".dedup.json")
 
 
 def settings_of(index: Any) -> dict[str, Any]:
