@@ -24,7 +24,7 @@ from localaug.core.errors import EngineError, PromptTooLongError, UsageError, op
 from localaug.core.install import gpu_hint
 from localaug.family.registry import context_size
 from localaug.runtime.llama import Closing, TokenBatch, gpu_offload_supported, quiet_llama
-from localaug.runtime.sampling import SamplingParams, grammar_sampler, make_sampler
+from localaug.runtime.sampling import SamplingParams, grammar_sampler, make_sampler, pick, shortcut
 from localaug.runtime.stream import Generation, TextStream
 
 Device = Literal["auto", "cpu", "cuda", "metal"]
@@ -311,7 +311,7 @@ class Engine(Closing):
         if not tokens:
             raise UsageError("empty prompt: give some text")
         self.fit(len(tokens), p.max_tokens)
-        sampler = self._sampler(p)
+        sampler, how = self._sampler(p), shortcut(p)
         out = TextStream(self, stop, ignore_eog)
         first = 0.0
         try:
@@ -322,7 +322,7 @@ class Engine(Closing):
                 self._keep_logits(tokens)
             prefill = time.monotonic()
             for _ in range(p.max_tokens):
-                tok = L.llama_sampler_sample(sampler, self._ctx, -1)
+                tok = pick(sampler, how, self._ctx, -1, self.n_vocab)
                 if not first:
                     first = time.monotonic() - started
                 if out.push(tok):
