@@ -91,7 +91,7 @@ def make_sampler(p: SamplingParams, n_vocab: int, vocab: object = None):
 
 GREEDY = 0  # Shortcut: the first largest logit
 FULL = -1  # Shortcut: llama.cpp's llama_sampler_sample over the whole vocabulary
-GROUPS = 1024  # columns whose maxima bound the top-k threshold (see top_candidates)
+GROUPS = 2048  # columns whose maxima bound the top-k threshold (see top_candidates)
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data, 12 bytes
 assert TOKEN_DATA.itemsize == ctypes.sizeof(L.llama_token_data)
 
