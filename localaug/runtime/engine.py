@@ -1,8 +1,9 @@
 """One loaded GGUF model and one llama.cpp context, through llama-cpp-python's low-level API.
 
 We drive ``llama_decode`` and llama.cpp's own sampler chain directly (not the high-level ``Llama``
-class) so that sampling is exactly llama.cpp's, so that one context can decode many sequences at
-once (``runtime.batch``), and so that nothing is done per token in Python that llama.cpp can do.
+class) so that sampling is exactly llama.cpp's (``sampling.pick`` gives its chain's token from one
+pass over the logits), so that one context can decode many sequences at once (``runtime.batch``),
+and so that little is done per token in Python.
 A lock makes one Engine safe to share between threads (llama.cpp contexts are not).
 """
 
