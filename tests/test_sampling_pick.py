@@ -246,3 +246,69 @@ def test_seeded_samples_do_not_depend_on_batch_size_or_order(converted) -> None:
     assert len(runs[0]) == sum(r.n for r in requests)
     assert all(run == runs[0] for run in runs[1:])
     assert len({tuple(t) for t in runs[0].values()}) > 1  # the samples do differ
+
+
+@pytest.fixture(scope="module")
+def written_logits(converted) -> Iterator:
+    """write(row) -> (ctx, idx): a context whose last decode's logits are ``row`` (written over the
+    real ones, as the engine writes back a kept prompt's logits), for crafted rows llama.cpp then
+    samples."""
+    with Engine(converted("tied", "F32"), OPTS) as engine:
+        ctx = engine.new_context(64)
+        try:
+            with TokenBatch(8) as b:
+                b.add(toks(80, 4), 0, 0, "last")
+                assert b.decode(ctx) == 0
+
+            def write(row: np.ndarray) -> tuple[object, int]:
+                assert row.dtype == np.float32 and row.size == engine.n_vocab
+                ctypes.memmove(L.llama_get_logits_ith(ctx, -1), row.ctypes.data, row.nbytes)
+                return ctx, engine.n_vocab
+
+            yield write
+        finally:
+            L.llama_free(ctx)
+
+
+@settings(max_examples=60, deadline=None)
+@given(levels=st.integers(2, 40), seed=st.integers(0, 2**31), k=st.sampled_from([1, 2, 5, 40, 128, 129, 300]),
+       above=st.sampled_from([0, -1, 1, 50]), temperature=st.sampled_from([0.0, 0.3, 1.0, 2.5]),
+       top_p=st.sampled_from([1.0, 0.9, 0.5]))
+def test_ties_draw_llama_cpps_token(written_logits, levels: int, seed: int, k: int, above: int, temperature: float,
+                                    top_p: float) -> None:
+    """Rows of few distinct logits (ties everywhere) under k + ``above`` distinct larger ones (0: none;
+    -1: k - 1, so the cut falls in the ties): greedy takes the first of the largest, as llama.cpp
+    does, and a seeded top-k chain draws llama.cpp's token, draw after draw (the chain's random
+    state advancing alike) -- through the preselection when the top k are distinct, through
+    llama.cpp's whole row when not."""
+    rng = np.random.default_rng(seed)
+    row = (rng.integers(0, levels, 151936) - levels).astype(np.float32)
+    n_top = 0 if above == 0 else k + above
+    if n_top:
+        row[rng.choice(row.size, n_top, replace=False)] = 1.0 + rng.permutation(n_top).astype(np.float32) / 8
+    ctx, n_vocab = written_logits(row)
+    p = SamplingParams(temperature=temperature, top_k=k, top_p=top_p, seed=seed)
+    chain = make_sampler(p, n_vocab)
+    try:
+        for _ in range(3):
+            twin = L.llama_sampler_clone(chain)
+            want = L.llama_sampler_sample(twin, ctx, -1)
+            L.llama_sampler_free(twin)
+            assert sampling_module.pick(chain, shortcut(p), ctx, -1, n_vocab) == want
+    finally:
+        L.llama_sampler_free(chain)
+    if temperature == 0:
+        assert want == int(np.flatnonzero(row == row.max())[0])
+    ids = top_candidates(row, k)
+    fast = ids is not None and not sampling_module.tied(row[ids], k)
+    assert fast == (above >= 1 and 4 * k <= GROUPS)  # the preselection is taken exactly when the top k are distinct
+
+
+def test_tied_is_about_the_top_k_and_the_cut() -> None:
+    v = np.array([5, 4, 3, 3, 1, 1], np.float32)
+    assert not sampling_module.tied(v, 1) and not sampling_module.tied(v, 2)
+    assert sampling_module.tied(v, 3)  # the 3rd equals the 4th: which one is kept depends on the sort
+    assert sampling_module.tied(v, 4)  # two equal among the top 4
+    assert sampling_module.tied(v, 6)  # 1 and 1
+    assert sampling_module.tied(v[:5], 5)  # 3 and 3
+    assert not sampling_module.tied(np.array([2, 9, 7], np.float32), 3)

@@ -10,9 +10,9 @@ for every token of every sequence: about 1 ms on a CPU core, as much as a decode
 model. ``pick`` gives the same token for less (``Shortcut``): greedy is the first largest logit
 (``np.argmax``, as llama.cpp's greedy sampler picks); a chain that starts with top-k is applied to
 the few logits that can be among the top k (``top_candidates``: one pass over the row), so the
-chain's top-k, top-p, min-p, temperature and seeded draw run on the same k tokens with the same
-random state as before. A grammar, a repeat penalty or no top-k keep llama.cpp's full-vocabulary
-``llama_sampler_sample``.
+chain's top-k, top-p, min-p, temperature and seeded draw run on the same k tokens in the same
+order with the same random state as before. A grammar, a repeat penalty, no top-k, or equal logits
+among the top k (``tied``) keep llama.cpp's full-vocabulary ``llama_sampler_sample``.
 """
 
 from __future__ import annotations
@@ -168,6 +168,15 @@ def pick(chain: object, how: int, ctx: object, idx: int, n_vocab: int) -> int:
     if how == GREEDY:
         return int(row.argmax())
     ids = top_candidates(row, how)
-    if ids is None:
+    if ids is None or tied(row[ids], how):
         return L.llama_sampler_sample(chain, ctx, idx)
     return apply_chain(chain, row, ids)
+
+
+def tied(values: np.ndarray, k: int) -> bool:
+    """Whether two of the k largest ``values`` are equal, or the k-th is equal to the next: which of
+    tied tokens llama.cpp's top-k keeps, and in which order, depends on where they sit in the array
+    it sorts, so such a row is left to llama.cpp's whole-vocabulary sample (exact float ties are
+    rare in real logits)."""
+    top = np.partition(values, values.size - k)[values.size - k:]
+    return np.unique(top).size < k or int(np.count_nonzero(values >= top.min())) > k
