@@ -141,7 +141,7 @@ def test_top_k_top_p_draws_follow_the_exact_distribution() -> None:
 
 
 @pytest.fixture
-def checked_picks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
+def checked_picks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int, int]]]:
     """Every token ``pick`` draws in the engines, next to the one ``llama_sampler_sample`` draws from
     the same logits with a clone of the same chain (the same random state)."""
     seen: list[tuple[int, int, int]] = []
