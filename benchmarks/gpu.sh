@@ -10,7 +10,9 @@
 #    (`localaug bench --batch` prints both at B = 1 ... 256);
 # 3. `localaug run refine` batch throughput with its defaults and at --parallel 16, 64, 256 vs a
 #    llama-cpp-python create_completion loop on the same prompt strings (benchmarks/throughput.py);
-# 4. the serve prompt-cache TTFT (benchmarks/serve.py --ttft).
+# 4. the serve prompt-cache TTFT (benchmarks/serve.py --ttft);
+# 5. the per-token overhead of sampling: llama_sampler_sample vs localaug's pick on the GPU's logits
+#    [64, n_vocab], ms per sequence per token, greedy and top-k (benchmarks/sampling.py).
 # Everything lands in benchmarks/out/gpu/ (logs, JSON, the printed tables in summary.txt).
 set -euo pipefail
 SDIST=${1:?usage: bash benchmarks/gpu.sh SDIST.tar.gz [MODEL.gguf] [CUDA_ARCH]}
@@ -31,3 +33,13 @@ python -m localaug.cli bench --model "$MODEL" --tokens 64 --batch
 python benchmarks/throughput.py --model "$MODEL" --rows 256 --max-tokens 64 --threads 4 --rounds 2 \
   --parallel 16 64 256 --out "$OUT"
 python benchmarks/serve.py --ttft --model "$MODEL" --threads 4 --out "$OUT"
+python benchmarks/sampling.py --model "$MODEL" --batch 64 --steps 20 | tee "$OUT/sampling.jsonl"
+python - "$OUT/sampling.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    ms = r["ms_per_sequence_token"]
+    print(f"per-token sampling overhead, {r['setting']}, logits {r['shape']}: "
+          f"llama_sampler_sample {ms['llama_sampler_sample']:.3f} ms, pick {ms['pick']:.3f} ms per sequence per token "
+          f"({r['speedup']}x; same tokens: {r['same_tokens']})")
+PY

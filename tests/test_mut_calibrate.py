@@ -290,3 +290,25 @@ def test_the_real_measurement_is_localaugs_batched_throughput_alone(engines):
     points = measure_batch_sizes(engines(), (1, 2))
     assert [p.parallel for p in points] == [1, 2]
     assert all(p.tokens_per_s > 0 and p.raw_tokens_per_s is None for p in points)  # no raw llama_decode curve
+
+
+def test_each_batch_size_prefills_the_prompt_once_and_decodes_every_sequence(engines, monkeypatch):
+    """The calibration's sequences are samples forked from one prefill: the prompt is decoded once
+    per batch size (not once per sequence), and each of the ``parallel`` sequences generates every
+    calibration token."""
+    from localaug.runtime.batch import BatchEngine
+
+    e = engines()
+    prompt = e.tokenize(calibrate.CALIBRATION_PROMPT)
+    seen: list[tuple[int, int, list[int]]] = []
+    real_run = BatchEngine.run
+
+    def run(self, requests):
+        results = list(real_run(self, requests))
+        seen.append((self.parallel, self.prefix.stats.decoded, sorted(r.generation.completion_tokens for r in results)))
+        return iter(results)
+
+    monkeypatch.setattr(BatchEngine, "run", run)
+    points = measure_batch_sizes(e, (1, 3))
+    assert seen == [(1, len(prompt), [calibrate.CALIBRATION_TOKENS]), (3, len(prompt), [calibrate.CALIBRATION_TOKENS] * 3)]
+    assert [p.parallel for p in points] == [1, 3] and all(p.tokens_per_s > 0 for p in points)

@@ -2,7 +2,9 @@
 
 Every ``llama_decode`` call carries one token for each sequence that is generating plus, in the
 room left (``n_batch``), chunks of the prompts of newly admitted sequences. Each sequence has its
-own slot (llama.cpp sequence id), its own native sampler chain and its own stop/detokenisation
+own slot (llama.cpp sequence id), its own native sampler chain (``sampling.pick`` reads each
+sequence's logits once: greedy is an argmax, a top-k chain sees only the candidates that can
+make its top k) and its own stop/detokenisation
 state (``stream.TextStream``, the very code ``Engine`` runs). A slot is refilled from the request
 iterator as soon as its sequence finishes, so requests are pulled lazily and a job of a million
 rows streams through a fixed amount of memory.
@@ -41,7 +43,7 @@ from localaug.runtime.backend import DEFAULT_PARALLEL, Request, Result
 from localaug.runtime.engine import Engine, EngineOptions
 from localaug.runtime.llama import Closing, TokenBatch, drop_sequence
 from localaug.runtime.prefix import PrefixCache
-from localaug.runtime.sampling import make_sampler, sample_seed
+from localaug.runtime.sampling import make_sampler, pick, sample_seed, shortcut
 from localaug.runtime.stream import Piece, TextStream
 
 @dataclass
@@ -70,6 +72,7 @@ class _Seq:
     feed: list[int]  # tokens still to decode (prompt chunk(s), or the last sampled token)
     pos: int  # position of feed[0]
     started: float
+    how: int  # how its tokens are picked (sampling.shortcut)
     prefill_done: float = 0.0
     first: float = 0.0
 
@@ -351,7 +354,7 @@ class Slots:
         sampler = make_sampler(sampling, model.n_vocab, model.vocab)
         group.next_index += 1
         group.live.add(slot)
-        return _Seq(group, k, sampler, out, list(feed), pos, time.monotonic())
+        return _Seq(group, k, sampler, out, list(feed), pos, time.monotonic(), shortcut(sampling))
 
     def _fork(self, group: _Group, source: int, slot: int, whole: bool) -> None:
         """Start the group's next sample in ``slot`` from the prompt KV of ``source``.
@@ -405,7 +408,7 @@ class Slots:
         if len(seq.out.tokens) >= p.max_tokens:  # max_tokens 0
             seq.out.end_of_length()
             return _result(seq)
-        tok = L.llama_sampler_sample(seq.sampler, self.batch.ctx, idx)
+        tok = pick(seq.sampler, seq.how, self.batch.ctx, idx, self.batch.engine.n_vocab)
         if not seq.first:
             seq.first = time.monotonic() - seq.started
         if seq.out.push(tok):

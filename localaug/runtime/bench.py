@@ -86,10 +86,13 @@ class BatchPoint:
 
 
 def batch_rate(batch: BatchEngine, prompt: list[int], tokens: int) -> float:
-    """Generated tokens/s of ``batch.parallel`` requests decoded together (prefill excluded)."""
+    """Generated tokens/s of ``batch.parallel`` sequences decoded together (prefill excluded).
+
+    The sequences are the samples of one request, forked from one prefill (a KV copy): the prompt
+    is decoded once, not once per sequence, and every decode step after it is the same as for
+    ``parallel`` requests of that prompt."""
     greedy = SamplingParams(temperature=0.0, max_tokens=tokens)
-    requests = [Request(str(i), prompt, greedy, ignore_eog=True) for i in range(batch.parallel)]
-    results = list(batch.run(requests))
+    results = list(batch.run([Request("rate", prompt, greedy, n=batch.parallel, ignore_eog=True)]))
     first = min(r.generation.first_token_seconds + r.generation.stats["started"] for r in results if r.generation)
     done = max(r.generation.seconds + r.generation.stats["started"] for r in results if r.generation)
     generated = sum(r.generation.completion_tokens - 1 for r in results if r.generation)

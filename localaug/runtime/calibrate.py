@@ -4,7 +4,9 @@ llama.cpp's batched decode is not monotonic in the batch size on CPUs (on one 2-
 B=4 38, B=8 35, B=16 59, B=32 68 tokens/s), so a fixed ``parallel`` is fast on one machine and
 slow on the next. The first time a model runs on a machine with ``parallel`` left to localaug,
 a short calibration measures localaug's own batched throughput at B = 1, 2, 4, … (up to what the
-KV cache may take of the memory) and picks the fastest (the smallest within 3 % of the best). The
+KV cache may take of the memory) and picks the fastest (the smallest within 3 % of the best). At
+each B the B sequences are samples forked from one prefill of the calibration prompt (the prompt
+is decoded once, not B times: prefill is not what is measured). The
 choice is cached in ``LOCALAUG_HOME/calibration.json`` by model file, device, GPU layers, threads,
 llama.cpp version and CPU, so later runs start at once; ``localaug bench --batch`` prints the whole
 curve next to raw ``llama_decode``.

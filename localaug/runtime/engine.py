@@ -1,8 +1,9 @@
 """One loaded GGUF model and one llama.cpp context, through llama-cpp-python's low-level API.
 
 We drive ``llama_decode`` and llama.cpp's own sampler chain directly (not the high-level ``Llama``
-class) so that sampling is exactly llama.cpp's, so that one context can decode many sequences at
-once (``runtime.batch``), and so that nothing is done per token in Python that llama.cpp can do.
+class) so that sampling is exactly llama.cpp's (``sampling.pick`` gives its chain's token from one
+pass over the logits), so that one context can decode many sequences at once (``runtime.batch``),
+and so that little is done per token in Python.
 A lock makes one Engine safe to share between threads (llama.cpp contexts are not).
 """
 
@@ -25,7 +26,7 @@ from localaug.core.install import gpu_hint
 from localaug.core.progress import current
 from localaug.family.registry import context_size
 from localaug.runtime.llama import Closing, TokenBatch, gpu_offload_supported, quiet_llama
-from localaug.runtime.sampling import SamplingParams, grammar_sampler, make_sampler
+from localaug.runtime.sampling import SamplingParams, grammar_sampler, make_sampler, pick, shortcut
 from localaug.runtime.stream import Generation, TextStream
 
 Device = Literal["auto", "cpu", "cuda", "metal"]
@@ -336,7 +337,7 @@ class Engine(Closing):
         if not tokens:
             raise UsageError("empty prompt: give some text")
         self.fit(len(tokens), p.max_tokens)
-        sampler = self._sampler(p)
+        sampler, how = self._sampler(p), shortcut(p)
         out = TextStream(self, stop, ignore_eog)
         first = 0.0
         try:
@@ -347,7 +348,7 @@ class Engine(Closing):
                 self._keep_logits(tokens)
             prefill = time.monotonic()
             for _ in range(p.max_tokens):
-                tok = L.llama_sampler_sample(sampler, self._ctx, -1)
+                tok = pick(sampler, how, self._ctx, -1, self.n_vocab)
                 if not first:
                     first = time.monotonic() - started
                 if out.push(tok):
