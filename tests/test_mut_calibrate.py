@@ -65,6 +65,17 @@ class Timings:
         return [BatchPoint(b, self.rates[b]) for b in sizes]
 
 
+def rounds(calls: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The sizes measured, one tuple per calibration (sizes measured one at a time, growing)."""
+    out: list[tuple[int, ...]] = []
+    for sizes in calls:
+        if out and sizes[0] > out[-1][-1]:
+            out[-1] += sizes
+        else:
+            out.append(sizes)
+    return out
+
+
 def never(engine: Engine, sizes: tuple[int, ...]) -> list[BatchPoint]:
     raise AssertionError("measured although the answer was known")
 
@@ -91,7 +102,8 @@ def test_the_smallest_batch_size_within_3_percent_of_the_fastest_is_calibrated_a
     p = choose_parallel(e, SHA, N_CTX, measure=timings)
     wall = time.monotonic() - t0
     assert (p.value, p.source) == (4, "calibrated") and 0.05 <= p.seconds <= wall
-    assert timings.calls == [BATCH_SIZES] and BATCH_SIZES == (1, 2, 4, 8, 16, 32) and timings.engines == [e]
+    assert timings.calls == [(b,) for b in BATCH_SIZES]  # one size at a time: the display moves between them
+    assert rounds(timings.calls) == [BATCH_SIZES] and BATCH_SIZES == (1, 2, 4, 8, 16, 32) and timings.engines == [e] * len(BATCH_SIZES)
     key = f"{SHA}|cpu|0|1|False|{llama_cpp_version()}|{cpu_name()}|32"
     cache = cache_of(home)
     assert list(cache) == [key]
@@ -134,7 +146,7 @@ def test_a_given_size_and_the_environment_skip_the_calibration(home, big_machine
 def test_every_key_field_misses_the_cache_and_keeps_the_other_entries(home, big_machine, engines, monkeypatch):
     timings = Timings(CPU_RATES)
     base = choose_parallel(engines(), SHA, N_CTX, measure=timings)
-    assert base.source == "calibrated" and len(timings.calls) == 1
+    assert base.source == "calibrated" and len(rounds(timings.calls)) == 1
     variants = [
         (engines(), "cd" * 32, N_CTX),                 # another model file
         (engines(threads=2), SHA, N_CTX),              # threads
@@ -143,7 +155,7 @@ def test_every_key_field_misses_the_cache_and_keeps_the_other_entries(home, big_
     ]
     for engine, sha, n_ctx in variants:
         assert choose_parallel(engine, sha, n_ctx, measure=timings).source == "calibrated"
-    assert len(timings.calls) == 1 + len(variants)
+    assert len(rounds(timings.calls)) == 1 + len(variants)
     keys = set(cache_of(home))
     version, cpu = llama_cpp_version(), cpu_name()
     assert keys == {
@@ -168,7 +180,7 @@ def test_a_longer_context_that_affords_fewer_sizes_is_another_entry(home, engine
     monkeypatch.setattr(calibrate, "_memory_bytes", lambda: 4 * 9 * per_seq)
     timings = Timings(CPU_RATES)
     assert choose_parallel(e, SHA, N_CTX, measure=timings) == Parallel(4, "calibrated", pytest.approx(0.0, abs=1.0))
-    assert timings.calls == [(1, 2, 4, 8)]
+    assert rounds(timings.calls) == [(1, 2, 4, 8)]
     assert set(cache_of(home)) == {f"{SHA}|cpu|0|1|False|{llama_cpp_version()}|{cpu_name()}|8"}
     assert cache_of(home)[f"{SHA}|cpu|0|1|False|{llama_cpp_version()}|{cpu_name()}|8"]["tokens_per_s"] == \
         {"1": 10.0, "2": 19.0, "4": 40.0, "8": 41.0}
@@ -180,7 +192,7 @@ def test_a_gpu_model_measures_the_gpu_sizes(home, big_machine, engines):
     rates = {b: float(b) for b in GPU_BATCH_SIZES}
     timings = Timings(rates)
     assert choose_parallel(e, SHA, N_CTX, measure=timings).value == 256
-    assert timings.calls == [(1, 2, 4, 8, 16, 32, 64, 128, 256)]
+    assert rounds(timings.calls) == [(1, 2, 4, 8, 16, 32, 64, 128, 256)]
     assert list(cache_of(home)) == [f"{SHA}|auto|2|1|False|{llama_cpp_version()}|{cpu_name()}|256"]
 
 
@@ -196,7 +208,7 @@ def test_a_damaged_entry_is_measured_again_and_replaced(home, big_machine, engin
     timings = Timings(CPU_RATES)
     assert choose_parallel(engines(), SHA, N_CTX, measure=timings).source == "calibrated"
     cache = cache_of(home)
-    assert cache["other"] == {"parallel": 7} and cache[key]["parallel"] == 4 and len(timings.calls) == 1
+    assert cache["other"] == {"parallel": 7} and cache[key]["parallel"] == 4 and len(rounds(timings.calls)) == 1
 
 
 def test_a_valid_entry_of_one_is_a_hit(home, big_machine, engines):
@@ -223,7 +235,7 @@ def test_an_unwritable_home_still_gives_the_choice_and_measures_again_next_time(
     timings = Timings(CPU_RATES)
     assert choose_parallel(engines(), SHA, N_CTX, measure=timings).value == 4
     assert choose_parallel(engines(), SHA, N_CTX, measure=timings).source == "calibrated"
-    assert len(timings.calls) == 2
+    assert len(rounds(timings.calls)) == 2
 
 
 # --- memory, CPU and the sizes the memory affords ---------------------------------------------------
@@ -312,3 +324,33 @@ def test_each_batch_size_prefills_the_prompt_once_and_decodes_every_sequence(eng
     points = measure_batch_sizes(e, (1, 3))
     assert seen == [(1, len(prompt), [calibrate.CALIBRATION_TOKENS]), (3, len(prompt), [calibrate.CALIBRATION_TOKENS] * 3)]
     assert [p.parallel for p in points] == [1, 3] and all(p.tokens_per_s > 0 for p in points)
+
+
+class Shown:
+    """A progress display that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def stage(self, name: str, total: int | None, unit: str, done: int = 0) -> None:
+        self.events.append(("stage", name, total, unit, done))
+
+    def advance(self, amount: int, item: str = "") -> None:
+        self.events.append(("advance", amount, item))
+
+    def finish(self) -> None:
+        self.events.append(("finish",))
+
+
+def test_the_calibration_says_what_it_measures_and_moves_at_each_size(home, big_machine, engines):
+    from localaug.core.progress import reporting
+
+    shown = Shown()
+    with reporting(shown):
+        choose_parallel(engines(), SHA, N_CTX, measure=Timings(CPU_RATES))
+        choose_parallel(engines(), SHA, N_CTX, measure=never)  # cached: nothing to show
+    assert shown.events == [
+        ("stage", "calibrating: decode speed at each batch size this memory affords, to choose how many sequences to "
+                  "decode together (once per model and machine)", 6, "batch sizes", 0),
+        ("advance", 1, "1 at a time"), ("advance", 1, "2 at a time"), ("advance", 1, "4 at a time"),
+        ("advance", 1, "8 at a time"), ("advance", 1, "16 at a time"), ("advance", 1, "32 at a time"), ("finish",)]

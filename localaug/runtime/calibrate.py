@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal, overload
 
 from localaug.core.files import cached_sha256, read_json, write_json_atomic
+from localaug.core.progress import phase
 from localaug.core.settings import default_parallel, localaug_home
 from localaug.family.registry import context_size
 from localaug.runtime.backend import DEFAULT_PARALLEL, Backend, SequentialBackend
@@ -88,6 +89,10 @@ def affordable(engine: Engine, n_ctx: int, sizes: tuple[int, ...]) -> tuple[int,
     return fits or sizes[:1]
 
 
+CALIBRATING = ("calibrating: decode speed at each batch size this memory affords, to choose how many sequences "
+               "to decode together (once per model and machine)")
+
+
 def measure_batch_sizes(engine: Engine, sizes: tuple[int, ...]) -> list[BatchPoint]:
     """localaug's own batched throughput at each of ``sizes`` (no raw llama_decode curve: only the
     pick is needed)."""
@@ -111,7 +116,11 @@ def choose_parallel(engine: Engine, sha256: str | None, n_ctx: int, given: int |
     if isinstance(hit, dict) and isinstance(hit.get("parallel"), int) and hit["parallel"] >= 1:
         return Parallel(hit["parallel"], "cached")
     started = time.monotonic()
-    points = measure(engine, sizes)
+    points: list[BatchPoint] = []
+    with phase(CALIBRATING, len(sizes), "batch sizes") as shown:
+        for b in sizes:  # one size at a time, so the display moves (each size prefills its own prompt anyway)
+            points += measure(engine, (b,))
+            shown.advance(1, f"{b} at a time")
     choice = Parallel(fastest(points), "calibrated", time.monotonic() - started)
     cache[key] = {"parallel": choice.value, "tokens_per_s": {str(p.parallel): round(p.tokens_per_s, 2) for p in points},
                   "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
