@@ -47,8 +47,8 @@ class Report:
 def need_extra() -> None:
     import importlib.util
 
-    if any(importlib.util.find_spec(name) is None for name in ("matplotlib", "sklearn")):
-        raise UsageError(f"localaug report draws with matplotlib and scikit-learn: {extra_hint('report')}")
+    if any(importlib.util.find_spec(name) is None for name in ("matplotlib", "sklearn", "rapidfuzz")):
+        raise UsageError(f"localaug report draws with matplotlib, scikit-learn and rapidfuzz: {extra_hint('report')}")
 
 
 def project(vectors: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
