@@ -28,11 +28,12 @@ def report(
     """
     from localaug.cli.render import print_json
     from localaug.cli.render import report as draw
+    from localaug.cli.render.progress import phase_progress_for
     from localaug.report.build import make_report
 
-    console = err_console()
-    with console.status("embedding and drawing…"):
-        result = make_report(output, html, embed_model, max_rows=max_rows, seed=seed, threads=threads, judge=judge)
+    with phase_progress_for(err_console()) as progress:
+        result = make_report(output, html, embed_model, max_rows=max_rows, seed=seed, threads=threads, judge=judge,
+                             progress=progress)
     if as_json:
         print_json(out_console(), draw.report_json(result))
     else:

@@ -1,15 +1,16 @@
 """Progress displays: a live Rich bar on a terminal, plain periodic lines otherwise (CI, pipes, log
-files), for conversions and copies (``ConvertProgress``), jobs (``JobProgress``) and judging (a
-``progress(done, total)`` callback)."""
+files), for conversions and copies (``ConvertProgress``), jobs (``JobProgress``), judging (a
+``progress(done, total)`` callback) and the report's phases (a ``core.progress.PhaseProgress``)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from localaug.cli.render import human_bytes, plain
@@ -198,3 +199,79 @@ class counter:  # noqa: N801 - used as a context manager: with counter(console, 
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def hms(seconds: float) -> str:
+    """A duration as h:mm:ss (what Rich's time columns show)."""
+    s = max(0, int(round(seconds)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class PhaseBars:
+    """A PhaseProgress for terminals: one Rich line per phase with its counts, elapsed time and ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(TextColumn("[bold]{task.description:<20}"), BarColumn(),
+                                  TextColumn("{task.completed:>7.0f}/{task.total:<7.0f}"), TimeElapsedColumn(),
+                                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+        self._tasks: dict[str, TaskID] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase not in self._tasks:
+            for task in self._tasks.values():  # the phase before is over
+                self._progress.update(task, completed=self._progress.tasks[task].total)
+            self._tasks[phase] = self._progress.add_task(phase, total=max(total, 1))
+        self._progress.update(self._tasks[phase], completed=done, total=max(total, 1))
+
+    def __enter__(self) -> PhaseBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+
+class PhaseLines:
+    """A PhaseProgress for logs: a line at most every ``every`` seconds with the phase's counts and
+    ETA (h:mm:ss), and one when it is done (none when it starts: an error at once stays one line)."""
+
+    def __init__(self, console: Console, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._console, self._every, self._clock = console, every, clock
+        self._phase, self._start, self._last, self._total, self._done = "", 0.0, 0.0, 0, 0
+        self._over: set[str] = set()  # phases already said done
+
+    def _say(self, text: str) -> None:
+        self._console.print(text, highlight=False, soft_wrap=True)
+
+    def _end(self) -> None:
+        if self._phase:
+            self._say(f"{self._phase}: {self._done}/{self._total} done in {hms(self._clock() - self._start)}")
+            self._over.add(self._phase)
+        self._phase = ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = self._clock()
+        if phase in self._over:
+            return
+        if phase != self._phase:
+            self._end()
+            self._phase, self._start, self._last = phase, now, now
+        self._total, self._done = total, done
+        if done >= total:
+            self._end()
+        elif now - self._last >= self._every:
+            self._last = now
+            eta = hms((now - self._start) * (total - done) / done) if done else "-:--:--"
+            self._say(f"{phase}: {done}/{total} · {hms(now - self._start)} · ETA {eta}")
+
+    def __enter__(self) -> PhaseLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc and exc[0] is None:
+            self._end()
+
+
+def phase_progress_for(console: Console) -> PhaseBars | PhaseLines:
+    """Rich lines on a terminal, plain lines otherwise; use it as a context manager."""
+    return PhaseBars(console) if console.is_terminal else PhaseLines(console)
