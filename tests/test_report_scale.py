@@ -95,7 +95,8 @@ def test_plain_phase_lines_at_intervals_with_counts_and_eta():
     console = Console(record=True, width=200, force_terminal=False)
     now = [0.0]
     lines = PhaseLines(console, every=10, clock=lambda: now[0])
-    for t, event in [(0, ("embeddings", 0, 400)), (4, ("embeddings", 100, 400)), (12, ("embeddings", 120, 400)),
+    for t, event in [(0, ("reading", 0, 1)), (0.5, ("reading", 40, 40)), (0.5, ("reading", 40, 40)),  # short: silent
+                     (0, ("embeddings", 0, 400)), (4, ("embeddings", 100, 400)), (12, ("embeddings", 120, 400)),
                      (15, ("embeddings", 200, 400)), (30, ("embeddings", 400, 400)), (30, ("map", 0, 750)),
                      (3700, ("map", 375, 750)), (3800, ("map", 750, 750))]:
         now[0] = t

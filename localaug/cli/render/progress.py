@@ -233,7 +233,8 @@ class PhaseBars:
 
 class PhaseLines:
     """A PhaseProgress for logs: a line at most every ``every`` seconds with the phase's counts and
-    ETA (h:mm:ss), and one when it is done (none when it starts: an error at once stays one line)."""
+    ETA (h:mm:ss), and one when a phase that lasted ``every`` seconds or more is done. A short phase
+    says nothing, so an error found early (a bad file, a bad option) stays one line."""
 
     def __init__(self, console: Console, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._console, self._every, self._clock = console, every, clock
@@ -244,9 +245,10 @@ class PhaseLines:
         self._console.print(text, highlight=False, soft_wrap=True)
 
     def _end(self) -> None:
-        if self._phase:
-            self._say(f"{self._phase}: {self._done}/{self._total} done in {hms(self._clock() - self._start)}")
-            self._over.add(self._phase)
+        took = self._clock() - self._start
+        if self._phase and took >= self._every:
+            self._say(f"{self._phase}: {self._done}/{self._total} done in {hms(took)}")
+        self._over.add(self._phase)
         self._phase = ""
 
     def __call__(self, phase: str, done: int, total: int) -> None:
