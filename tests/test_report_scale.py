@@ -109,3 +109,23 @@ def test_plain_phase_lines_at_intervals_with_counts_and_eta():
         "map: 375/750 · 1:01:10 · ETA 1:01:10",
         "map: 750/750 done in 1:02:50",
     ]
+
+
+def test_rich_phase_lines_on_a_terminal_show_counts_elapsed_and_eta():
+    import io
+
+    from rich.console import Console
+
+    from localaug.cli.render.progress import PhaseBars
+
+    buf = io.StringIO()
+    with PhaseBars(Console(file=buf, force_terminal=True, width=120, color_system=None)) as bars:
+        bars("reading", 0, 1)
+        bars("reading", 40, 40)
+        bars("embeddings", 100, 400)
+        bars("map", 0, 750)  # the phase before is over: shown whole
+    final = [line.strip() for line in buf.getvalue().split("\r")[-1].split("\n")]
+    rows = [line.split("\x1b[2K")[-1] for line in final if "ETA" in line]
+    assert [r.split()[0] for r in rows] == ["reading", "embeddings", "map"]
+    assert "40/40" in rows[0] and "400/400" in rows[1] and "0/750" in rows[2] and rows[2].endswith("ETA -:--:--")
+    assert all(" 0:00:00 ETA" in r for r in rows)  # elapsed h:mm:ss, then the ETA
