@@ -134,7 +134,7 @@ def test_a_missing_extra_names_the_wheel_and_the_checkout_install(tmp_path: Path
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 2 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
-    assert line == ("error: localaug report draws with matplotlib and scikit-learn: pip install 'localaug[report]' "
+    assert line == ("error: localaug report draws with matplotlib, scikit-learn, openTSNE and rapidfuzz: pip install 'localaug[report]' "
                     "(or pip install -e '.[report]' from a checkout)")
 
 

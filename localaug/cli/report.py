@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from localaug.cli.shell import command, err_console, handled, out_console
+from localaug.cli.shell import command, handled, out_console
 from localaug.cli.options import Aspect, JsonOpt, ThreadsOpt, value
 
 
@@ -30,9 +30,7 @@ def report(
     from localaug.cli.render import report as draw
     from localaug.report.build import make_report
 
-    console = err_console()
-    with console.status("embedding and drawing…"):
-        result = make_report(output, html, embed_model, max_rows=max_rows, seed=seed, threads=threads, judge=judge)
+    result = make_report(output, html, embed_model, max_rows=max_rows, seed=seed, threads=threads, judge=judge)
     if as_json:
         print_json(out_console(), draw.report_json(result))
     else:

@@ -82,3 +82,44 @@ def phase(name: str, total: int | None, unit: str, progress: Progress | None = N
     p.stage(name, total, unit)
     yield p
     p.finish()
+
+
+class PhaseProgress(Protocol):
+    """Work of several phases in one callback: ``progress(phase, done, total)``, the phase named each
+    time; a phase starts at 0 of ``total`` and ends at ``total`` of ``total`` (the report's phases). A
+    phase that cannot count its items is one item: 0 of 1, then 1 of 1 (or n of n once known)."""
+
+    def __call__(self, phase: str, done: int, total: int) -> None: ...
+
+
+def no_progress(phase: str, done: int, total: int) -> None:
+    """A PhaseProgress that shows nothing."""
+
+
+class Phases:
+    """A PhaseProgress drawn through a ``Progress``: each new phase name is a stage of ``total``
+    ``units[phase]`` (default "items"), its counts advance it, and the next phase (or ``close``)
+    finishes it. ``progress`` None: the display a command installed (``current()``)."""
+
+    def __init__(self, units: dict[str, str] | None = None, progress: Progress | None = None) -> None:
+        self._units, self._shown = units or {}, progress
+        self._on: Progress | None = None
+        self._phase: str | None = None
+        self._done = 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self._phase:
+            self.close()
+            self._on = self._shown if self._shown is not None else current()
+            # a phase that cannot count its items says 0 of 1, then 1 of 1 (or n of n): no total to show
+            self._on.stage(phase, total if total > 1 else None, self._units.get(phase, "items"))
+            self._phase, self._done = phase, 0
+        if done > self._done and self._on is not None:
+            self._on.advance(done - self._done)
+            self._done = done
+
+    def close(self) -> None:
+        """The phase under way (if any) has ended."""
+        if self._on is not None and self._phase is not None:
+            self._on.finish()
+        self._on, self._phase = None, None
