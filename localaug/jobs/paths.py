@@ -102,6 +102,16 @@ def summary_path(judged: Path) -> Path:
     return judged.with_name(judged.name.removesuffix(".jsonl") + ".summary.json")
 
 
+def judge_ledger(answers: Path, aspect: str) -> Path:
+    """``localaug judge``'s default verdicts ledger: beside answers B, named after B and the aspect."""
+    return _beside(answers, f".judge-{aspect}.jsonl")
+
+
+def judge_summary(ledger: Path) -> Path:
+    """The summary ``localaug judge`` writes beside its verdicts ledger (``LEDGER.summary.json``)."""
+    return _beside(ledger, ".summary.json")
+
+
 def records_candidates(output: Path) -> list[Path]:
     """Where the records behind an output may be, after the ledger its manifest names:
     ``OUT.ledger.jsonl`` beside a training file."""

@@ -41,6 +41,7 @@ from localaug.core.files import (
 )
 from localaug.family import judging
 from localaug.family.styles import PromptStyle, render_messages
+from localaug.jobs import paths
 from localaug.jobs.dataio import chunked
 from localaug.jobs.ledger import Appender, iter_ledger, lock_path, output_lock, parse_line, record_lines, repair_ledger
 from localaug.jobs.schema import Skipped
@@ -164,8 +165,8 @@ def run_judge(a: str | os.PathLike[str], b: str | os.PathLike[str], judge: str |
     keys = sorted(set(left) & set(right), key=lambda k: tuple(int(x) for x in k.split(":")))
     if not keys:
         raise UsageError(f"{pa} and {pb} share no rows: judge answers to the same inputs (e.g. the seeds and their refined versions)")
-    out = Path(output) if output else pb.with_name(f"{pb.name}.judge-{aspect}.jsonl")
-    summary_path = out.with_name(out.name + ".summary.json")
+    out = Path(output) if output else paths.judge_ledger(pb, aspect)
+    summary_path = paths.judge_summary(out)
     page_path = Path(html) if html is not None else None
 
     def refuse_inputs(read: list[Path]) -> None:

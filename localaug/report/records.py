@@ -12,7 +12,7 @@ from typing import Any
 
 from localaug.core.errors import JobError, UsageError
 from localaug.core.files import read_json
-from localaug.jobs import parts
+from localaug.jobs import parts, paths
 from localaug.jobs.dataio import get_field
 from localaug.jobs.grade import answers_of
 from localaug.jobs.ledger import accepted_texts, best_records, iter_ledger, record_counts
@@ -48,7 +48,7 @@ def _ledger_of(path: Path) -> tuple[Path, dict[str, Any] | None]:
     """(the records file, its manifest) for an output named as written (OUT or OUT.ledger.jsonl)."""
     if path.is_dir():
         return path, parts.read_manifest(path)
-    ledger = path.with_name(path.name + ".ledger.jsonl")
+    ledger = paths.records_candidates(path)[0]
     if not path.name.endswith(".jsonl") and ledger.is_file():
         path = ledger  # a training file: its records are beside it
     manifest = next((m for m in map(read_json, _manifests(path)) if m is not None), None)
@@ -58,9 +58,8 @@ def _ledger_of(path: Path) -> tuple[Path, dict[str, Any] | None]:
 def _manifests(path: Path) -> list[Path]:
     """Where the manifest of a records file (or folder) may be."""
     if path.is_dir():
-        return [path / "manifest.json"]
-    return [path.with_name(path.name + ".manifest.json"),
-            path.with_name(path.name.removesuffix(".ledger.jsonl") + ".manifest.json")]
+        return [paths.folder_manifest(path)]
+    return list(paths.manifest_paths(path))
 
 
 def _new_texts(rec: dict[str, Any]) -> list[str]:
@@ -109,9 +108,8 @@ def collect(path: str | Path, max_rows: int = 2000, seed: int = 0) -> Collected:
         raise UsageError(f"{records_path} holds no localaug job records{why}: expected {EXPECTED}")
     tasks = {r["task"] for r in records}
     if tasks == {"respond"}:  # a --respond-with run: its augmenter's records are beside it
-        base = records_path.name.removesuffix(".ledger.jsonl")
         for task in ("refine", "expand"):
-            stage = records_path.with_name(f"{base}.{task}.jsonl")
+            stage = paths.stage_path(paths.output_of(records_path), task)
             if stage.is_file():
                 inner = collect(stage, max_rows, seed)
                 inner.read += [records_path, *_manifests(records_path)]
