@@ -17,6 +17,8 @@ survivor is a gap: a test should kill it.
     python tools/mutation.py                              # every module
     python tools/mutation.py localaug/jobs/keys.py        # some modules
     python tools/mutation.py --stale                      # the modules without a fresh result
+    python tools/mutation.py --limit 600 localaug/runtime/batch.py   # stop after 10 min: a partial result
+    python tools/mutation.py --collect localaug/runtime/batch.py     # keep an interrupted run's result
     python tools/mutation.py --write docs/mutation.md     # and write the report
     python tools/mutation.py --report-only --write docs/mutation.md   # the report from kept results
     python tools/mutation.py --survivors localaug/jobs/keys.py   # the survivors' diffs
@@ -33,6 +35,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,6 +84,8 @@ MODULES: dict[str, tuple[str, ...]] = {
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault",
           -6: "crash", -7: "crash", -8: "crash"}  # SIGABRT (llama.cpp's GGML_ABORT), SIGBUS, SIGFPE
+UNTESTED = "not tested"  # a run stopped at its time limit before this mutant's turn
+RUN = "localaug-run.json"  # in a scratch copy: the commit, date and start of its run
 DETECTED = {"killed", "timeout", "segfault", "crash"}  # a mutant that makes the tests fail, hang or crash is caught
 
 
@@ -111,6 +116,10 @@ class Result:
         return sum(self.statuses.values())
 
     @property
+    def untested(self) -> int:
+        return self.statuses.get(UNTESTED, 0)
+
+    @property
     def equivalent(self) -> int:
         return sum(s.reason is not None for s in self.survivors)
 
@@ -120,7 +129,7 @@ class Result:
 
     @property
     def counted(self) -> int:
-        return self.mutants - self.statuses.get("skipped", 0) - self.equivalent
+        return self.mutants - self.statuses.get("skipped", 0) - self.untested - self.equivalent
 
     @property
     def score(self) -> float:
@@ -209,46 +218,75 @@ def configure(dest: Path, module: str, tests: tuple[str, ...]) -> None:
     pyproject.write_text(text.rstrip() + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
-def run_module(module: str, jobs: int, quiet: bool) -> Result:
+def run_module(module: str, jobs: int, quiet: bool, limit: float | None = None) -> Result:
+    """mutmut over ``module`` in a fresh scratch copy; after ``limit`` seconds it is stopped and the
+    mutants tested so far make a partial result."""
     tests = MODULES[module]
-    dest = SCRATCH / module.replace("/", "_").removesuffix(".py")
-    commit = git("rev-parse", "HEAD")
-    uncommitted = bool(git("status", "--porcelain", "--", module, *tests))
+    dest = scratch(module)
+    run = {"commit": git("rev-parse", "HEAD"), "uncommitted": bool(git("status", "--porcelain", "--", module, *tests)),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "started": time.time()}
     copy_tree(dest)
     configure(dest, module, tests)
+    (dest / RUN).write_text(json.dumps(run) + "\n", encoding="utf-8")
     # the tests' own child processes (the CLI) import the mutated package too; the folder exists
     # before Python starts, or its import system remembers it as absent
     (dest / "mutants").mkdir()
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(dest / "mutants")}
     t0 = time.monotonic()
     log = dest / "mutmut.log"
     with open(log, "w") as out:
-        r = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=dest, env=env,
-                           stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=dest,
+                                env=mutmut_env(dest), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # mutmut and the pytest processes it forked
+            proc.wait()
+            rc = 0  # what was tested so far is in the .meta file
+    if rc != 0:
+        tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:]
+        raise SystemExit(f"mutmut failed on {module} (exit {rc}); see {log}:\n" + "\n".join(tail))
+    return collect(module, time.monotonic() - t0, quiet)
+
+
+def scratch(module: str) -> Path:
+    return SCRATCH / module.replace("/", "_").removesuffix(".py")
+
+
+def mutmut_env(dest: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(dest / "mutants")}
+
+
+def collect(module: str, seconds: float | None, quiet: bool) -> Result:
+    """The result of the mutmut run in ``module``'s scratch copy, finished or stopped part-way (its
+    untested mutants are counted apart). ``seconds`` None: from its start to mutmut's last record."""
     import mutmut
 
-    result = Result(module, tests, seconds=time.monotonic() - t0, commit=commit, uncommitted=uncommitted,
-                    fingerprint=fingerprint(dest, module, tests),
-                    date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    mutmut=getattr(mutmut, "__version__", "?"))
+    tests, dest = MODULES[module], scratch(module)
     meta = dest / "mutants" / (module + ".meta")
-    if r.returncode != 0 or not meta.exists():
-        tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:]
-        raise SystemExit(f"mutmut failed on {module} (exit {r.returncode}); see {log}:\n" + "\n".join(tail))
+    if not meta.exists() or not (dest / RUN).exists():
+        raise SystemExit(f"no mutmut run of {module} to read in {dest}")
+    run = json.loads((dest / RUN).read_text(encoding="utf-8"))
+    if seconds is None:
+        seconds = meta.stat().st_mtime - run["started"]
+    result = Result(module, tests, seconds=seconds, commit=run["commit"], uncommitted=run["uncommitted"],
+                    fingerprint=fingerprint(dest, module, tests), date=run["date"],
+                    mutmut=getattr(mutmut, "__version__", "?"))
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    statuses = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+    statuses = {name: UNTESTED if code is None else STATUS.get(code, "suspicious") for name, code in codes.items()}
     for status in statuses.values():
         result.statuses[status] = result.statuses.get(status, 0) + 1
     equivalent = load_equivalent()
+    env = mutmut_env(dest)
     for name, status in sorted(statuses.items(), key=lambda kv: _order(kv[0])):
-        if status in DETECTED or status == "skipped":
+        if status in DETECTED or status in ("skipped", UNTESTED):
             continue
         diff = show(dest, name, env)
         base = name.rsplit(".", 1)[-1].split("__mutmut_")[0]  # x_function, or xǁClassǁmethod
         function = base[2:].replace("ǁ", ".") if base.startswith(("x_", "xǁ")) else base
         result.survivors.append(Survivor(name, function, diff, status, equivalent.get((module, function, diff))))
     if not quiet:
-        print(f"{module}: {result.score:.1f} % ({result.detected}/{result.counted}, {result.equivalent} equivalent) "
+        part = f", {result.untested} of {result.mutants} not tested (stopped)" if result.untested else ""
+        print(f"{module}: {result.score:.1f} % ({result.detected}/{result.counted}, {result.equivalent} equivalent{part}) "
               f"in {result.seconds:.0f} s", flush=True)
     return result
 
@@ -291,7 +329,8 @@ def report(modules: list[str], command: str) -> str:
         "",
         "Each module is measured on its own and its result kept in `tools/mutation-results/`; the table says",
         "at which commit and on which date. A result is *stale* when the module or its guarding tests changed",
-        "since it was measured (rerun those with `python tools/mutation.py --stale`). Written with:",
+        "since it was measured (rerun those with `python tools/mutation.py --stale`). A run stopped at its time",
+        "limit (`--limit`) scores the mutants it tested: \"*n* of *m* (stopped)\". Written with:",
         "",
         "```bash",
         command,
@@ -309,7 +348,8 @@ def report(modules: list[str], command: str) -> str:
         survived = len(r.survivors) - r.equivalent
         when = f"{r.date[:10]}, `{r.commit[:10]}`{' + uncommitted' if r.uncommitted else ''}"
         stale = " **stale**" if is_stale(r) else ""
-        lines.append(f"| `{m}` | {tests} | {r.mutants} | {r.detected} | {r.equivalent} | {survived} | "
+        mutants = f"{r.mutants - r.untested} of {r.mutants} (stopped)" if r.untested else f"{r.mutants}"
+        lines.append(f"| `{m}` | {tests} | {mutants} | {r.detected} | {r.equivalent} | {survived} | "
                      f"**{r.score:.1f} %** | {r.seconds:.0f} s | {when}{stale} |")
     lines += ["", "## Survivors", ""]
     for m in modules:
@@ -333,6 +373,9 @@ def main() -> int:
     ap.add_argument("--goal", type=float, default=85.0, help="lowest acceptable score per module, in percent")
     ap.add_argument("--stale", action="store_true", help="measure only the modules whose kept result is missing or stale")
     ap.add_argument("--report-only", action="store_true", help="measure nothing; with --write, report the kept results")
+    ap.add_argument("--limit", type=float, help="stop a module's run after this many seconds: a partial result")
+    ap.add_argument("--collect", action="store_true",
+                    help="measure nothing: keep the result of the last (finished or interrupted) run of each module named")
     ap.add_argument("--write", type=Path, help="write the Markdown report (every module's kept result) here")
     ap.add_argument("--survivors", action="store_true", help="print every survivor's diff")
     args = ap.parse_args()
@@ -340,14 +383,16 @@ def main() -> int:
     if unknown:
         ap.error(f"not in MODULES: {', '.join(unknown)}")
     modules = args.modules or list(MODULES)
-    if args.report_only:
+    if args.report_only or args.collect:
         modules = []
     elif args.stale:
         equivalent = load_equivalent()
         modules = [m for m in modules if (r := load(m, equivalent)) is None or is_stale(r)]
-    results = []
+    results = [collect(m, None, quiet=False) for m in (args.modules if args.collect else [])]
+    for r in results:
+        save(r)
     for m in modules:
-        results.append(run_module(m, args.jobs, quiet=False))
+        results.append(run_module(m, args.jobs, quiet=False, limit=args.limit))
         save(results[-1])  # kept as soon as measured: an interrupted run loses only the module it was on
     if args.survivors:
         for r in results:
