@@ -555,7 +555,8 @@ def test_the_resolved_judge_file_is_never_the_ledger(tmp_path: Path, seam: Seam,
 def test_the_judge_seam_opens_the_gguf_with_the_options(smollm2, tmp_path: Path, monkeypatch):
     from conftest import SMOLLM2_SHA256
 
-    from localaug.runtime.batch import BatchEngine, SequentialBackend
+    from localaug.runtime.backend import SequentialBackend
+    from localaug.runtime.batch import BatchEngine
     from localaug.runtime.engine import EngineOptions
 
     monkeypatch.setenv("LOCALAUG_HOME", str(tmp_path / "home"))
@@ -575,7 +576,7 @@ def test_the_judge_seam_opens_the_gguf_with_the_options(smollm2, tmp_path: Path,
 
 
 def test_the_judge_seam_takes_a_calibrated_batch_size(smollm2, tmp_path: Path, monkeypatch):
-    from localaug.augment import calibrate
+    from localaug.runtime import calibrate
     from localaug.family.registry import DEFAULT_CTX
     from localaug.runtime.batch import BatchEngine
     from localaug.runtime.bench import BATCH_SIZES
