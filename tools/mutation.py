@@ -78,7 +78,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/runtime/remote.py": ("tests/test_mut_remote.py",),
     "localaug/runtime/prefix.py": ("tests/test_mut_runtime_batch.py", "tests/test_mut_runtime_backend.py"),
     "localaug/runtime/backend.py": ("tests/test_mut_runtime_backend.py", "tests/test_mut_runtime_batch.py"),
-    "localaug/runtime/llama.py": ("tests/test_mut_runtime_backend.py", "tests/test_mut_runtime_batch.py"),
+    "localaug/runtime/llama.py": ("tests/test_mut_runtime_llama.py", "tests/test_mut_runtime_backend.py",
+                                  "tests/test_mut_runtime_batch.py"),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
