@@ -437,6 +437,12 @@ def test_respond_draws_exactly_n_answers_each_judged_alone():
     assert d.result.rejected == {"empty": 1, "too-long": 1}
 
 
+def test_respond_counts_answers_rejected_for_the_same_reason():
+    d = Draw(FAMILY, "respond", "What is 2+2?", 3, SamplingParams(seed=2))
+    assert [d.take(gen(t)) for t in ("", "4", "")] == [[], ["4"], []]
+    assert d.result.rejected == {"empty": 2} and d.result.items == ["4"]
+
+
 def test_teacher_respond_keeps_the_answer_as_written():
     d = Draw(TEACHER, "respond", "Quote a proverb.", 1, SamplingParams(seed=2))
     assert d.take(gen(' "A stitch in time saves nine." ')) == ['"A stitch in time saves nine."']

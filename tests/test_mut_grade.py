@@ -280,6 +280,9 @@ def test_the_summaries_in_rows():
                         ("verdicts", "o.verdicts.jsonl")]
     v.failed, v.decided_readings = 0, 0
     assert ("readings naming the answer shown first", "—") in v.rows() and len(v.rows()) == 12
+    # a judge on a server is named whole, URL#MODEL (its file name would be "v1#qwen-judge")
+    g.judge = v.judge = "http://127.0.0.1:8080/v1#qwen-judge"
+    assert g.rows()[0] == v.rows()[0] == ("judge", "http://127.0.0.1:8080/v1#qwen-judge")
 
 
 # --- judging, on a judge that answers as the test says -------------------------------------------------------

@@ -177,3 +177,43 @@ def test_a_two_phase_run_end_to_end(tmp_path, smollm2):
     assert m1["model"]["sha256"] == m2["model"]["sha256"]
     # both phases reported progress, each as a new run of one row
     assert len(progress.started) == 2 and all(": new, 1 rows" in m for m in progress.started) and progress.closed == 2
+
+
+# --- a judged run refused before anything runs ------------------------------------------------------------
+
+
+def refused(task: str, fmt: str, respond_with: object, samples: int, min_score: float | None = None) -> str | None:
+    from localaug.jobs.preference import Selection
+
+    try:
+        chain._refuse_unjudgeable(task, fmt, respond_with, samples, Selection(min_score=min_score))
+    except UsageError as e:
+        return e.template  # the message, settings named by opt()
+    return None
+
+
+def test_a_judged_run_that_cannot_make_what_is_asked_is_refused():
+    formats = "alpaca, sharegpt, messages, dpo"
+    assert refused("expand", "alpaca", None, 1) == (
+        f"{opt('judge')} grades answers: give {opt('respond_with')} with expand (or run respond)")
+    assert refused("respond", "prompts", None, 1) == (
+        f"{opt('judge')} with {opt('fmt')} prompts: judged answers go to jsonl records or a training file ({formats})")
+    assert refused("respond", "parquet", None, 2) == (
+        f"{opt('judge')} with {opt('fmt')} parquet: judged answers go to jsonl records or a training file ({formats})")
+    assert refused("respond", "dpo", None, 1) == f"dpo pairs two answers to one instruction: give {opt('samples')} 2 or more"
+    assert refused("expand", "dpo", "m.gguf", 1) == (
+        f"dpo pairs two answers to one instruction: give {opt('respond_samples')} 2 or more")
+    assert refused("respond", "jsonl", None, 1, min_score=7.0) == (
+        f"{opt('min_score')} chooses what a training file keeps: give {opt('fmt')} {formats}")
+
+
+@pytest.mark.parametrize("task, fmt, respond_with, samples, min_score", [
+    ("respond", "alpaca", None, 1, None),
+    ("respond", "jsonl", None, 1, None),  # records, no minimum: fine
+    ("expand", "alpaca", "m.gguf", 1, 6.5),  # an augmenter, then answers from respond_with
+    ("respond", "dpo", None, 2, None),  # exactly two answers: a pair
+    ("refine", "dpo", "m.gguf", 2, 5.0),
+    ("respond", "sharegpt", None, 1, 0.0),
+])
+def test_a_judged_run_that_can_make_what_is_asked_goes_on(task, fmt, respond_with, samples, min_score):
+    assert refused(task, fmt, respond_with, samples, min_score) is None

@@ -308,3 +308,31 @@ def test_shards_of_a_large_input_are_balanced():
     rnd = random.Random(3)
     rnd.shuffle(texts)
     assert [sum(1 for _ in select_rows(rows_of(texts), REFINE, RUN, (i, 4))) for i in range(4)] == sizes
+
+
+@pytest.mark.parametrize("record, want", [
+    ({"instruction": "q", "input": "A table of prices."}, "A table of prices."),
+    ({"instruction": "q", "input": "  padded  "}, "  padded  "),  # kept as written
+    ({"instruction": "q", "input": " \n\t"}, ""),  # blank
+    ({"instruction": "q", "input": None}, ""),  # null
+    ({"instruction": "q"}, ""),  # absent
+    ({"instruction": "q", "ctx": {"text": "nested"}}, None),  # the field named is absent; another is there
+])
+def test_the_rows_context(record, want):
+    from localaug.jobs.keys import row_context
+
+    cfg = JobConfig("refine", SamplingParams(), input_field="input")
+    assert row_context(cfg, InputRow(0, record)) == ("" if want is None else want)
+    nested = JobConfig("refine", SamplingParams(), input_field="ctx.text")
+    assert row_context(nested, InputRow(0, {"instruction": "q", "ctx": {"text": "deep"}})) == "deep"
+    assert row_context(REFINE, InputRow(0, record)) == ""  # no context asked for
+
+
+@pytest.mark.parametrize("value", [3, ["a"], {"text": "x"}, True])
+def test_a_context_that_is_not_text_is_refused_naming_the_field(value):
+    from localaug.jobs.keys import row_context
+
+    cfg = JobConfig("refine", SamplingParams(), input_field="input")
+    with pytest.raises(ValueError) as e:
+        row_context(cfg, InputRow(0, {"instruction": "q", "input": value}))
+    assert str(e.value) == "field 'input' is not text"

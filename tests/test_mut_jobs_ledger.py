@@ -667,3 +667,30 @@ def test_a_ledger_with_nothing_superseded_is_not_rewritten(tmp_path):
     before = untouched(out)
     assert target.finish() is None
     assert (out.stat().st_mtime_ns, out.read_bytes()) == before
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def check(self, text: str) -> None:
+        self.calls.append(("check", text))
+
+
+class _Bulk(_Calls):
+    def encode(self, texts: list[str]) -> tuple[list[str], list[int]]:
+        self.calls.append(("encode", list(texts)))
+        return [t.upper() for t in texts], [len(t) for t in texts]
+
+    def extend(self, keys: list[str], sigs: list[int]) -> None:
+        self.calls.append(("extend", keys, sigs))
+
+
+def test_remember_fills_an_index_in_bulk_when_it_can_else_text_by_text():
+    recs = [{"status": "ok", "outputs": ["ab", "c"]}, {"status": "failed", "outputs": ["x"]},
+            {"status": "ok", "pairs": [{"instruction": "def", "response": "r"}]}]
+    bulk, one = _Bulk(), _Calls()
+    L.remember(bulk, recs)
+    L.remember(one, recs)
+    assert bulk.calls == [("encode", ["ab", "c", "def"]), ("extend", ["AB", "C", "DEF"], [2, 1, 3])]
+    assert one.calls == [("check", "ab"), ("check", "c"), ("check", "def")]

@@ -106,6 +106,17 @@ def test_byte_lines_by_hand():
     assert list(R.byte_lines(io.BytesIO(b"no end"))) == [(0, b"no end", b"")]
     assert list(R.byte_lines(io.BytesIO(b"12345\n123456\n1234567"), 6)) == [
         (0, b"12345", b"\n"), (6, b"123456", b"\n"), (13, None, b"")]
+    assert list(R.byte_lines(io.BytesIO(b"1234567\r"), 6)) == [(0, None, b"\r")]  # skipped up to a \r at the end
+
+
+def test_a_line_skipped_up_to_a_lone_cr_reads_no_further(monkeypatch):
+    monkeypatch.setattr(R, "_READ", 4)
+    monkeypatch.setattr(R, "_SKIP", 16)
+    f = Reads(b"x" * 10 + b"\ry" + b"z" * 1000)
+    lines = R.byte_lines(f, 5)
+    assert next(lines) == (0, None, b"\r")
+    assert f.tell() <= 10 + 2 + 16  # the \r, the byte that shows it is no \r\n, at most one block more
+    assert list(lines) == [(11, None, b"")]  # the next line, over the cap too
 
 
 class Reads(io.BytesIO):
@@ -369,6 +380,8 @@ def not_valid(msg: str, line: int) -> str:
     (b'[{"a": 1}] [', not_valid("Extra data", 1)),
     (b'[{"a": 1}]\r\n\r\nx', not_valid("Extra data", 3)),
     (b'[{"a": 1}', not_valid("Expecting ',' delimiter", 1)),
+    (b'[{"a": 1} {"b": 2}\n\n\n]', not_valid("Expecting ',' delimiter", 1)),  # the lines after it are not counted
+    (b'[\n{"a":\n1,\n"b" 2}\n]', not_valid("Expecting ':' delimiter", 4)),  # where in the item, not where it began
     (b'[{"a": "\n"}]', not_valid("Invalid control character at", 1)),
     (b'[{"a": "open}]', not_valid("Unterminated string starting at", 1)),
     (b'{"rows" [1]}', not_valid("Expecting ':' delimiter", 1)),

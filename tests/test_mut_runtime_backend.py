@@ -219,6 +219,23 @@ def test_a_gguf_opens_at_the_batch_size_and_context_chosen(model: Path) -> None:
     assert seq.engine is None  # freed with the backend
 
 
+def test_two_sequences_batch_and_the_batch_engine_owns_the_engine(model: Path) -> None:
+    two, chosen = open_calibrated(model, OPTS, 2)
+    with two:
+        assert chosen == Parallel(2, "given") and isinstance(two, BatchEngine) and two.parallel == 2
+    assert two.engine is None  # freed with the backend
+
+
+def test_an_engine_handed_over_runs_at_the_options_context(model: Path) -> None:
+    # the options say the context, not the options the engine was loaded with
+    engine = Engine(model, replace(OPTS, n_ctx=512), context=False)
+    backend, chosen = open_calibrated(engine, replace(OPTS, n_ctx=128), 2)
+    with backend:
+        assert isinstance(backend, BatchEngine) and (backend.parallel, backend.n_ctx_seq) == (2, 128)
+        assert backend.engine is engine
+    assert engine._model is None  # handed over: freed with the backend
+
+
 def test_an_engine_handed_over_is_freed_when_opening_fails(model: Path) -> None:
     engine = Engine(model, OPTS, context=False)
     with pytest.raises(ValueError, match="^parallel must be at least 1$"):

@@ -619,3 +619,55 @@ def test_after_any_history_the_files_are_the_oracles(tmp_path_factory, sessions)
     assert b.index.entries()[0] == [text_key(t) for _, t in oracle_entries(ledger)]
     b.close()
     assert_files_are_the_oracle(ledger)
+
+
+def test_the_entries_file_is_created_readable_by_all_writable_by_its_owner(tmp_path: Path):
+    path = tmp_path / "out.jsonl"
+    append(path, BASE)
+    old = os.umask(0o022)
+    try:
+        b, _ = exact_book(path)
+    finally:
+        os.umask(old)
+    b.close()
+    entries_path, _ = S.index_paths(path)
+    assert entries_path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_book_whose_entries_file_is_descriptor_0_writes_saves_and_closes(ledger: Path):
+    # a process started with its standard input closed (a daemon, a job scheduler) gets descriptor 0
+    # from its first open: a valid descriptor like any other
+    stdin = os.dup(0)
+    os.close(0)
+    try:
+        b, _ = exact_book(ledger)
+        assert b._fd == 0
+        r = rec("k5", [t for t in ["New one.", "Name three rivers."] if b.index.check(t) is None])
+        append(ledger, [r])
+        b.written(r)  # appended now, saved (SAVE_EVERY_S is far off) at close
+        assert files_of(ledger)[0] == oracle_bytes(ledger)
+        b.close()
+        assert b._fd < 0 and os.fstat(stdin)  # closed: descriptor 0 is free again
+        with pytest.raises(OSError):
+            os.fstat(0)
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)
+    assert_files_are_the_oracle(ledger)
+    assert loaded_tuple(exact_book(ledger)[1]) == (5, 0, 0, "")
+
+
+def test_a_forced_save_on_descriptor_0_rewrites_the_header(ledger: Path):
+    stdin = os.dup(0)
+    os.close(0)
+    try:
+        b, _ = exact_book(ledger)
+        assert b._fd == 0
+        _, header_path = S.index_paths(ledger)
+        inode = header_path.stat().st_ino
+        b.save(force=True)
+        assert header_path.stat().st_ino != inode
+        b.close()
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)

@@ -393,7 +393,8 @@ def _read_json(f: BinaryIO, start: int, name: str) -> Iterator[InputRow]:
 
 
 def _items(doc: _JsonText, start: int) -> Iterator[InputRow]:
-    doc.take("[", "Expecting value")
+    assert doc.peek() == "["  # the caller saw it: no message for anything else
+    doc.pos += 1
     if doc.peek() == "]":
         doc.pos += 1
         return
@@ -411,7 +412,8 @@ def _items(doc: _JsonText, start: int) -> Iterator[InputRow]:
 
 def _object(doc: _JsonText, start: int) -> Iterator[InputRow]:
     """The items of the one array among the values of a top-level object."""
-    doc.take("{", "Expecting value")
+    assert doc.peek() == "{"  # the caller saw it: no message for anything else
+    doc.pos += 1
     keys: set[str] = set()
     lists = 0
     if doc.peek() == "}":
