@@ -195,3 +195,15 @@ def test_run_help_groups_its_options_in_panels() -> None:
     assert shown == {"Arguments": [], "Options": ["--help"], **RUN_PANELS}
     names = {max(p.opts, key=len) for p in commands()["run"].params if p.param_type_name == "option"}
     assert names == {o for opts in RUN_PANELS.values() for o in opts}  # every option of run is in a panel
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback() -> None:
+    """`localaug run --help | head -1`: the reader goes away before the help is written."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "localaug.cli", "run", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # nobody reads: the first write meets a broken pipe
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and proc.returncode in (0, 1, 120), err.decode(errors="replace")

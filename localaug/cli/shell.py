@@ -23,6 +23,9 @@ try:  # Typer carries its own copy of Click in recent releases
 except ImportError:  # pragma: no cover - older Typer on Click
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
+# Ctrl-C at a prompt: Click's Abort, or Typer's own where Typer carries its copy of Click
+_ABORT = tuple({getattr(click_errors, "Abort", KeyboardInterrupt), typer.Abort, KeyboardInterrupt})
+
 F = TypeVar("F", bound=Callable[..., Any])
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h everywhere (child contexts inherit it)
 
@@ -113,7 +116,7 @@ class Group(TyperGroup):
             where = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
             _one_line(f"{e.format_message()}{where}")
             sys.exit(e.exit_code)
-        except (click_errors.Abort, KeyboardInterrupt):
+        except _ABORT:
             err_console().print("interrupted", highlight=False)
             sys.exit(130)
         except click_errors.ClickException as e:
