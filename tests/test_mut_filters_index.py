@@ -271,3 +271,101 @@ def test_minhash_take_added():
     sig[:] = 0  # a copy: the index keeps its own
     assert index.check("a b c d", add=False) == "duplicate"
     assert index.entries()[1][0].tolist() == ref_signature("a b c d", 8, 3)
+
+
+# --- the bulk comparison itself ----------------------------------------------------------------
+
+
+def ref_near(x: list[int], y: list[int], bands: int, rows: int, threshold: float) -> bool:
+    band = any(x[i * rows:(i + 1) * rows] == y[i * rows:(i + 1) * rows] for i in range(bands))
+    return band and sum(p == q for p, q in zip(x, y)) >= threshold * len(x)
+
+
+@SETTINGS
+@given(st.sampled_from(SETTINGS_EXT), st.data())
+def test_near_pairs_and_bulk_added_against_the_oracle(setting, data):
+    """Signatures of few distinct values, so bands and agreements at the threshold are common."""
+    num_perm, threshold = setting
+    index = MinHashIndex(threshold, num_perm=num_perm, seed=3)
+    n = data.draw(st.integers(1, 8))
+    sigs = np.array(data.draw(st.lists(st.lists(st.integers(0, 2), min_size=num_perm, max_size=num_perm),
+                                       min_size=n, max_size=n)), np.uint32)
+    keys = [bytes([data.draw(st.integers(0, 3))]) * 16 for _ in range(n)]
+    pairs = list(itertools.combinations(range(n), 2))
+    if pairs:
+        a, b = sigs[[i for i, _ in pairs]], sigs[[j for _, j in pairs]]
+        got = index._near_pairs(a, b)
+        assert got.dtype == bool and got.tolist() == [
+            ref_near(sigs[i].tolist(), sigs[j].tolist(), index.bands, index.rows, threshold) for i, j in pairs]
+    kept: list[int] = []
+    for j in range(n):
+        if not any(keys[i] == keys[j] or ref_near(sigs[i].tolist(), sigs[j].tolist(), index.bands, index.rows,
+                                                  threshold) for i in kept):
+            kept.append(j)
+    want = [j in kept for j in range(n)]
+    bulk = index._bulk_added(keys, sigs)
+    assert bulk is not None and bulk.dtype == bool and bulk.tolist() == want
+    assert index.extend(keys, sigs).tolist() == want
+
+
+def test_bulk_extend_into_an_empty_index_compares_in_bulk(monkeypatch):
+    """Into an empty index nothing goes one entry at a time; once it has entries, everything does."""
+    index = MinHashIndex(0.5, num_perm=8, seed=3)
+    keys, sigs = index.encode(["a b c d", "a b c d e", "x y z", "a b c d"])
+
+    def one_at_a_time(*args, **kwargs):
+        raise AssertionError("compared one at a time")
+
+    monkeypatch.setattr(index, "check_entry", one_at_a_time)
+    assert index.extend(keys, sigs).tolist() == oracle_added(["a b c d", "a b c d e", "x y z", "a b c d"],
+                                                             0.5, 8, 3, index.bands, index.rows)
+    with pytest.raises(AssertionError, match="one at a time"):
+        index.extend(keys[:1], sigs[:1])
+
+
+def test_near_agreement_is_per_candidate():
+    """Two entries share a band with the text and agree on 2 of 8 slots each: 4 of 8 together, but
+    neither alone reaches 0.5."""
+    index = MinHashIndex(0.5, num_perm=8, seed=3)
+    assert (index.bands, index.rows) == (4, 2)
+    a = np.array([1, 1, 10, 11, 12, 13, 14, 15], np.uint32)
+    c = np.array([1, 1, 20, 21, 22, 23, 24, 25], np.uint32)
+    p = np.array([1, 1, 30, 31, 32, 33, 34, 35], np.uint32)
+    assert index.check_entry(b"a" * 16, a) is None and index.check_entry(b"c" * 16, c) is None
+    assert index.check_entry(b"p" * 16, p, add=False) is None
+    q = np.array([1, 1, 10, 11, 32, 33, 34, 35], np.uint32)  # 4 of 8 with a: at the threshold
+    assert index.check_entry(b"q" * 16, q, add=False) == "near-duplicate"
+    bulk = MinHashIndex(0.5, num_perm=8, seed=3)
+    assert bulk.extend([b"a" * 16, b"c" * 16], np.stack([a, c])).tolist() == [True, True]
+    assert bulk.check_entry(b"p" * 16, p, add=False) is None
+    assert bulk.check_entry(b"q" * 16, q, add=False) == "near-duplicate"
+
+
+def test_trusted_extend_returns_a_bool_mask():
+    index = MinHashIndex(0.5, num_perm=8, seed=3)
+    added = index.extend(*index.encode(["a b", "a b"]), trusted=True)
+    assert added.dtype == bool and added.tolist() == [True, True]
+
+
+def test_a_kept_addition_is_not_encoded_again(monkeypatch):
+    index = MinHashIndex(0.5, num_perm=8, seed=3)
+    index.keep_added()
+    assert index.check("a b c d") is None and index.check("x y z") is None
+    want = {t: (key_of(t), ref_signature(t, 8, 3)) for t in ("a b c d", "x y z")}
+
+    def encode(texts):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(index, "encode", encode)
+    for t in ("x y z", "a b c d"):
+        key, sig = index.take_added(t)
+        assert (key, sig.tolist()) == want[t]
+    with pytest.raises(AssertionError, match="encoded again"):  # taken once: forgotten
+        index.take_added("x y z")
+
+
+def test_extend_of_nothing_onto_entries_is_an_empty_bool_mask():
+    index = MinHashIndex(0.5, num_perm=8, seed=3)
+    assert index.check("a b c") is None
+    added = index.extend([], np.empty((0, 8), np.uint32))
+    assert added.dtype == bool and added.shape == (0,) and len(index) == 1
