@@ -63,8 +63,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "localaug/jobs/seen.py": ("tests/test_mut_seen.py", "tests/test_seen_book.py"),
     "localaug/jobs/chain.py": ("tests/test_mut_jobs_chain.py",),
     "localaug/augment/tasks.py": ("tests/test_mut_augment_tasks.py",),
-    "localaug/augment/filters.py": ("tests/test_mut_augment_filters.py", "tests/test_filters.py", "tests/test_mut_seen.py",
-                                    "tests/test_seen_book.py"),  # the index in bulk and kept beside the ledger
+    "localaug/augment/filters.py": ("tests/test_mut_augment_filters.py", "tests/test_mut_filters_index.py",
+                                    "tests/test_filters.py", "tests/test_mut_seen.py", "tests/test_seen_book.py"),  # the index in bulk and kept beside the ledger
     "localaug/family/prompts.py": ("tests/test_mut_augment_prompts.py",),
     "localaug/family/judging.py": ("tests/test_mut_augment_prompts.py", "tests/test_mut_grade.py"),
     "localaug/family/templates.py": ("tests/test_mut_augment_templates.py",),
