@@ -10,7 +10,6 @@ answers.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,35 +17,28 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_fixture import running
+from http_fixture import keyed_env, one_at_a_time, running, use_key
 
 from localaug.family import judging
 from localaug.jobs.grade import JudgeOptions, answer_key, grade_run_id, resolve_judge, run_grade, run_verdicts
-from localaug.runtime.engine import EngineOptions
 from localaug.serve.app import Limits, ServerConfig
-from localaug.serve.scheduler import ServedModel, load_model
+from localaug.serve.scheduler import ServedModel
 
 KEY = "sk-test-0b6e2d9f4a7c18e3"
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "LOCALAUG_REMOTE_API_KEY": KEY}
-ENV.pop("OPENAI_API_KEY", None)
+ENV = keyed_env(KEY)
 ANSWERS = [("Name a color.", "Red."), ("What is 2+2?", "2+2 is 5.")]
 MAX_TOKENS = 16
 
 
 @pytest.fixture(autouse=True)
 def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCALAUG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LOCALAUG_REMOTE_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    ENV["LOCALAUG_HOME"] = str(tmp_path / "home")
+    use_key(monkeypatch, tmp_path / "home", KEY, ENV)
 
 
 @pytest.fixture(scope="module")
 def smol(smollm2: Path) -> Iterator[ServedModel]:
-    m = load_model(smollm2, name="smol", opts=EngineOptions(threads=1), parallel=1, n_ctx=2048)
-    m.batch.prefix.enabled = False  # every prompt decoded whole: the same messages, the same tokens
-    yield m
-    m.close()
+    with one_at_a_time(smollm2) as m:
+        yield m
 
 
 @pytest.fixture(scope="module")

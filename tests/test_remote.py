@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_fixture import running
+from http_fixture import keyed_env, one_at_a_time, running, use_key
 
 from localaug.augment.resolve import resolve_style
 from localaug.core.errors import JobError, RemoteError, UsageError
@@ -36,32 +35,25 @@ from localaug.family.prompts import Chat
 from localaug.jobs.run import JobOptions, run_job
 from localaug.report.judge import run_judge
 from localaug.runtime.backend import Request
-from localaug.runtime.engine import EngineOptions
 from localaug.runtime.remote import Endpoint, RemoteModel, connect, open_remote, parse_endpoint
 from localaug.runtime.sampling import SamplingParams
 from localaug.serve.app import Limits, ServerConfig
-from localaug.serve.scheduler import ServedModel, load_model
+from localaug.serve.scheduler import ServedModel
 
 KEY = "sk-test-7f3a9c2e51d04b8a"
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "LOCALAUG_REMOTE_API_KEY": KEY}
-ENV.pop("OPENAI_API_KEY", None)
+ENV = keyed_env(KEY)
 QUESTIONS = ["Name a color.", "What is 2+2?", "Say hi."]
 
 
 @pytest.fixture(autouse=True)
 def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCALAUG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LOCALAUG_REMOTE_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    ENV["LOCALAUG_HOME"] = str(tmp_path / "home")
+    use_key(monkeypatch, tmp_path / "home", KEY, ENV)
 
 
 @pytest.fixture(scope="module")
 def smol(smollm2: Path) -> Iterator[ServedModel]:
-    m = load_model(smollm2, name="smol", opts=EngineOptions(threads=1), parallel=1, n_ctx=2048)
-    m.batch.prefix.enabled = False  # every prompt decoded whole: the same messages, the same tokens
-    yield m
-    m.close()
+    with one_at_a_time(smollm2) as m:
+        yield m
 
 
 @pytest.fixture(scope="module")
