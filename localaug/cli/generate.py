@@ -149,7 +149,6 @@ def expand(
         raise typer.Exit(1)
 
 
-
 @handled
 def pairs(
     file: Annotated[str, typer.Argument(help="Seed pairs: JSON/JSONL of {instruction, response} (or Alpaca), or ### blocks; '-' reads stdin.")],
